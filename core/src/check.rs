@@ -1,0 +1,382 @@
+//! The history checker: holds a recorded history to the invariants of
+//! DESIGN.md and names every offending key. The simulation and the
+//! process-level tests both use it, so "no duplicates" means the same
+//! thing everywhere.
+
+use crate::ids::{DeliveryKey, RunId, TenantId};
+use crate::recipient::Recipient;
+use crate::store::RunStatus;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A trigger the system accepted (answered 201 or 200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The run it made.
+    pub run: RunId,
+    /// Whose.
+    pub tenant: TenantId,
+    /// To whom; with the tenant, the conversation.
+    pub to: Recipient,
+    /// How many steps the run has.
+    pub steps: u32,
+}
+
+/// One message that reached the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderCall {
+    /// Its idempotency key.
+    pub key: DeliveryKey,
+    /// When, in the recorder's clock.
+    pub at_ms: u64,
+}
+
+/// How a run ended, read from the store after the fact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalRun {
+    /// Its status.
+    pub status: RunStatus,
+    /// Its cursor.
+    pub cursor: u32,
+    /// The failure reason, if any.
+    pub reason: Option<String>,
+    /// Steps whose delivery is `unknown` in the ledger.
+    pub unknown_steps: Vec<u32>,
+}
+
+/// A history: what was accepted, what reached the provider, in order, and
+/// how every run ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Accepted triggers, in the order they were accepted.
+    pub accepted: Vec<Accepted>,
+    /// Provider calls, in the order the provider saw them.
+    pub calls: Vec<ProviderCall>,
+    /// Each run's final state.
+    pub finals: BTreeMap<RunId, FinalRun>,
+}
+
+/// A run that did not end as it must.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// The run.
+    pub run: RunId,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Everything the checker found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Keys that reached the provider more than once, with the count.
+    pub duplicates: Vec<(DeliveryKey, u32)>,
+    /// Keys that reached the provider before an earlier step of their run.
+    pub out_of_order: Vec<DeliveryKey>,
+    /// Keys of an earlier run that reached the provider after a later run
+    /// of the same conversation had begun.
+    pub interleaved: Vec<DeliveryKey>,
+    /// Runs that were lost or ended wrongly.
+    pub lost: Vec<Lost>,
+    /// Keys sent for runs that were never accepted.
+    pub phantom: Vec<DeliveryKey>,
+    /// Keys whose outcome is unknown (allowed, but reported).
+    pub unknown: Vec<DeliveryKey>,
+    /// Provider calls seen.
+    pub deliveries: u64,
+}
+
+impl Report {
+    /// True when no invariant is broken. Unknown keys are allowed.
+    pub fn is_clean(&self) -> bool {
+        self.duplicates.is_empty()
+            && self.out_of_order.is_empty()
+            && self.interleaved.is_empty()
+            && self.lost.is_empty()
+            && self.phantom.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "deliveries={} duplicates={} out_of_order={} interleaved={} lost={} phantom={} unknown={}",
+            self.deliveries,
+            self.duplicates.len(),
+            self.out_of_order.len(),
+            self.interleaved.len(),
+            self.lost.len(),
+            self.phantom.len(),
+            self.unknown.len()
+        )?;
+        const SHOW: usize = 3;
+        for (k, n) in self.duplicates.iter().take(SHOW) {
+            write!(f, "\n  duplicate: {k} sent {n} times")?;
+        }
+        for k in self.out_of_order.iter().take(SHOW) {
+            write!(f, "\n  out of order: {k}")?;
+        }
+        for k in self.interleaved.iter().take(SHOW) {
+            write!(f, "\n  interleaved: {k}")?;
+        }
+        for l in self.lost.iter().take(SHOW) {
+            write!(f, "\n  lost: run {}: {}", l.run, l.why)?;
+        }
+        for k in self.phantom.iter().take(SHOW) {
+            write!(f, "\n  phantom: {k}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a history against invariants 1 to 3 of DESIGN.md.
+pub fn check(history: &History) -> Report {
+    let mut report = Report {
+        deliveries: history.calls.len() as u64,
+        ..Report::default()
+    };
+    let by_run: BTreeMap<RunId, (usize, &Accepted)> = history
+        .accepted
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.run, (i, a)))
+        .collect();
+
+    // 1. No key reaches the provider more than once.
+    let mut counts: BTreeMap<DeliveryKey, u32> = BTreeMap::new();
+    for c in &history.calls {
+        *counts.entry(c.key).or_default() += 1;
+    }
+    report.duplicates = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, n)| (*k, *n))
+        .collect();
+
+    // 2. Steps in order within a run; runs of a conversation not interleaved.
+    let mut next_step: BTreeMap<RunId, u32> = BTreeMap::new();
+    let mut current: BTreeMap<(&TenantId, &Recipient), usize> = BTreeMap::new();
+    for c in &history.calls {
+        let Some((order, accepted)) = by_run.get(&c.key.run) else {
+            report.phantom.push(c.key);
+            continue;
+        };
+        let next = next_step.entry(c.key.run).or_default();
+        if c.key.step > *next {
+            report.out_of_order.push(c.key);
+        }
+        *next = (*next).max(c.key.step + 1);
+        let conv = current
+            .entry((&accepted.tenant, &accepted.to))
+            .or_insert(*order);
+        if *order < *conv {
+            report.interleaved.push(c.key);
+        }
+        *conv = (*conv).max(*order);
+    }
+
+    // 3. Nothing lost: every accepted run ended, and ended honestly.
+    for a in &history.accepted {
+        let lost = |why: String| Lost { run: a.run, why };
+        let Some(fin) = history.finals.get(&a.run) else {
+            report.lost.push(lost("no final state recorded".into()));
+            continue;
+        };
+        for step in &fin.unknown_steps {
+            report.unknown.push(DeliveryKey {
+                run: a.run,
+                step: *step,
+            });
+        }
+        match fin.status {
+            RunStatus::Pending | RunStatus::Leased => report.lost.push(lost(format!(
+                "still {} at step {}",
+                fin.status.as_str(),
+                fin.cursor
+            ))),
+            RunStatus::Completed => {
+                if let Some(step) = (0..a.steps).find(|s| {
+                    !counts.contains_key(&DeliveryKey {
+                        run: a.run,
+                        step: *s,
+                    })
+                }) {
+                    report.lost.push(lost(format!(
+                        "completed, but step {step} never reached the provider"
+                    )));
+                }
+            }
+            RunStatus::Failed => {
+                if fin.reason.as_deref().is_none_or(str::is_empty) {
+                    report.lost.push(lost("failed without a reason".into()));
+                }
+            }
+            RunStatus::Cancelled => {}
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(n: u64) -> RunId {
+        RunId::new(n, n)
+    }
+
+    fn key(r: u64, step: u32) -> DeliveryKey {
+        DeliveryKey { run: run(r), step }
+    }
+
+    fn accepted(r: u64, to: &str, steps: u32) -> Accepted {
+        Accepted {
+            run: run(r),
+            tenant: TenantId::default_tenant(),
+            to: Recipient::parse(to).unwrap(),
+            steps,
+        }
+    }
+
+    fn completed(steps: u32) -> FinalRun {
+        FinalRun {
+            status: RunStatus::Completed,
+            cursor: steps,
+            reason: None,
+            unknown_steps: vec![],
+        }
+    }
+
+    /// Two conversations, runs 1 and 2 to one number, run 3 to another.
+    fn clean() -> History {
+        let calls = [
+            key(1, 0),
+            key(3, 0),
+            key(1, 1),
+            key(2, 0),
+            key(3, 1),
+            key(2, 1),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| ProviderCall {
+            key,
+            at_ms: i as u64,
+        })
+        .collect();
+        History {
+            accepted: vec![
+                accepted(1, "+5511913390707", 2),
+                accepted(2, "+5511913390707", 2),
+                accepted(3, "+4915112345678", 2),
+            ],
+            calls,
+            finals: [
+                (run(1), completed(2)),
+                (run(2), completed(2)),
+                (run(3), completed(2)),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let r = check(&clean());
+        assert!(r.is_clean(), "{r}");
+        assert_eq!(r.deliveries, 6);
+    }
+
+    #[test]
+    fn a_duplicate_is_named() {
+        let mut h = clean();
+        h.calls.insert(
+            2,
+            ProviderCall {
+                key: key(1, 0),
+                at_ms: 2,
+            },
+        );
+        let r = check(&h);
+        assert_eq!(r.duplicates, vec![(key(1, 0), 2)]);
+        assert!(!r.is_clean());
+        assert!(r
+            .to_string()
+            .contains(&format!("duplicate: {} sent 2 times", key(1, 0))));
+    }
+
+    #[test]
+    fn a_reordering_is_named() {
+        let mut h = clean();
+        // Run 3's steps swapped.
+        h.calls.swap(1, 4);
+        let r = check(&h);
+        assert_eq!(r.out_of_order, vec![key(3, 1)]);
+        assert!(r.duplicates.is_empty());
+    }
+
+    #[test]
+    fn an_interleaving_is_named() {
+        let mut h = clean();
+        // Run 2 (later) starts before run 1 (earlier) finishes.
+        h.calls.swap(2, 3);
+        let r = check(&h);
+        assert_eq!(r.interleaved, vec![key(1, 1)]);
+        assert!(r.out_of_order.is_empty());
+    }
+
+    #[test]
+    fn a_loss_is_named() {
+        let mut h = clean();
+        // Run 3 says completed, but its second step never went out.
+        h.calls.retain(|c| c.key != key(3, 1));
+        let r = check(&h);
+        assert_eq!(r.lost.len(), 1);
+        assert_eq!(r.lost[0].run, run(3));
+        assert!(r.lost[0].why.contains("step 1 never reached"), "{r}");
+
+        // A run with no final state, and one still pending, are lost too.
+        let mut h = clean();
+        h.finals.remove(&run(2));
+        h.finals.get_mut(&run(1)).unwrap().status = RunStatus::Pending;
+        let r = check(&h);
+        let lost: Vec<RunId> = r.lost.iter().map(|l| l.run).collect();
+        assert_eq!(lost, vec![run(1), run(2)]);
+    }
+
+    #[test]
+    fn failures_need_reasons_and_unknowns_are_reported_not_failed() {
+        let mut h = clean();
+        h.calls.retain(|c| c.key != key(3, 1));
+        h.finals.insert(
+            run(3),
+            FinalRun {
+                status: RunStatus::Failed,
+                cursor: 1,
+                reason: Some("step 1: delivery unknown: timeout".into()),
+                unknown_steps: vec![1],
+            },
+        );
+        let r = check(&h);
+        assert!(r.is_clean(), "{r}");
+        assert_eq!(r.unknown, vec![key(3, 1)]);
+
+        h.finals.get_mut(&run(3)).unwrap().reason = None;
+        let r = check(&h);
+        assert_eq!(r.lost[0].why, "failed without a reason");
+    }
+
+    #[test]
+    fn a_call_for_a_run_never_accepted_is_phantom() {
+        let mut h = clean();
+        h.calls.push(ProviderCall {
+            key: key(9, 0),
+            at_ms: 99,
+        });
+        let r = check(&h);
+        assert_eq!(r.phantom, vec![key(9, 0)]);
+        assert!(!r.is_clean());
+    }
+}

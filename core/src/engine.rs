@@ -1,0 +1,309 @@
+//! The engine machine: the send path behind `POST /v1/messages`.
+//!
+//! For each request it asks the store to record `sending` (fenced by the
+//! worker's epoch, deduplicated by the idempotency key), calls the provider
+//! only if that succeeded, records the outcome, and answers. A driver feeds
+//! it events and executes the effects it asks for; it decides everything.
+
+use crate::send::{DeliveryOutcome, OutboundMessage, SendRequest, SendResponse};
+use crate::store::{StoreOp, StoreReply, StoreUnavailable};
+use std::collections::{BTreeMap, VecDeque};
+
+/// A request's number, chosen by the driver and unique among those in flight.
+pub type ReqId = u64;
+
+/// Engine limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The longest a provider call may take. The sender's lease must last
+    /// at least this long, and a `sending` row older than this is unknown.
+    pub send_timeout_ms: u64,
+    /// Most requests in flight; past it, requests are answered `Busy`.
+    pub max_inflight: usize,
+    /// How long a `Busy` answer asks the worker to wait.
+    pub busy_retry_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            send_timeout_ms: 10_000,
+            max_inflight: 4096,
+            busy_retry_ms: 250,
+        }
+    }
+}
+
+/// What happened, as the engine hears of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// A worker asked for a send.
+    Request {
+        /// The driver's number for it.
+        req: ReqId,
+        /// The request.
+        request: SendRequest,
+    },
+    /// The store answered an op asked for by [`EngineEffect::Store`].
+    StoreReplied {
+        /// Which request it was for.
+        req: ReqId,
+        /// The answer, or why there is none.
+        reply: Result<StoreReply, StoreUnavailable>,
+    },
+    /// The provider call asked for by [`EngineEffect::Provide`] came back.
+    ProviderReplied {
+        /// Which request it was for.
+        req: ReqId,
+        /// What became of it.
+        outcome: DeliveryOutcome,
+    },
+}
+
+/// What the engine asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEffect {
+    /// Apply this op to the store and report back.
+    Store {
+        /// Which request it is for.
+        req: ReqId,
+        /// The op.
+        op: StoreOp,
+    },
+    /// Hand this message to the provider, giving up after `timeout_ms`
+    /// (and reporting that as [`DeliveryOutcome::Unknown`]).
+    Provide {
+        /// Which request it is for.
+        req: ReqId,
+        /// The message.
+        message: OutboundMessage,
+        /// The call's time limit.
+        timeout_ms: u64,
+    },
+    /// Answer the worker.
+    Respond {
+        /// Which request.
+        req: ReqId,
+        /// The answer.
+        response: SendResponse,
+    },
+}
+
+#[derive(Debug)]
+enum Stage {
+    Begin,
+    Provide,
+    Finish(SendResponse),
+}
+
+#[derive(Debug)]
+struct InFlight {
+    request: SendRequest,
+    stage: Stage,
+}
+
+/// Counters an operator wants on `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Provider calls made.
+    pub provider_calls: u64,
+    /// Requests answered from the ledger with nothing sent.
+    pub replayed: u64,
+    /// Requests refused for a stale epoch.
+    pub fenced: u64,
+    /// Provider calls whose outcome is unknown.
+    pub unknown: u64,
+    /// Requests turned away at capacity.
+    pub busy: u64,
+}
+
+/// The engine's send-path state machine.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    inflight: BTreeMap<ReqId, InFlight>,
+    effects: VecDeque<EngineEffect>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// An idle engine.
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            config,
+            inflight: BTreeMap::new(),
+            effects: VecDeque::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// Its limits.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Requests not yet answered.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_effect(&mut self) -> Option<EngineEffect> {
+        self.effects.pop_front()
+    }
+
+    /// Takes one event at store time `now_ms`.
+    pub fn handle(&mut self, event: EngineEvent, now_ms: u64) {
+        match event {
+            EngineEvent::Request { req, request } => self.on_request(req, request, now_ms),
+            EngineEvent::StoreReplied { req, reply } => self.on_store(req, reply, now_ms),
+            EngineEvent::ProviderReplied { req, outcome } => self.on_provider(req, outcome, now_ms),
+        }
+    }
+
+    fn on_request(&mut self, req: ReqId, request: SendRequest, now_ms: u64) {
+        if self.inflight.len() >= self.config.max_inflight || self.inflight.contains_key(&req) {
+            self.stats.busy += 1;
+            self.respond(
+                req,
+                SendResponse::Busy {
+                    retry_after_ms: self.config.busy_retry_ms,
+                },
+            );
+            return;
+        }
+        self.effects.push_back(EngineEffect::Store {
+            req,
+            op: StoreOp::BeginDelivery {
+                key: request.key,
+                epoch: request.epoch,
+                send_timeout_ms: self.config.send_timeout_ms,
+                now_ms,
+            },
+        });
+        self.inflight.insert(
+            req,
+            InFlight {
+                request,
+                stage: Stage::Begin,
+            },
+        );
+    }
+
+    fn on_store(&mut self, req: ReqId, reply: Result<StoreReply, StoreUnavailable>, _now_ms: u64) {
+        let Some(flight) = self.inflight.get_mut(&req) else {
+            return;
+        };
+        match std::mem::replace(&mut flight.stage, Stage::Provide) {
+            Stage::Begin => {
+                let response = match reply {
+                    Ok(StoreReply::Begun { .. }) => {
+                        self.stats.provider_calls += 1;
+                        let r = &flight.request;
+                        self.effects.push_back(EngineEffect::Provide {
+                            req,
+                            message: OutboundMessage {
+                                key: r.key,
+                                tenant: r.tenant.clone(),
+                                to: r.to.clone(),
+                                text: r.text.clone(),
+                            },
+                            timeout_ms: self.config.send_timeout_ms,
+                        });
+                        return;
+                    }
+                    Ok(StoreReply::AlreadySent {
+                        provider_message_id,
+                    }) => {
+                        self.stats.replayed += 1;
+                        SendResponse::Sent {
+                            provider_message_id,
+                            replayed: true,
+                        }
+                    }
+                    Ok(StoreReply::InProgress) => SendResponse::InProgress,
+                    Ok(StoreReply::DeliveryUnknown) => SendResponse::Unknown {
+                        reason: "an earlier attempt's outcome is unknown".into(),
+                    },
+                    Ok(StoreReply::DeliveryFailed { reason }) => SendResponse::Failed {
+                        retryable: false,
+                        reason,
+                        retry_after_ms: None,
+                    },
+                    Ok(StoreReply::Fenced) | Ok(StoreReply::NotFound) => {
+                        self.stats.fenced += 1;
+                        SendResponse::Fenced
+                    }
+                    Ok(other) => unreachable!("BeginDelivery never answers {other:?}"),
+                    // Nothing was sent; the worker may safely ask again.
+                    Err(_) => SendResponse::Busy {
+                        retry_after_ms: self.config.busy_retry_ms,
+                    },
+                };
+                self.respond(req, response);
+            }
+            Stage::Provide => unreachable!("no store op is pending while the provider is called"),
+            Stage::Finish(response) => {
+                // Whether or not the outcome could be recorded, it is the
+                // truth; if it was lost, the row turns unknown at its
+                // deadline and the key is still never resent.
+                if let Err(e) = reply {
+                    tracing::warn!(key = %flight.request.key, error = %e, "could not record the delivery outcome");
+                }
+                self.respond(req, response);
+            }
+        }
+    }
+
+    fn on_provider(&mut self, req: ReqId, outcome: DeliveryOutcome, now_ms: u64) {
+        let Some(flight) = self.inflight.get_mut(&req) else {
+            return;
+        };
+        if !matches!(flight.stage, Stage::Provide) {
+            return;
+        }
+        let response = match &outcome {
+            DeliveryOutcome::Sent {
+                provider_message_id,
+            } => SendResponse::Sent {
+                provider_message_id: provider_message_id.clone(),
+                replayed: false,
+            },
+            DeliveryOutcome::Failed {
+                retryable,
+                reason,
+                retry_after_ms,
+            } => SendResponse::Failed {
+                retryable: *retryable,
+                reason: reason.clone(),
+                retry_after_ms: *retry_after_ms,
+            },
+            DeliveryOutcome::Unknown { reason } => {
+                self.stats.unknown += 1;
+                SendResponse::Unknown {
+                    reason: reason.clone(),
+                }
+            }
+        };
+        flight.stage = Stage::Finish(response);
+        self.effects.push_back(EngineEffect::Store {
+            req,
+            op: StoreOp::FinishDelivery {
+                key: flight.request.key,
+                outcome,
+                now_ms,
+            },
+        });
+    }
+
+    fn respond(&mut self, req: ReqId, response: SendResponse) {
+        self.inflight.remove(&req);
+        self.effects
+            .push_back(EngineEffect::Respond { req, response });
+    }
+}

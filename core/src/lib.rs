@@ -1,0 +1,38 @@
+//! The sans-IO heart of oncesend.
+//!
+//! Everything that decides *what happens* to a message lives here: the
+//! domain types and their validation, the storage contract as data
+//! ([`StoreOp`] / [`StoreReply`]), the reference store ([`MemStore`]), the
+//! worker and engine state machines, the retry policy and the history
+//! checker. Nothing here does I/O, reads a clock or draws randomness: time
+//! comes in as `now_ms` arguments and randomness as seeds, so the very same
+//! code runs inside the deterministic simulation and inside the daemons.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod engine;
+pub mod flow;
+pub mod ids;
+pub mod limits;
+pub mod recipient;
+pub mod retry;
+pub mod rng;
+pub mod send;
+pub mod store;
+pub mod template;
+pub mod worker;
+
+pub use engine::{Engine, EngineConfig, EngineEffect, EngineEvent};
+pub use flow::{plan_run, Flow, FlowStep, PlanError};
+pub use ids::{DeliveryKey, FlowId, IdError, RunId, TenantId, WorkerId};
+pub use recipient::{Recipient, RecipientError};
+pub use retry::{RetryClass, RetryPolicy};
+pub use send::{DeliveryOutcome, OutboundMessage, SendRequest, SendResponse};
+pub use store::{
+    ClaimedRun, DeliveryRecord, DeliveryState, Guards, Lease, MemStore, NewRun, PlannedStep,
+    QueueStats, RunStatus, RunView, StoreOp, StoreReply, StoreUnavailable,
+};
+pub use template::{Template, TemplateError};
+pub use worker::{Worker, WorkerConfig, WorkerEffect, WorkerEvent};

@@ -1,0 +1,97 @@
+//! The engine's send API as data: what a worker asks, what a provider
+//! answers, and what the engine tells the worker.
+
+use crate::ids::{DeliveryKey, TenantId};
+use crate::recipient::Recipient;
+use serde::{Deserialize, Serialize};
+
+/// A worker's request to deliver one step (`POST /v1/messages`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// `run_id:step`, also sent as the `Idempotency-Key` header.
+    pub key: DeliveryKey,
+    /// The lease epoch the worker holds; the engine refuses stale ones.
+    pub epoch: u64,
+    /// Whose provider sends it.
+    pub tenant: TenantId,
+    /// The recipient.
+    pub to: Recipient,
+    /// The rendered text.
+    pub text: String,
+}
+
+/// One message handed to a provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMessage {
+    /// Carried to the provider (the Cloud API's `biz_opaque_callback_data`).
+    pub key: DeliveryKey,
+    /// Whose provider sends it.
+    pub tenant: TenantId,
+    /// The recipient.
+    pub to: Recipient,
+    /// The rendered text.
+    pub text: String,
+}
+
+/// What became of one provider call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// The provider accepted the message.
+    Sent {
+        /// The provider's id for it.
+        provider_message_id: String,
+    },
+    /// The provider refused it.
+    Failed {
+        /// Whether trying again later may work.
+        retryable: bool,
+        /// What the provider said.
+        reason: String,
+        /// How long the provider asked us to wait, if it did.
+        retry_after_ms: Option<u64>,
+    },
+    /// The request may or may not have reached the provider: a timeout
+    /// after it left, or a connection lost mid-way. Never resent blindly.
+    Unknown {
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// The engine's answer to a [`SendRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SendResponse {
+    /// Delivered to the provider, now or earlier (`replayed`).
+    Sent {
+        /// The provider's id for the message.
+        provider_message_id: String,
+        /// True when this key had already been sent and nothing was sent now.
+        replayed: bool,
+    },
+    /// Another request for this key is being sent right now.
+    InProgress,
+    /// The provider refused the message.
+    Failed {
+        /// Whether a later attempt may work.
+        retryable: bool,
+        /// Why.
+        reason: String,
+        /// How long to wait before trying again, if known.
+        retry_after_ms: Option<u64>,
+    },
+    /// The outcome cannot be known; the key will not be sent again.
+    Unknown {
+        /// What happened.
+        reason: String,
+    },
+    /// The worker's lease is stale: another worker owns the run now.
+    Fenced,
+    /// The engine is at capacity or pacing this sender; try again later.
+    Busy {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
+}

@@ -1,0 +1,579 @@
+//! The storage contract, as data.
+//!
+//! Every storage backend (the in-memory model here, SQLite and PostgreSQL
+//! in `prod/`) applies the same [`StoreOp`]s and must give the same
+//! [`StoreReply`]s. Times in an op are relative to the op's `now_ms`, so a
+//! production store may substitute its own clock for `now_ms` and every
+//! deadline moves with it.
+
+mod mem;
+
+pub use mem::MemStore;
+
+use crate::flow::Flow;
+use crate::ids::{DeliveryKey, FlowId, RunId, TenantId, WorkerId};
+use crate::recipient::Recipient;
+use crate::send::DeliveryOutcome;
+use serde::{Deserialize, Serialize};
+
+/// One step of a run, rendered at trigger time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    /// The exact text to send.
+    pub text: String,
+    /// Wait this long after the previous step (or the trigger) before sending.
+    pub delay_ms: u64,
+}
+
+/// A run to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRun {
+    /// Its id (v7, chosen by the caller).
+    pub id: RunId,
+    /// Whose run.
+    pub tenant: TenantId,
+    /// Which flow it came from.
+    pub flow: FlowId,
+    /// The recipient; with `tenant`, the conversation.
+    pub to: Recipient,
+    /// The messages.
+    pub steps: Vec<PlannedStep>,
+    /// The trigger's `Idempotency-Key`: a second trigger with the same key
+    /// in the same tenant gets this run back instead of a new one.
+    pub trigger_key: Option<String>,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting for its `run_at`, or for a worker.
+    Pending,
+    /// A worker holds a lease on it.
+    Leased,
+    /// Every step was delivered.
+    Completed,
+    /// Stopped for good, with a reason.
+    Failed,
+    /// Stopped by a user.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Completed, failed and cancelled runs never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// The status as the API and the databases spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Leased => "leased",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`RunStatus::as_str`]'s spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "leased" => Self::Leased,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A worker's time-limited claim on a run. `epoch` is the fencing token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Who holds it.
+    pub owner: WorkerId,
+    /// Bumped by every claim; every write by the holder names it.
+    pub epoch: u64,
+    /// The store's time at which it lapses.
+    pub until_ms: u64,
+}
+
+/// A run handed to a worker by a claim: everything needed to send it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedRun {
+    /// The run.
+    pub id: RunId,
+    /// Whose run.
+    pub tenant: TenantId,
+    /// Its flow.
+    pub flow: FlowId,
+    /// The recipient.
+    pub to: Recipient,
+    /// All its messages.
+    pub steps: Vec<PlannedStep>,
+    /// The next step to send.
+    pub cursor: u32,
+    /// The fencing token of this claim.
+    pub epoch: u64,
+    /// The store's time at which this lease lapses.
+    pub lease_until_ms: u64,
+    /// Failed attempts at the current step so far.
+    pub attempts: u32,
+}
+
+/// A delivery's state in the engine's ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Recorded before the provider call; the call may be under way.
+    Sending {
+        /// After this store time the call is presumed lost: `unknown`.
+        deadline_ms: u64,
+    },
+    /// The provider accepted it.
+    Sent,
+    /// The provider refused it.
+    Failed {
+        /// Whether another attempt may begin.
+        retryable: bool,
+    },
+    /// The outcome cannot be known; it is never resent blindly.
+    Unknown,
+}
+
+impl DeliveryState {
+    /// The state's name, as the API shows it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Sending { .. } => "sending",
+            Self::Sent => "sent",
+            Self::Failed { .. } => "failed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// One row of the delivery ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// `run_id:step`.
+    pub key: DeliveryKey,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// The epoch of the lease under which it was last begun.
+    pub epoch: u64,
+    /// How many times a provider call was begun for it.
+    pub attempts: u32,
+    /// The provider's id, once sent.
+    pub provider_message_id: Option<String>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Everything known about a run, for `GET /v1/runs/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunView {
+    /// The run.
+    pub id: RunId,
+    /// Whose run.
+    pub tenant: TenantId,
+    /// Its flow.
+    pub flow: FlowId,
+    /// The recipient.
+    pub to: Recipient,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// The next step to send (equal to the step count once completed).
+    pub cursor: u32,
+    /// Its messages.
+    pub steps: Vec<PlannedStep>,
+    /// Failed attempts at the current step.
+    pub attempts: u32,
+    /// The latest claim's epoch (0 if never claimed).
+    pub epoch: u64,
+    /// Not to be sent before this store time.
+    pub run_at_ms: u64,
+    /// The live or lapsed lease, while leased.
+    pub lease: Option<Lease>,
+    /// Why it failed, or the last retryable error.
+    pub reason: Option<String>,
+    /// When it was enqueued.
+    pub created_at_ms: u64,
+    /// The ledger row of each step, where one exists (empty in lists).
+    pub deliveries: Vec<Option<DeliveryRecord>>,
+}
+
+/// Queue health figures, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Runs waiting (due or not).
+    pub pending: u64,
+    /// Runs waiting whose `run_at` has passed.
+    pub due: u64,
+    /// Runs leased.
+    pub leased: u64,
+    /// How long the longest-waiting due run has waited, in ms.
+    pub oldest_due_age_ms: u64,
+    /// Deliveries whose outcome is unknown.
+    pub unknown_deliveries: u64,
+}
+
+/// One operation of the storage contract. Every lease holder's write names
+/// its `epoch`; a stale epoch changes nothing and is answered
+/// [`StoreReply::Fenced`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreOp {
+    /// Create or replace a flow.
+    PutFlow {
+        /// The flow's tenant.
+        tenant: TenantId,
+        /// The flow.
+        flow: Flow,
+    },
+    /// Read a flow.
+    GetFlow {
+        /// The flow's tenant.
+        tenant: TenantId,
+        /// Its name.
+        flow: FlowId,
+    },
+    /// Accept a run; its first step is due after its own delay.
+    Enqueue {
+        /// The run.
+        run: NewRun,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Lease up to `max` due runs, each the oldest unfinished run of its
+    /// conversation, bumping each one's epoch.
+    Claim {
+        /// Who claims.
+        owner: WorkerId,
+        /// At most this many (and at most [`crate::limits::MAX_CLAIM_BATCH`]).
+        max: u32,
+        /// The lease's length.
+        lease_ms: u64,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Extend a lease.
+    Heartbeat {
+        /// The run.
+        run: RunId,
+        /// The holder's epoch.
+        epoch: u64,
+        /// New length, from now.
+        lease_ms: u64,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Step `step` was delivered: move the cursor to `step + 1`. With a
+    /// delay, the lease is given up and the run is due again after it;
+    /// without, the holder keeps the lease and goes on.
+    Advance {
+        /// The run.
+        run: RunId,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The step just delivered.
+        step: u32,
+        /// The next step's delay, if it has one.
+        delay_ms: Option<u64>,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// The last step, `step`, was delivered: the run is completed.
+    Complete {
+        /// The run.
+        run: RunId,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The last step's index.
+        step: u32,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// The current step failed. With `retry_after_ms`, the lease is given
+    /// up, the attempt counted, and the run is due again later; without, the
+    /// run fails for good.
+    Fail {
+        /// The run.
+        run: RunId,
+        /// The holder's epoch.
+        epoch: u64,
+        /// Why.
+        reason: String,
+        /// When to try again, if at all.
+        retry_after_ms: Option<u64>,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Give the lease up without counting an attempt (shutdown, or a
+    /// transient error); the run is due again after `after_ms`.
+    Release {
+        /// The run.
+        run: RunId,
+        /// The holder's epoch.
+        epoch: u64,
+        /// Due again after this long.
+        after_ms: u64,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Stop a run that has not finished.
+    Cancel {
+        /// The run.
+        run: RunId,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// The engine is about to call the provider for `key`. Records
+    /// `sending` first; answers with the stored result if the key was
+    /// already sent, and refuses a stale epoch.
+    BeginDelivery {
+        /// `run_id:step`.
+        key: DeliveryKey,
+        /// The sender's lease epoch.
+        epoch: u64,
+        /// The longest the provider call may take; the lease must last at
+        /// least this long, and past it a `sending` row becomes `unknown`.
+        send_timeout_ms: u64,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Record what the provider call begun for `key` came to.
+    FinishDelivery {
+        /// `run_id:step`.
+        key: DeliveryKey,
+        /// What happened.
+        outcome: DeliveryOutcome,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Settle an `unknown` delivery from a provider callback or an
+    /// operator's decision.
+    ResolveUnknown {
+        /// `run_id:step`.
+        key: DeliveryKey,
+        /// What is now known (`Sent` or `Failed`).
+        outcome: DeliveryOutcome,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Read a run with its ledger rows.
+    GetRun {
+        /// The run.
+        run: RunId,
+    },
+    /// List runs, newest first, optionally of one status.
+    ListRuns {
+        /// Only runs of this status.
+        status: Option<RunStatus>,
+        /// At most this many.
+        limit: u32,
+    },
+    /// Queue health figures.
+    Stats {
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Delete up to `max` runs that finished more than `retention_ms` ago,
+    /// with their ledger rows and trigger keys.
+    Prune {
+        /// Keep finished runs this long.
+        retention_ms: u64,
+        /// Delete at most this many.
+        max: u32,
+        /// The store's time.
+        now_ms: u64,
+    },
+}
+
+/// The answer to a [`StoreOp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreReply {
+    /// `PutFlow` done; `created` is false when it replaced one.
+    FlowPut {
+        /// Whether the flow is new.
+        created: bool,
+    },
+    /// `GetFlow`'s flow.
+    Flow(Flow),
+    /// `Enqueue` done; `created` is false when the trigger key matched.
+    Enqueued {
+        /// The run (the earlier one, when the key matched).
+        run: RunId,
+        /// Whether a new run was made.
+        created: bool,
+    },
+    /// The runs a `Claim` leased, in the order they fell due.
+    Claimed(Vec<ClaimedRun>),
+    /// The lease now lasts until this store time.
+    Heartbeated {
+        /// The new end of the lease.
+        until_ms: u64,
+    },
+    /// The cursor moved.
+    Advanced {
+        /// Its new value.
+        cursor: u32,
+        /// Whether the lease was given up for a delay.
+        released: bool,
+    },
+    /// The run is completed.
+    Completed,
+    /// The failure is recorded.
+    Failed {
+        /// True when the run failed for good; false when it will retry.
+        dead: bool,
+    },
+    /// The lease was given up.
+    Released,
+    /// The run is cancelled.
+    Cancelled,
+    /// `sending` recorded: call the provider now.
+    Begun {
+        /// The attempt's number, from 1.
+        attempt: u32,
+    },
+    /// The key was sent before; nothing is to be sent again.
+    AlreadySent {
+        /// The provider's id from that send.
+        provider_message_id: String,
+    },
+    /// A call for this key is under way.
+    InProgress,
+    /// The key's outcome is unknown; it is not to be resent.
+    DeliveryUnknown,
+    /// The provider refused this key for good.
+    DeliveryFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The provider's outcome is recorded; the key is now in this state.
+    Finished(DeliveryState),
+    /// The unknown delivery is settled.
+    Resolved,
+    /// `GetRun`'s run.
+    Run(RunView),
+    /// `ListRuns`' runs.
+    Runs(Vec<RunView>),
+    /// `Stats`' figures.
+    Stats(QueueStats),
+    /// How many runs `Prune` deleted.
+    Pruned {
+        /// Runs deleted.
+        runs: u32,
+    },
+    /// The writer's epoch is stale or its lease is gone: nothing changed.
+    Fenced,
+    /// No such run, flow or delivery.
+    NotFound,
+    /// The op does not fit the current state; nothing changed.
+    Conflict {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Which of the two guards against double sends are on. Both are always on
+/// outside ablation tests, which turn one or both off to show that each
+/// alone stops the old race and that without both it comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guards {
+    /// Claims honour live leases, and every holder's write (and every
+    /// `BeginDelivery`) is conditional on the epoch.
+    pub fencing: bool,
+    /// The engine's ledger answers a key already begun instead of sending.
+    pub ledger: bool,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Self {
+            fencing: true,
+            ledger: true,
+        }
+    }
+}
+
+/// A store that could not be reached or did not answer. The op may or may
+/// not have been applied; every op is safe to repeat.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("store unavailable: {0}")]
+pub struct StoreUnavailable(pub String);
+
+impl StoreOp {
+    /// The store time the op carries, if any.
+    pub fn now_ms(&self) -> Option<u64> {
+        match self {
+            StoreOp::Enqueue { now_ms, .. }
+            | StoreOp::Claim { now_ms, .. }
+            | StoreOp::Heartbeat { now_ms, .. }
+            | StoreOp::Advance { now_ms, .. }
+            | StoreOp::Complete { now_ms, .. }
+            | StoreOp::Fail { now_ms, .. }
+            | StoreOp::Release { now_ms, .. }
+            | StoreOp::Cancel { now_ms, .. }
+            | StoreOp::BeginDelivery { now_ms, .. }
+            | StoreOp::FinishDelivery { now_ms, .. }
+            | StoreOp::ResolveUnknown { now_ms, .. }
+            | StoreOp::Stats { now_ms }
+            | StoreOp::Prune { now_ms, .. } => Some(*now_ms),
+            StoreOp::PutFlow { .. }
+            | StoreOp::GetFlow { .. }
+            | StoreOp::GetRun { .. }
+            | StoreOp::ListRuns { .. } => None,
+        }
+    }
+
+    /// Replaces the op's time with the store's own clock. A store that
+    /// keeps time itself calls this, so a caller's skewed clock cannot move
+    /// a lease.
+    pub fn set_now_ms(&mut self, clock_ms: u64) {
+        match self {
+            StoreOp::Enqueue { now_ms, .. }
+            | StoreOp::Claim { now_ms, .. }
+            | StoreOp::Heartbeat { now_ms, .. }
+            | StoreOp::Advance { now_ms, .. }
+            | StoreOp::Complete { now_ms, .. }
+            | StoreOp::Fail { now_ms, .. }
+            | StoreOp::Release { now_ms, .. }
+            | StoreOp::Cancel { now_ms, .. }
+            | StoreOp::BeginDelivery { now_ms, .. }
+            | StoreOp::FinishDelivery { now_ms, .. }
+            | StoreOp::ResolveUnknown { now_ms, .. }
+            | StoreOp::Stats { now_ms }
+            | StoreOp::Prune { now_ms, .. } => *now_ms = clock_ms,
+            StoreOp::PutFlow { .. }
+            | StoreOp::GetFlow { .. }
+            | StoreOp::GetRun { .. }
+            | StoreOp::ListRuns { .. } => {}
+        }
+    }
+
+    /// The op's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreOp::PutFlow { .. } => "put_flow",
+            StoreOp::GetFlow { .. } => "get_flow",
+            StoreOp::Enqueue { .. } => "enqueue",
+            StoreOp::Claim { .. } => "claim",
+            StoreOp::Heartbeat { .. } => "heartbeat",
+            StoreOp::Advance { .. } => "advance",
+            StoreOp::Complete { .. } => "complete",
+            StoreOp::Fail { .. } => "fail",
+            StoreOp::Release { .. } => "release",
+            StoreOp::Cancel { .. } => "cancel",
+            StoreOp::BeginDelivery { .. } => "begin_delivery",
+            StoreOp::FinishDelivery { .. } => "finish_delivery",
+            StoreOp::ResolveUnknown { .. } => "resolve_unknown",
+            StoreOp::GetRun { .. } => "get_run",
+            StoreOp::ListRuns { .. } => "list_runs",
+            StoreOp::Stats { .. } => "stats",
+            StoreOp::Prune { .. } => "prune",
+        }
+    }
+}

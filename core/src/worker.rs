@@ -1,0 +1,693 @@
+//! The worker machine: claims runs, sends their steps through the engine,
+//! and moves them on, one step at a time, in order.
+//!
+//! Shaped like a sans-IO protocol machine: the driver calls
+//! [`Worker::handle`] with each event and the current time, executes what
+//! [`Worker::poll_effect`] hands out, and sleeps until
+//! [`Worker::poll_timeout`]. The machine never waits with a lease held for a
+//! delay: delays are written back to the store as the run's `run_at`.
+
+use crate::ids::{DeliveryKey, RunId, WorkerId};
+use crate::retry::RetryPolicy;
+use crate::rng::SplitMix64;
+use crate::send::{SendRequest, SendResponse};
+use crate::store::{ClaimedRun, StoreOp, StoreReply, StoreUnavailable};
+use std::collections::{BTreeMap, VecDeque};
+
+/// An op's number, unique within one worker.
+pub type OpId = u64;
+
+/// Why the worker could not reach the engine. The engine's ledger makes a
+/// repeated send safe, so every such failure is simply retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("engine unreachable: {0}")]
+pub struct EngineUnreachable(pub String);
+
+/// Why a worker configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The lease is too short for a send to finish inside it.
+    #[error("lease_ms ({lease_ms}) must be at least 3 x send_timeout_ms ({send_timeout_ms}), so a send always finishes inside the lease")]
+    LeaseTooShort {
+        /// The lease asked for.
+        lease_ms: u64,
+        /// The send timeout.
+        send_timeout_ms: u64,
+    },
+    /// A batch or concurrency of zero, or a batch over the limit.
+    #[error("batch must be 1 to {max} and concurrency at least 1", max = crate::limits::MAX_CLAIM_BATCH)]
+    Bounds,
+}
+
+/// How a worker behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Its name on leases and in logs.
+    pub id: WorkerId,
+    /// Length of each lease.
+    pub lease_ms: u64,
+    /// Most runs per claim.
+    pub batch: u32,
+    /// Most runs held at once.
+    pub concurrency: usize,
+    /// How long to wait before claiming again after finding nothing.
+    pub poll_ms: u64,
+    /// The engine's provider-call limit; a send starts only with at least
+    /// twice this much lease left.
+    pub send_timeout_ms: u64,
+    /// Backoff and attempt limits.
+    pub retry: RetryPolicy,
+}
+
+impl WorkerConfig {
+    /// Sensible production defaults for a worker named `id`.
+    pub fn new(id: WorkerId) -> Self {
+        Self {
+            id,
+            lease_ms: 30_000,
+            batch: 10,
+            concurrency: 64,
+            poll_ms: 500,
+            send_timeout_ms: 10_000,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Checks the bounds the machine relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.lease_ms < 3 * self.send_timeout_ms {
+            return Err(ConfigError::LeaseTooShort {
+                lease_ms: self.lease_ms,
+                send_timeout_ms: self.send_timeout_ms,
+            });
+        }
+        if self.batch == 0 || self.batch > crate::limits::MAX_CLAIM_BATCH || self.concurrency == 0 {
+            return Err(ConfigError::Bounds);
+        }
+        Ok(())
+    }
+}
+
+/// What happened, as the worker hears of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// Time passed.
+    Tick,
+    /// A store op asked for by [`WorkerEffect::Store`] came back.
+    StoreReplied {
+        /// Which op.
+        op: OpId,
+        /// The answer, or why there is none.
+        reply: Result<StoreReply, StoreUnavailable>,
+    },
+    /// A send asked for by [`WorkerEffect::Send`] came back.
+    SendReplied {
+        /// Which op.
+        op: OpId,
+        /// The engine's answer, or why there is none.
+        reply: Result<SendResponse, EngineUnreachable>,
+    },
+    /// Stop claiming; finish or release what is held.
+    Shutdown,
+}
+
+/// What the worker asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEffect {
+    /// Apply this op to the store; answer with [`WorkerEvent::StoreReplied`].
+    Store {
+        /// Its number.
+        op: OpId,
+        /// The op.
+        request: StoreOp,
+    },
+    /// Send this through the engine; answer with [`WorkerEvent::SendReplied`].
+    Send {
+        /// Its number.
+        op: OpId,
+        /// The request.
+        request: SendRequest,
+    },
+}
+
+/// Counters an operator wants on `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Runs leased by this worker's claims.
+    pub claimed: u64,
+    /// Runs claimed whose earlier lease had lapsed (another holder vanished).
+    pub rescued: u64,
+    /// Steps the engine confirmed sent.
+    pub sent: u64,
+    /// Writes or sends refused for a stale epoch.
+    pub fenced: u64,
+    /// Runs dropped because their lease ran out before it could be extended.
+    pub lease_lost: u64,
+    /// Runs completed.
+    pub completed: u64,
+    /// Runs failed for good.
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Stage {
+    /// Ready to send the cursor's step at this time.
+    Ready { at_ms: u64 },
+    /// The send is in flight.
+    Sending,
+    /// A write is in flight; kept so it can be repeated.
+    Writing { op: Box<StoreOp> },
+    /// A write failed to reach the store; repeat it at this time.
+    WriteAgain { at_ms: u64, op: Box<StoreOp> },
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    run: ClaimedRun,
+    /// Our own conservative view of the lease: counted from when the claim
+    /// (or heartbeat) was *sent*, so it ends no later than the store's.
+    lease_until_ms: u64,
+    stage: Stage,
+    heartbeat_in_flight: bool,
+    next_heartbeat_ms: u64,
+    /// Consecutive failures to reach the engine or store for this step.
+    transient: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OpKind {
+    Claim,
+    Heartbeat,
+    Send,
+    Write,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    kind: OpKind,
+    run: Option<(RunId, u64)>,
+    sent_at_ms: u64,
+}
+
+/// The worker's state machine.
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    rng: SplitMix64,
+    held: BTreeMap<RunId, Held>,
+    pending: BTreeMap<OpId, Pending>,
+    next_op: OpId,
+    claim_in_flight: bool,
+    next_claim_ms: u64,
+    claim_failures: u32,
+    draining: bool,
+    effects: VecDeque<WorkerEffect>,
+    stats: WorkerStats,
+}
+
+impl Worker {
+    /// A worker that has claimed nothing yet. `seed` feeds its backoff
+    /// jitter; the same seed gives the same behaviour.
+    pub fn new(config: WorkerConfig, seed: u64) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            rng: SplitMix64::new(seed),
+            held: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            next_op: 0,
+            claim_in_flight: false,
+            next_claim_ms: 0,
+            claim_failures: 0,
+            draining: false,
+            effects: VecDeque::new(),
+            stats: WorkerStats::default(),
+        })
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> WorkerStats {
+        self.stats
+    }
+
+    /// Runs held right now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// True once a shutdown has finished: nothing held, nothing claiming.
+    pub fn is_idle(&self) -> bool {
+        self.draining && self.held.is_empty() && !self.claim_in_flight
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_effect(&mut self) -> Option<WorkerEffect> {
+        self.effects.pop_front()
+    }
+
+    /// When to call [`Worker::handle`] with [`WorkerEvent::Tick`] next, if
+    /// no reply arrives first.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut at = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
+        if self.may_claim() {
+            at(self.next_claim_ms);
+        }
+        for h in self.held.values() {
+            at(h.lease_until_ms);
+            if !h.heartbeat_in_flight {
+                at(h.next_heartbeat_ms);
+            }
+            match &h.stage {
+                Stage::Ready { at_ms } | Stage::WriteAgain { at_ms, .. } => at(*at_ms),
+                Stage::Sending | Stage::Writing { .. } => {}
+            }
+        }
+        next
+    }
+
+    /// Takes one event at local time `now_ms`, then does whatever is due.
+    pub fn handle(&mut self, event: WorkerEvent, now_ms: u64) {
+        match event {
+            WorkerEvent::Tick => {}
+            WorkerEvent::Shutdown => {
+                if !self.draining {
+                    tracing::info!(worker_id = %self.config.id, held = self.held.len(), "shutting down: no more claims");
+                }
+                self.draining = true;
+            }
+            WorkerEvent::StoreReplied { op, reply } => {
+                if let Some(p) = self.pending.remove(&op) {
+                    self.on_store(p, reply, now_ms);
+                }
+            }
+            WorkerEvent::SendReplied { op, reply } => {
+                if let Some(p) = self.pending.remove(&op) {
+                    self.on_send(p, reply, now_ms);
+                }
+            }
+        }
+        self.drive(now_ms);
+    }
+
+    fn may_claim(&self) -> bool {
+        !self.draining && !self.claim_in_flight && self.held.len() < self.config.concurrency
+    }
+
+    fn jitter(&mut self, attempt: u32) -> u64 {
+        let r = self.rng.next_u64();
+        // Never zero: a retry always lets time pass.
+        self.config.retry.backoff_ms(attempt, r).max(1)
+    }
+
+    fn issue(&mut self, kind: OpKind, run: Option<(RunId, u64)>, now_ms: u64) -> OpId {
+        self.next_op += 1;
+        self.pending.insert(
+            self.next_op,
+            Pending {
+                kind,
+                run,
+                sent_at_ms: now_ms,
+            },
+        );
+        self.next_op
+    }
+
+    fn store(&mut self, kind: OpKind, run: Option<(RunId, u64)>, request: StoreOp, now_ms: u64) {
+        let op = self.issue(kind, run, now_ms);
+        self.effects.push_back(WorkerEffect::Store { op, request });
+    }
+
+    /// Finds the held run an op was for, if it is still held under the
+    /// same epoch; replies for runs since dropped or re-claimed are stale.
+    fn held_for<'a>(held: &'a mut BTreeMap<RunId, Held>, p: &Pending) -> Option<&'a mut Held> {
+        let (id, epoch) = p.run?;
+        held.get_mut(&id).filter(|h| h.run.epoch == epoch)
+    }
+
+    fn drop_run(&mut self, id: RunId, why: &'static str) {
+        if let Some(h) = self.held.remove(&id) {
+            tracing::debug!(worker_id = %self.config.id, run_id = %id, step = h.run.cursor, epoch = h.run.epoch, why, "run let go");
+        }
+    }
+
+    fn drive(&mut self, now_ms: u64) {
+        let ids: Vec<RunId> = self.held.keys().copied().collect();
+        for id in ids {
+            self.drive_run(id, now_ms);
+        }
+        if self.may_claim() && now_ms >= self.next_claim_ms {
+            let room = self.config.concurrency - self.held.len();
+            let max = (self.config.batch as usize).min(room) as u32;
+            self.claim_in_flight = true;
+            let request = StoreOp::Claim {
+                owner: self.config.id.clone(),
+                max,
+                lease_ms: self.config.lease_ms,
+                now_ms,
+            };
+            self.store(OpKind::Claim, None, request, now_ms);
+        }
+    }
+
+    fn drive_run(&mut self, id: RunId, now_ms: u64) {
+        let lease_ms = self.config.lease_ms;
+        let send_timeout_ms = self.config.send_timeout_ms;
+        let draining = self.draining;
+        let h = self.held.get_mut(&id).expect("driving a held run");
+        if now_ms >= h.lease_until_ms {
+            // We can no longer prove the lease is ours: another worker may
+            // claim the run at any moment, so we must not send for it.
+            tracing::warn!(worker_id = %self.config.id, run_id = %id, step = h.run.cursor, epoch = h.run.epoch, "lease lapsed before it could be extended; no longer sending for this run");
+            self.stats.lease_lost += 1;
+            self.held.remove(&id);
+            return;
+        }
+        let epoch = h.run.epoch;
+        if !h.heartbeat_in_flight && now_ms >= h.next_heartbeat_ms {
+            h.heartbeat_in_flight = true;
+            h.next_heartbeat_ms = now_ms + lease_ms / 10;
+            let request = StoreOp::Heartbeat {
+                run: id,
+                epoch,
+                lease_ms,
+                now_ms,
+            };
+            self.store(OpKind::Heartbeat, Some((id, epoch)), request, now_ms);
+        }
+        let h = self.held.get_mut(&id).expect("still held");
+        match &h.stage {
+            Stage::Ready { at_ms } if *at_ms <= now_ms => {
+                if draining {
+                    let request = StoreOp::Release {
+                        run: id,
+                        epoch,
+                        after_ms: 0,
+                        now_ms,
+                    };
+                    self.write(id, epoch, request, now_ms);
+                } else if h.lease_until_ms >= now_ms + 2 * send_timeout_ms {
+                    h.stage = Stage::Sending;
+                    let step = h.run.cursor;
+                    let request = SendRequest {
+                        key: DeliveryKey { run: id, step },
+                        epoch,
+                        tenant: h.run.tenant.clone(),
+                        to: h.run.to.clone(),
+                        text: h.run.steps[step as usize].text.clone(),
+                    };
+                    let op = self.issue(OpKind::Send, Some((id, epoch)), now_ms);
+                    self.effects.push_back(WorkerEffect::Send { op, request });
+                }
+                // Otherwise too little lease is left for a send to finish
+                // inside it: wait for the heartbeat to extend it.
+            }
+            Stage::WriteAgain { at_ms, op } if *at_ms <= now_ms => {
+                let mut request = (**op).clone();
+                request.set_now_ms(now_ms);
+                self.write(id, epoch, request, now_ms);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_store(&mut self, p: Pending, reply: Result<StoreReply, StoreUnavailable>, now_ms: u64) {
+        match p.kind {
+            OpKind::Claim => self.on_claimed(p, reply, now_ms),
+            OpKind::Heartbeat => {
+                let lease_ms = self.config.lease_ms;
+                let Some(h) = Self::held_for(&mut self.held, &p) else {
+                    return;
+                };
+                h.heartbeat_in_flight = false;
+                match reply {
+                    Ok(StoreReply::Heartbeated { .. }) => {
+                        h.lease_until_ms = h.lease_until_ms.max(p.sent_at_ms + lease_ms);
+                        h.next_heartbeat_ms = p.sent_at_ms + lease_ms / 3;
+                    }
+                    Ok(_) => {
+                        self.stats.fenced += 1;
+                        let (id, _) = p.run.expect("heartbeats name a run");
+                        self.drop_run(id, "heartbeat fenced");
+                    }
+                    // Try again soon; the lease check stops sends in time.
+                    Err(_) => {}
+                }
+            }
+            OpKind::Write => self.on_written(p, reply, now_ms),
+            OpKind::Send => unreachable!("sends are answered by SendReplied"),
+        }
+    }
+
+    fn on_claimed(&mut self, p: Pending, reply: Result<StoreReply, StoreUnavailable>, now_ms: u64) {
+        self.claim_in_flight = false;
+        match reply {
+            Ok(StoreReply::Claimed(runs)) => {
+                self.claim_failures = 0;
+                let full = runs.len() as u32 >= self.config.batch;
+                for run in runs {
+                    self.stats.claimed += 1;
+                    if run.epoch > 1 && run.attempts == 0 && run.cursor > 0 {
+                        self.stats.rescued += 1;
+                    }
+                    tracing::debug!(worker_id = %self.config.id, run_id = %run.id, step = run.cursor, epoch = run.epoch, "claimed");
+                    let lease_until_ms = p.sent_at_ms + self.config.lease_ms;
+                    self.held.insert(
+                        run.id,
+                        Held {
+                            run,
+                            lease_until_ms,
+                            stage: Stage::Ready { at_ms: now_ms },
+                            heartbeat_in_flight: false,
+                            next_heartbeat_ms: p.sent_at_ms + self.config.lease_ms / 3,
+                            transient: 0,
+                        },
+                    );
+                }
+                self.next_claim_ms = if full {
+                    now_ms
+                } else {
+                    now_ms + self.config.poll_ms
+                };
+            }
+            Ok(other) => {
+                tracing::error!(worker_id = %self.config.id, reply = ?other, "claim got an answer it cannot use");
+                self.next_claim_ms = now_ms + self.config.poll_ms;
+            }
+            Err(e) => {
+                self.claim_failures = self.claim_failures.saturating_add(1);
+                let wait = self.jitter(self.claim_failures).max(self.config.poll_ms);
+                tracing::warn!(worker_id = %self.config.id, error = %e, retry_in_ms = wait, "cannot claim: store unavailable; backing off");
+                self.next_claim_ms = now_ms + wait;
+            }
+        }
+    }
+
+    /// Issues a holder's write and remembers it, so a lost reply can be
+    /// answered by repeating it.
+    fn write(&mut self, id: RunId, epoch: u64, request: StoreOp, now_ms: u64) {
+        if let Some(h) = self.held.get_mut(&id) {
+            h.stage = Stage::Writing {
+                op: Box::new(request.clone()),
+            };
+            self.store(OpKind::Write, Some((id, epoch)), request, now_ms);
+        }
+    }
+
+    fn on_written(&mut self, p: Pending, reply: Result<StoreReply, StoreUnavailable>, now_ms: u64) {
+        let (id, _) = p.run.expect("writes name a run");
+        let worker_id = self.config.id.clone();
+        let Some(h) = Self::held_for(&mut self.held, &p) else {
+            return;
+        };
+        let Stage::Writing { op } = &h.stage else {
+            return;
+        };
+        let op = op.clone();
+        match reply {
+            Ok(StoreReply::Advanced {
+                cursor,
+                released: false,
+            }) => {
+                h.run.cursor = cursor;
+                h.run.attempts = 0;
+                h.transient = 0;
+                h.stage = Stage::Ready { at_ms: now_ms };
+            }
+            Ok(StoreReply::Completed) => {
+                self.stats.completed += 1;
+                tracing::info!(worker_id = %worker_id, run_id = %id, "run completed");
+                self.drop_run(id, "completed");
+            }
+            Ok(StoreReply::Failed { dead: true }) => {
+                self.stats.failed += 1;
+                self.drop_run(id, "failed");
+            }
+            Ok(StoreReply::Advanced { released: true, .. })
+            | Ok(StoreReply::Failed { dead: false })
+            | Ok(StoreReply::Released) => self.drop_run(id, "released"),
+            Ok(StoreReply::Fenced) => {
+                self.stats.fenced += 1;
+                tracing::warn!(worker_id = %worker_id, run_id = %id, epoch = h.run.epoch, op = op.name(), "write fenced: another worker holds the run now");
+                self.drop_run(id, "write fenced");
+            }
+            Ok(other) => {
+                tracing::error!(worker_id = %worker_id, run_id = %id, reply = ?other, "write refused; letting the run go");
+                self.drop_run(id, "write refused");
+            }
+            Err(e) => {
+                // Every holder's write is idempotent under its epoch, so a
+                // write whose reply was lost is simply repeated.
+                h.transient += 1;
+                let attempt = h.transient;
+                let wait = self.jitter(attempt);
+                let h = self.held.get_mut(&id).expect("held");
+                tracing::warn!(worker_id = %worker_id, run_id = %id, step = h.run.cursor, epoch = h.run.epoch, error = %e, retry_in_ms = wait, "write did not reach the store; repeating it");
+                h.stage = Stage::WriteAgain {
+                    at_ms: now_ms + wait,
+                    op,
+                };
+            }
+        }
+    }
+
+    fn on_send(&mut self, p: Pending, reply: Result<SendResponse, EngineUnreachable>, now_ms: u64) {
+        let (id, epoch) = p.run.expect("sends name a run");
+        let worker_id = self.config.id.clone();
+        let retry = self.config.retry;
+        let Some(h) = Self::held_for(&mut self.held, &p) else {
+            return;
+        };
+        if !matches!(h.stage, Stage::Sending) {
+            return;
+        }
+        let step = h.run.cursor;
+        let key = DeliveryKey { run: id, step };
+        let last = h.run.steps.len() as u32 - 1;
+        let attempts = h.run.attempts;
+        let write = match reply {
+            Ok(SendResponse::Sent {
+                provider_message_id,
+                replayed,
+            }) => {
+                self.stats.sent += 1;
+                tracing::info!(worker_id = %worker_id, run_id = %id, step, epoch, idempotency_key = %key, provider_message_id, replayed, "step sent");
+                if step == last {
+                    StoreOp::Complete {
+                        run: id,
+                        epoch,
+                        step,
+                        now_ms,
+                    }
+                } else {
+                    let delay = h.run.steps[step as usize + 1].delay_ms;
+                    // A delay, or a shutdown, gives the lease up; the next
+                    // step is then claimed afresh when it falls due.
+                    let delay_ms = (delay > 0 || self.draining).then_some(delay);
+                    StoreOp::Advance {
+                        run: id,
+                        epoch,
+                        step,
+                        delay_ms,
+                        now_ms,
+                    }
+                }
+            }
+            Ok(SendResponse::InProgress) => {
+                h.transient += 1;
+                let attempt = h.transient;
+                let wait = self.jitter(attempt.min(4));
+                let h = self.held.get_mut(&id).expect("held");
+                h.stage = Stage::Ready {
+                    at_ms: now_ms + wait,
+                };
+                return;
+            }
+            Ok(SendResponse::Busy { retry_after_ms }) => {
+                h.stage = Stage::Ready {
+                    at_ms: now_ms + retry_after_ms.max(1),
+                };
+                return;
+            }
+            Ok(SendResponse::Failed {
+                retryable: true,
+                reason,
+                retry_after_ms,
+            }) if retry.may_retry(attempts + 1) => {
+                let wait = self.jitter(attempts).max(retry_after_ms.unwrap_or(0));
+                tracing::warn!(worker_id = %worker_id, run_id = %id, step, epoch, idempotency_key = %key, reason, retry_in_ms = wait, attempt = attempts + 1, "send failed; will retry");
+                StoreOp::Fail {
+                    run: id,
+                    epoch,
+                    reason,
+                    retry_after_ms: Some(wait),
+                    now_ms,
+                }
+            }
+            Ok(SendResponse::Failed {
+                retryable, reason, ..
+            }) => {
+                let reason = if retryable {
+                    format!(
+                        "step {step}: gave up after {} attempts: {reason}",
+                        attempts + 1
+                    )
+                } else {
+                    format!("step {step}: {reason}")
+                };
+                tracing::warn!(worker_id = %worker_id, run_id = %id, step, epoch, idempotency_key = %key, reason, "send failed for good");
+                StoreOp::Fail {
+                    run: id,
+                    epoch,
+                    reason,
+                    retry_after_ms: None,
+                    now_ms,
+                }
+            }
+            Ok(SendResponse::Unknown { reason }) => {
+                // It may have been delivered: never resend it blindly. The
+                // run stops here and the step stays `unknown` in the ledger.
+                tracing::warn!(worker_id = %worker_id, run_id = %id, step, epoch, idempotency_key = %key, reason, "delivery outcome unknown; the run stops at this step");
+                StoreOp::Fail {
+                    run: id,
+                    epoch,
+                    reason: format!("step {step}: delivery unknown: {reason}"),
+                    retry_after_ms: None,
+                    now_ms,
+                }
+            }
+            Ok(SendResponse::Fenced) => {
+                self.stats.fenced += 1;
+                tracing::warn!(worker_id = %worker_id, run_id = %id, step, epoch, idempotency_key = %key, "send fenced: the lease is stale");
+                self.drop_run(id, "send fenced");
+                return;
+            }
+            Err(e) => {
+                h.transient += 1;
+                let attempt = h.transient;
+                let wait = self.jitter(attempt);
+                tracing::warn!(worker_id = %worker_id, run_id = %id, step, epoch, idempotency_key = %key, error = %e, retry_in_ms = wait, "engine unreachable; the same key will be sent again, which the ledger makes safe");
+                let h = self.held.get_mut(&id).expect("held");
+                if retry.may_retry(attempt) {
+                    h.stage = Stage::Ready {
+                        at_ms: now_ms + wait,
+                    };
+                    return;
+                }
+                // Long trouble: let the run go so another worker may try.
+                StoreOp::Release {
+                    run: id,
+                    epoch,
+                    after_ms: wait,
+                    now_ms,
+                }
+            }
+        };
+        self.write(id, epoch, write, now_ms);
+    }
+}

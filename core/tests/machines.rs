@@ -1,0 +1,416 @@
+//! The worker and engine machines, driven by hand against the reference
+//! store: the contract examples of DESIGN.md, one by one.
+
+use oncesend_core::check::{check, Accepted, FinalRun, History, ProviderCall};
+use oncesend_core::store::StoreUnavailable;
+use oncesend_core::{
+    DeliveryKey, DeliveryOutcome, DeliveryState, Engine, EngineConfig, EngineEffect, EngineEvent,
+    FlowId, MemStore, NewRun, PlannedStep, Recipient, RunId, RunStatus, SendRequest, SendResponse,
+    StoreOp, StoreReply, TenantId, Worker, WorkerConfig, WorkerEffect, WorkerEvent, WorkerId,
+};
+
+fn new_run(i: u64, to: &str, delays: &[u64]) -> NewRun {
+    NewRun {
+        id: RunId::new(1_000 + i, i),
+        tenant: TenantId::default_tenant(),
+        flow: FlowId::new("welcome").unwrap(),
+        to: Recipient::parse(to).unwrap(),
+        steps: delays
+            .iter()
+            .enumerate()
+            .map(|(s, d)| PlannedStep {
+                text: format!("message {s}"),
+                delay_ms: *d,
+            })
+            .collect(),
+        trigger_key: None,
+    }
+}
+
+fn worker_config(name: &str) -> WorkerConfig {
+    WorkerConfig {
+        lease_ms: 3_000,
+        send_timeout_ms: 1_000,
+        poll_ms: 50,
+        ..WorkerConfig::new(WorkerId::new(name).unwrap())
+    }
+}
+
+fn claim(store: &mut MemStore, who: &str, now_ms: u64) -> Vec<oncesend_core::ClaimedRun> {
+    match store.apply(StoreOp::Claim {
+        owner: WorkerId::new(who).unwrap(),
+        max: 10,
+        lease_ms: 3_000,
+        now_ms,
+    }) {
+        StoreReply::Claimed(c) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_completion_with_a_stale_epoch_is_fenced() {
+    let mut store = MemStore::new();
+    let run = new_run(1, "+5511913390707", &[0]);
+    let id = run.id;
+    store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+    let first = claim(&mut store, "a", 0);
+    assert_eq!(first[0].epoch, 1);
+    // The first lease lapses; another worker claims the run.
+    let second = claim(&mut store, "b", 3_000);
+    assert_eq!(second[0].epoch, 2);
+    let stale = StoreOp::Complete {
+        run: id,
+        epoch: 1,
+        step: 0,
+        now_ms: 3_001,
+    };
+    assert_eq!(store.apply(stale), StoreReply::Fenced);
+    let StoreReply::Run(v) = store.apply(StoreOp::GetRun { run: id }) else {
+        panic!()
+    };
+    assert_eq!(
+        v.status,
+        RunStatus::Leased,
+        "the stale write changed nothing"
+    );
+    assert_eq!(v.lease.unwrap().owner.as_str(), "b");
+    let fresh = StoreOp::Complete {
+        run: id,
+        epoch: 2,
+        step: 0,
+        now_ms: 3_002,
+    };
+    assert_eq!(store.apply(fresh), StoreReply::Completed);
+}
+
+/// Runs one engine request to its answer, applying store ops to `store`
+/// and answering provider calls with `provider`. Returns the answer and the
+/// number of provider calls made.
+fn engine_send(
+    engine: &mut Engine,
+    store: &mut MemStore,
+    request: SendRequest,
+    now_ms: u64,
+    provider: &mut dyn FnMut() -> Option<DeliveryOutcome>,
+) -> (Option<SendResponse>, u32) {
+    let mut calls = 0;
+    // A fresh request number each time, as a driver would give.
+    let req_id = now_ms;
+    engine.handle(
+        EngineEvent::Request {
+            req: req_id,
+            request,
+        },
+        now_ms,
+    );
+    let mut answer = None;
+    while let Some(effect) = engine.poll_effect() {
+        match effect {
+            EngineEffect::Store { req, op } => {
+                let reply = store.apply(op);
+                engine.handle(
+                    EngineEvent::StoreReplied {
+                        req,
+                        reply: Ok(reply),
+                    },
+                    now_ms,
+                );
+            }
+            EngineEffect::Provide { req, .. } => {
+                calls += 1;
+                if let Some(outcome) = provider() {
+                    engine.handle(EngineEvent::ProviderReplied { req, outcome }, now_ms);
+                }
+            }
+            EngineEffect::Respond { response, .. } => answer = Some(response),
+        }
+    }
+    (answer, calls)
+}
+
+fn leased_request(store: &mut MemStore) -> SendRequest {
+    let run = new_run(2, "+5511913390707", &[0, 0]);
+    store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+    let c = claim(store, "a", 0).remove(0);
+    SendRequest {
+        key: DeliveryKey { run: c.id, step: 0 },
+        epoch: c.epoch,
+        tenant: c.tenant,
+        to: c.to,
+        text: c.steps[0].text.clone(),
+    }
+}
+
+#[test]
+fn a_replayed_send_for_a_sent_key_returns_the_stored_result_and_sends_nothing() {
+    let mut store = MemStore::new();
+    let mut engine = Engine::new(EngineConfig {
+        send_timeout_ms: 1_000,
+        ..EngineConfig::default()
+    });
+    let request = leased_request(&mut store);
+    let mut sent = || {
+        Some(DeliveryOutcome::Sent {
+            provider_message_id: "wamid.1".into(),
+        })
+    };
+    let (first, calls) = engine_send(&mut engine, &mut store, request.clone(), 10, &mut sent);
+    assert_eq!(calls, 1);
+    assert_eq!(
+        first,
+        Some(SendResponse::Sent {
+            provider_message_id: "wamid.1".into(),
+            replayed: false
+        })
+    );
+    let (again, calls) = engine_send(&mut engine, &mut store, request, 20, &mut sent);
+    assert_eq!(calls, 0, "a sent key must never reach the provider again");
+    assert_eq!(
+        again,
+        Some(SendResponse::Sent {
+            provider_message_id: "wamid.1".into(),
+            replayed: true
+        })
+    );
+    assert_eq!(engine.stats().replayed, 1);
+}
+
+#[test]
+fn a_send_for_a_key_still_sending_is_answered_in_progress_then_unknown_after_its_deadline() {
+    let mut store = MemStore::new();
+    let mut engine = Engine::new(EngineConfig {
+        send_timeout_ms: 1_000,
+        ..EngineConfig::default()
+    });
+    let request = leased_request(&mut store);
+    // The first call never comes back (the provider hangs).
+    let (first, calls) = engine_send(&mut engine, &mut store, request.clone(), 10, &mut || None);
+    assert_eq!((first, calls), (None, 1));
+    let mut never = || -> Option<DeliveryOutcome> { panic!("must not call the provider") };
+    let (second, calls) = engine_send(&mut engine, &mut store, request.clone(), 500, &mut never);
+    assert_eq!((second, calls), (Some(SendResponse::InProgress), 0));
+    // Past the send deadline nobody can say whether it went out: unknown,
+    // and still not resent.
+    let (third, calls) = engine_send(&mut engine, &mut store, request.clone(), 1_010, &mut never);
+    assert!(
+        matches!(third, Some(SendResponse::Unknown { .. })),
+        "{third:?}"
+    );
+    assert_eq!(calls, 0);
+    let StoreReply::Run(v) = store.apply(StoreOp::GetRun {
+        run: request.key.run,
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        v.deliveries[0].as_ref().unwrap().state,
+        DeliveryState::Unknown
+    );
+}
+
+#[test]
+fn a_send_with_a_stale_epoch_is_fenced_by_the_engine() {
+    let mut store = MemStore::new();
+    let mut engine = Engine::new(EngineConfig {
+        send_timeout_ms: 1_000,
+        ..EngineConfig::default()
+    });
+    let mut request = leased_request(&mut store);
+    request.epoch += 1;
+    let mut never = || -> Option<DeliveryOutcome> { panic!("must not call the provider") };
+    let (answer, calls) = engine_send(&mut engine, &mut store, request, 10, &mut never);
+    assert_eq!((answer, calls), (Some(SendResponse::Fenced), 0));
+}
+
+#[test]
+fn a_lease_that_cannot_be_heartbeaten_in_time_stops_the_worker_sending() {
+    let mut store = MemStore::new();
+    store.apply(StoreOp::Enqueue {
+        run: new_run(3, "+5511913390707", &[0, 0, 0]),
+        now_ms: 0,
+    });
+    // lease 3000 ms, send timeout 1000 ms: a send may start only while at
+    // least 2000 ms of the lease are left.
+    let mut worker = Worker::new(worker_config("w1"), 1).unwrap();
+    let mut now = 0;
+    let mut send_times = Vec::new();
+    while now <= 10_000 {
+        worker.handle(WorkerEvent::Tick, now);
+        while let Some(effect) = worker.poll_effect() {
+            match effect {
+                WorkerEffect::Store { op, request } => {
+                    // The store answers the claim, then goes away: no
+                    // heartbeat ever gets through.
+                    let reply = if matches!(request, StoreOp::Claim { .. }) && now == 0 {
+                        Ok(store.apply(request))
+                    } else {
+                        Err(StoreUnavailable("connection refused".into()))
+                    };
+                    worker.handle(WorkerEvent::StoreReplied { op, reply }, now);
+                }
+                WorkerEffect::Send { op, .. } => {
+                    send_times.push(now);
+                    // The engine keeps asking the worker to come back later,
+                    // so the worker keeps wanting to send.
+                    let reply = Ok(SendResponse::Busy {
+                        retry_after_ms: 100,
+                    });
+                    worker.handle(WorkerEvent::SendReplied { op, reply }, now);
+                }
+            }
+        }
+        now = worker.poll_timeout().unwrap_or(now + 100).max(now + 1);
+    }
+    assert!(
+        send_times.len() > 5,
+        "the worker sent while the lease held: {send_times:?}"
+    );
+    assert!(
+        send_times.iter().all(|t| *t <= 1_000),
+        "a send started with too little lease left: {send_times:?}"
+    );
+    assert_eq!(worker.stats().lease_lost, 1, "the lapsed lease was noticed");
+    assert_eq!(worker.held(), 0, "the run was let go");
+}
+
+/// A tiny synchronous world: one store, one engine, N workers and a
+/// provider that records every call. Used to show the machines together
+/// deliver every step exactly once, in order.
+struct World {
+    store: MemStore,
+    engine: Engine,
+    workers: Vec<Worker>,
+    now: u64,
+    calls: Vec<ProviderCall>,
+    inbox: Vec<(usize, u64, SendRequest)>,
+}
+
+impl World {
+    fn step(&mut self) {
+        // Rotate who goes first, as real timing would.
+        let n = self.workers.len();
+        for w in (0..n).map(|i| (i + self.now as usize) % n) {
+            self.workers[w].handle(WorkerEvent::Tick, self.now);
+            while let Some(effect) = self.workers[w].poll_effect() {
+                match effect {
+                    WorkerEffect::Store { op, request } => {
+                        let reply = Ok(self.store.apply(request));
+                        self.workers[w].handle(WorkerEvent::StoreReplied { op, reply }, self.now);
+                    }
+                    WorkerEffect::Send { op, request } => self.inbox.push((w, op, request)),
+                }
+            }
+        }
+        for (w, op, request) in std::mem::take(&mut self.inbox) {
+            let key = request.key;
+            self.engine
+                .handle(EngineEvent::Request { req: op, request }, self.now);
+            while let Some(effect) = self.engine.poll_effect() {
+                match effect {
+                    EngineEffect::Store { req, op } => {
+                        let reply = Ok(self.store.apply(op));
+                        self.engine
+                            .handle(EngineEvent::StoreReplied { req, reply }, self.now);
+                    }
+                    EngineEffect::Provide { req, message, .. } => {
+                        assert_eq!(message.key, key);
+                        self.calls.push(ProviderCall {
+                            key,
+                            at_ms: self.now,
+                        });
+                        let outcome = DeliveryOutcome::Sent {
+                            provider_message_id: format!("wamid.{}", self.calls.len()),
+                        };
+                        self.engine
+                            .handle(EngineEvent::ProviderReplied { req, outcome }, self.now);
+                    }
+                    EngineEffect::Respond { req, response } => {
+                        self.workers[w].handle(
+                            WorkerEvent::SendReplied {
+                                op: req,
+                                reply: Ok(response),
+                            },
+                            self.now,
+                        );
+                    }
+                }
+            }
+        }
+        let next = self.workers.iter().filter_map(|w| w.poll_timeout()).min();
+        self.now = next.unwrap_or(self.now + 10).max(self.now + 1);
+    }
+}
+
+#[test]
+fn two_workers_deliver_every_step_once_in_order() {
+    let mut store = MemStore::new();
+    let mut accepted = Vec::new();
+    for i in 0..12 {
+        let to = ["+5511913390707", "+4915112345678", "+14155550123"][i as usize % 3];
+        let run = new_run(i, to, &[0, 200, 0]);
+        accepted.push(Accepted {
+            run: run.id,
+            tenant: run.tenant.clone(),
+            to: run.to.clone(),
+            steps: 3,
+        });
+        store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+    }
+    let mut world = World {
+        store,
+        engine: Engine::new(EngineConfig {
+            send_timeout_ms: 1_000,
+            ..EngineConfig::default()
+        }),
+        workers: ["w1", "w2"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let config = WorkerConfig {
+                    batch: 1,
+                    concurrency: 2,
+                    ..worker_config(name)
+                };
+                Worker::new(config, i as u64).unwrap()
+            })
+            .collect(),
+        now: 0,
+        calls: Vec::new(),
+        inbox: Vec::new(),
+    };
+    while world.now < 20_000 {
+        world.step();
+    }
+    let mut history = History {
+        accepted,
+        calls: world.calls.clone(),
+        ..History::default()
+    };
+    for a in &history.accepted {
+        let StoreReply::Run(v) = world.store.apply(StoreOp::GetRun { run: a.run }) else {
+            panic!()
+        };
+        history.finals.insert(
+            a.run,
+            FinalRun {
+                status: v.status,
+                cursor: v.cursor,
+                reason: v.reason,
+                unknown_steps: vec![],
+            },
+        );
+    }
+    let report = check(&history);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.deliveries, 36);
+    assert!(history
+        .finals
+        .values()
+        .all(|f| f.status == RunStatus::Completed));
+    let claimed: u64 = world.workers.iter().map(|w| w.stats().claimed).sum();
+    assert!(
+        world.workers.iter().all(|w| w.stats().claimed > 0),
+        "both workers took part ({claimed} claims)"
+    );
+}

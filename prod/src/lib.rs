@@ -1,0 +1,9 @@
+//! oncesend in production: stores over real databases, the engine's HTTP
+//! layer, the worker driver, providers, and the daemons built from them.
+//!
+//! The drivers here only do I/O. Every decision about claiming, fencing,
+//! retrying and deduplicating is made by the machines of `oncesend-core`,
+//! which is why the simulation, running these same drivers over a
+//! simulated network, tests production.
+
+pub mod store;
