@@ -107,6 +107,10 @@ struct InFlight {
 pub struct EngineStats {
     /// Provider calls made.
     pub provider_calls: u64,
+    /// Provider calls that sent the message.
+    pub sent: u64,
+    /// Provider calls the provider refused.
+    pub failed: u64,
     /// Requests answered from the ledger with nothing sent.
     pub replayed: u64,
     /// Requests refused for a stale epoch.
@@ -270,19 +274,25 @@ impl Engine {
         let response = match &outcome {
             DeliveryOutcome::Sent {
                 provider_message_id,
-            } => SendResponse::Sent {
-                provider_message_id: provider_message_id.clone(),
-                replayed: false,
-            },
+            } => {
+                self.stats.sent += 1;
+                SendResponse::Sent {
+                    provider_message_id: provider_message_id.clone(),
+                    replayed: false,
+                }
+            }
             DeliveryOutcome::Failed {
                 retryable,
                 reason,
                 retry_after_ms,
-            } => SendResponse::Failed {
-                retryable: *retryable,
-                reason: reason.clone(),
-                retry_after_ms: *retry_after_ms,
-            },
+            } => {
+                self.stats.failed += 1;
+                SendResponse::Failed {
+                    retryable: *retryable,
+                    reason: reason.clone(),
+                    retry_after_ms: *retry_after_ms,
+                }
+            }
             DeliveryOutcome::Unknown { reason } => {
                 self.stats.unknown += 1;
                 SendResponse::Unknown {

@@ -6,4 +6,10 @@
 //! which is why the simulation, running these same drivers over a
 //! simulated network, tests production.
 
+pub mod api;
+pub mod clock;
+pub mod engine;
+pub mod net;
+pub mod provider;
 pub mod store;
+pub mod worker;

@@ -15,7 +15,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Applies one op atomically. `Err` means the store could not be
     /// reached or did not answer; the op may or may not have been applied,
     /// and every op is safe to repeat.
-    fn apply(&self, op: StoreOp) -> impl Future<Output = Result<StoreReply, StoreUnavailable>> + Send;
+    fn apply(
+        &self,
+        op: StoreOp,
+    ) -> impl Future<Output = Result<StoreReply, StoreUnavailable>> + Send;
 
     /// Applies several ops, each atomically, in order. Backends override
     /// this to use one transaction or round trip for the lot.

@@ -1,0 +1,548 @@
+//! The engine's HTTP API (axum). Handlers validate at the edge, pass the
+//! core's ops to the store, and hand sends to the engine driver; they make
+//! no delivery decisions of their own.
+
+mod problem;
+
+pub use problem::Problem;
+
+use crate::clock::TokioClock;
+use crate::engine::EngineHandle;
+use crate::store::Store;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use oncesend_core::flow::Trigger;
+use oncesend_core::rng::SplitMix64;
+use oncesend_core::worker::WorkerStats;
+use oncesend_core::{
+    plan_run, DeliveryState, Flow, FlowId, FlowStep, Recipient, RunId, RunView, SendRequest,
+    SendResponse, StoreOp, StoreReply, TenantId,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Largest request body accepted, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// API settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The bearer token every request except the probes must carry, if set.
+    pub token: Option<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct AppState<S> {
+    store: S,
+    engine: EngineHandle,
+    clock: TokioClock,
+    ids: Arc<Mutex<SplitMix64>>,
+    config: Arc<ApiConfig>,
+    workers: Arc<Mutex<Vec<Arc<Mutex<WorkerStats>>>>>,
+}
+
+impl<S: Clone> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            engine: self.engine.clone(),
+            clock: self.clock.clone(),
+            ids: self.ids.clone(),
+            config: self.config.clone(),
+            workers: self.workers.clone(),
+        }
+    }
+}
+
+impl<S: Store> AppState<S> {
+    /// State for a router. `id_seed` seeds run-id randomness (the daemons
+    /// draw it from the OS, the simulation from its seed).
+    pub fn new(
+        store: S,
+        engine: EngineHandle,
+        clock: TokioClock,
+        id_seed: u64,
+        config: ApiConfig,
+    ) -> Self {
+        Self {
+            store,
+            engine,
+            clock,
+            ids: Arc::new(Mutex::new(SplitMix64::new(id_seed))),
+            config: Arc::new(config),
+            workers: Arc::default(),
+        }
+    }
+
+    /// Adds an in-process worker's counters to `/metrics`.
+    pub fn watch_worker(&self, stats: Arc<Mutex<WorkerStats>>) {
+        self.workers.lock().expect("workers lock").push(stats);
+    }
+}
+
+/// The API's routes.
+pub fn router<S: Store>(state: AppState<S>) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let guarded = Router::new()
+        .route("/v1/flows/{flow}", put(put_flow::<S>))
+        .route("/v1/flows/{flow}/runs", post(trigger::<S>))
+        .route("/v1/runs/{id}", get(get_run::<S>))
+        .route("/v1/runs/{id}/cancel", post(cancel::<S>))
+        .route("/v1/messages", post(send_message::<S>))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .merge(guarded)
+        .fallback(|| async { Problem::not_found("no such endpoint; see the README for the API") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Compares digests, so neither the token's content nor its length leaks
+/// through timing.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+async fn auth<S: Store>(State(st): State<AppState<S>>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &st.config.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if token_matches(t, expected) => {}
+            Some(_) => {
+                return Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "the bearer token is wrong; use the value of ONCESEND_TOKEN",
+                )
+                .into_response()
+            }
+            None => return Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "missing 'Authorization: Bearer <token>' header; use the value of ONCESEND_TOKEN",
+            )
+            .into_response(),
+        }
+    }
+    next.run(request).await
+}
+
+/// Reads a JSON body: 413 past the size limit, 400 for what is not JSON,
+/// 422 for JSON of the wrong shape.
+fn parse_json<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    max_body: usize,
+) -> Result<T, Problem> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Body too large",
+                format!("the request body is over {max_body} bytes; send less"),
+            )
+        } else {
+            Problem::bad_request(format!("could not read the request body: {e}"))
+        }
+    })?;
+    if body.is_empty() {
+        return Err(Problem::bad_request("expected a JSON body, got nothing"));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => Problem::invalid(format!("{e}")),
+            _ => Problem::bad_request(format!("malformed JSON: {e}")),
+        }
+    })
+}
+
+fn store_reply(
+    r: Result<StoreReply, oncesend_core::StoreUnavailable>,
+) -> Result<StoreReply, Problem> {
+    r.map_err(|e| {
+        tracing::warn!(error = %e, "store unavailable");
+        Problem::store_down(e)
+    })
+}
+
+fn unexpected(reply: StoreReply) -> Problem {
+    tracing::error!(?reply, "store answered out of contract");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal error",
+        "the store gave an unexpected answer; nothing more was done. Please report this",
+    )
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowBody {
+    #[serde(default = "default_tenant")]
+    tenant: String,
+    steps: Vec<FlowStep>,
+}
+
+async fn put_flow<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(flow): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let id = FlowId::new(flow).map_err(|e| Problem::invalid(e.to_string()))?;
+    let body: FlowBody = parse_json(body, st.config.max_body_bytes)?;
+    let tenant = TenantId::new(body.tenant).map_err(|e| Problem::invalid(e.to_string()))?;
+    let flow = Flow::new(id.clone(), body.steps).map_err(|e| Problem::invalid(e.to_string()))?;
+    let steps = flow.steps.len();
+    match store_reply(st.store.apply(StoreOp::PutFlow { tenant, flow }).await)? {
+        StoreReply::FlowPut { created } => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            tracing::info!(flow = %id, steps, created, "flow stored");
+            Ok((
+                status,
+                Json(serde_json::json!({"flow": id, "steps": steps})),
+            )
+                .into_response())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    #[serde(default = "default_tenant")]
+    tenant: String,
+    to: String,
+    #[serde(default)]
+    vars: BTreeMap<String, serde_json::Value>,
+}
+
+async fn trigger<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(flow): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let flow_id = FlowId::new(flow).map_err(|e| Problem::invalid(e.to_string()))?;
+    let body: TriggerBody = parse_json(body, st.config.max_body_bytes)?;
+    let tenant = TenantId::new(body.tenant).map_err(|e| Problem::invalid(e.to_string()))?;
+    let to = Recipient::parse(&body.to).map_err(|e| Problem::invalid(format!("to: {e}")))?;
+    let mut vars = BTreeMap::new();
+    for (k, v) in body.vars {
+        let v = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(Problem::invalid(format!(
+                    "vars.{k}: must be a string, number or boolean"
+                )))
+            }
+        };
+        vars.insert(k, v);
+    }
+    let trigger_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?
+                .to_string(),
+        ),
+    };
+    let flow = match store_reply(
+        st.store
+            .apply(StoreOp::GetFlow {
+                tenant: tenant.clone(),
+                flow: flow_id.clone(),
+            })
+            .await,
+    )? {
+        StoreReply::Flow(f) => f,
+        StoreReply::NotFound => {
+            return Err(Problem::not_found(format!(
+                "no flow {flow_id:?} in tenant {tenant:?}; create it with PUT /v1/flows/{flow_id}"
+            )))
+        }
+        other => return Err(unexpected(other)),
+    };
+    let now_ms = st.clock.now_ms();
+    let random = st.ids.lock().expect("ids lock").next_u64();
+    let run = plan_run(
+        &flow,
+        Trigger {
+            tenant,
+            to,
+            vars,
+            trigger_key: trigger_key.clone(),
+        },
+        RunId::new(now_ms, random),
+    )
+    .map_err(|e| Problem::invalid(e.to_string()))?;
+    match store_reply(st.store.apply(StoreOp::Enqueue { run, now_ms }).await)? {
+        StoreReply::Enqueued { run, created } => {
+            tracing::info!(run_id = %run, flow = %flow_id, created, idempotency_key = trigger_key.as_deref().unwrap_or(""), "run triggered");
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, Json(serde_json::json!({"run_id": run}))).into_response())
+        }
+        StoreReply::Conflict { reason } => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("{reason}; retry the trigger"),
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn parse_run_id(id: &str) -> Result<RunId, Problem> {
+    id.parse::<RunId>()
+        .map_err(|e| Problem::not_found(format!("no run {id:?}: {e}")))
+}
+
+/// The run as `GET /v1/runs/{id}` shows it.
+pub fn run_json(v: &RunView) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = (0..v.steps.len())
+        .map(|i| {
+            let d = v.deliveries.get(i).cloned().flatten();
+            let status = match &d {
+                None => "pending",
+                Some(d) => match d.state {
+                    DeliveryState::Sending { .. } => "sending",
+                    DeliveryState::Sent => "sent",
+                    DeliveryState::Failed { .. } => "failed",
+                    DeliveryState::Unknown => "unknown",
+                },
+            };
+            serde_json::json!({
+                "index": i,
+                "status": status,
+                "provider_message_id": d.as_ref().and_then(|d| d.provider_message_id.clone()),
+                "attempts": d.as_ref().map_or(0, |d| d.attempts),
+                "last_error": d.as_ref().and_then(|d| d.last_error.clone()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "run_id": v.id,
+        "tenant": v.tenant,
+        "flow": v.flow,
+        "to": v.to,
+        "status": v.status.as_str(),
+        "cursor": v.cursor,
+        "reason": v.reason,
+        "steps": steps,
+    })
+}
+
+async fn get_run<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let run = parse_run_id(&id)?;
+    match store_reply(st.store.apply(StoreOp::GetRun { run }).await)? {
+        StoreReply::Run(v) => Ok(Json(run_json(&v)).into_response()),
+        StoreReply::NotFound => Err(Problem::not_found(format!("no run {run}"))),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn cancel<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let run = parse_run_id(&id)?;
+    let now_ms = st.clock.now_ms();
+    match store_reply(st.store.apply(StoreOp::Cancel { run, now_ms }).await)? {
+        StoreReply::Cancelled => {
+            tracing::info!(run_id = %run, "run cancelled");
+            Ok(Json(serde_json::json!({"run_id": run, "status": "cancelled"})).into_response())
+        }
+        StoreReply::NotFound => Err(Problem::not_found(format!("no run {run}"))),
+        StoreReply::Conflict { reason } => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("{reason}; only a pending or leased run can be cancelled"),
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn send_message<S: Store>(
+    State(st): State<AppState<S>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let request: SendRequest = parse_json(body, st.config.max_body_bytes)?;
+    let key = request.key.to_string();
+    match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        Some(k) if k == key => {}
+        Some(k) => {
+            return Err(Problem::bad_request(format!(
+                "Idempotency-Key header {k:?} must equal the body's key {key:?}"
+            )))
+        }
+        None => {
+            return Err(Problem::bad_request(format!(
+                "missing Idempotency-Key header; send the body's key {key:?}"
+            )))
+        }
+    }
+    let response = st.engine.send(request).await;
+    let status = match &response {
+        SendResponse::Fenced => StatusCode::CONFLICT,
+        SendResponse::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::OK,
+    };
+    let mut r = (status, Json(&response)).into_response();
+    if let SendResponse::Busy { retry_after_ms } = response {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_ms.div_ceil(1000)),
+        );
+    }
+    Ok(r)
+}
+
+async fn readyz<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Problem> {
+    let now_ms = st.clock.now_ms();
+    match store_reply(st.store.apply(StoreOp::Stats { now_ms }).await)? {
+        StoreReply::Stats(_) => Ok("ready\n".into_response()),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn metrics<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Problem> {
+    let now_ms = st.clock.now_ms();
+    let stats = match store_reply(st.store.apply(StoreOp::Stats { now_ms }).await)? {
+        StoreReply::Stats(s) => s,
+        other => return Err(unexpected(other)),
+    };
+    let e = st.engine.stats();
+    let mut w = WorkerStats::default();
+    for cell in st.workers.lock().expect("workers lock").iter() {
+        let s = *cell.lock().expect("worker stats lock");
+        w.claimed += s.claimed;
+        w.rescued += s.rescued;
+        w.sent += s.sent;
+        w.fenced += s.fenced;
+        w.lease_lost += s.lease_lost;
+        w.completed += s.completed;
+        w.failed += s.failed;
+    }
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in samples {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    metric(
+        "oncesend_queue_depth",
+        "gauge",
+        "Runs waiting, due or not.",
+        &[("", stats.pending)],
+    );
+    metric(
+        "oncesend_queue_due",
+        "gauge",
+        "Runs waiting whose time has come.",
+        &[("", stats.due)],
+    );
+    metric(
+        "oncesend_runs_leased",
+        "gauge",
+        "Runs held by a worker.",
+        &[("", stats.leased)],
+    );
+    metric(
+        "oncesend_oldest_pending_age_ms",
+        "gauge",
+        "How long the longest-waiting due run has waited.",
+        &[("", stats.oldest_due_age_ms)],
+    );
+    metric(
+        "oncesend_unknown_deliveries",
+        "gauge",
+        "Deliveries whose outcome is unknown.",
+        &[("", stats.unknown_deliveries)],
+    );
+    metric(
+        "oncesend_sends_total",
+        "counter",
+        "Send requests answered by the engine, by outcome.",
+        &[
+            ("{outcome=\"sent\"}", e.sent),
+            ("{outcome=\"failed\"}", e.failed),
+            ("{outcome=\"unknown\"}", e.unknown),
+            ("{outcome=\"replayed\"}", e.replayed),
+            ("{outcome=\"fenced\"}", e.fenced),
+            ("{outcome=\"busy\"}", e.busy),
+        ],
+    );
+    metric(
+        "oncesend_fenced_writes_total",
+        "counter",
+        "Worker writes and sends refused for a stale epoch.",
+        &[("", w.fenced)],
+    );
+    metric(
+        "oncesend_lease_rescues_total",
+        "counter",
+        "Runs claimed again after another worker's lease lapsed.",
+        &[("", w.rescued)],
+    );
+    metric(
+        "oncesend_leases_lost_total",
+        "counter",
+        "Runs a worker let go because its lease ran out.",
+        &[("", w.lease_lost)],
+    );
+    let mut r = out.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(r)
+}
