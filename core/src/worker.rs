@@ -293,6 +293,13 @@ impl Worker {
             }
         }
         self.drive(now_ms);
+        // A wake-up already due would make the driver spin without time
+        // passing: everything due must have been acted on above.
+        debug_assert!(
+            self.poll_timeout().is_none_or(|t| t > now_ms),
+            "poll_timeout {:?} is not after now {now_ms}",
+            self.poll_timeout()
+        );
     }
 
     fn may_claim(&self) -> bool {
@@ -403,9 +410,14 @@ impl Worker {
                     };
                     let op = self.issue(OpKind::Send, Some((id, epoch)), now_ms);
                     self.effects.push_back(WorkerEffect::Send { op, request });
+                } else {
+                    // Too little lease is left for a send to finish inside
+                    // it: wait for the heartbeat to extend it (its reply
+                    // wakes the run), or for the lease to lapse.
+                    h.stage = Stage::Ready {
+                        at_ms: h.lease_until_ms,
+                    };
                 }
-                // Otherwise too little lease is left for a send to finish
-                // inside it: wait for the heartbeat to extend it.
             }
             Stage::WriteAgain { at_ms, op } if *at_ms <= now_ms => {
                 let mut request = (**op).clone();
@@ -429,6 +441,9 @@ impl Worker {
                     Ok(StoreReply::Heartbeated { .. }) => {
                         h.lease_until_ms = h.lease_until_ms.max(p.sent_at_ms + lease_ms);
                         h.next_heartbeat_ms = p.sent_at_ms + lease_ms / 3;
+                        if let Stage::Ready { at_ms } = &mut h.stage {
+                            *at_ms = (*at_ms).min(now_ms);
+                        }
                     }
                     Ok(_) => {
                         self.stats.fenced += 1;

@@ -1,1 +1,17 @@
+//! The deterministic simulation of oncesend on turmoil.
+//!
+//! It runs the production engine router, worker driver and core machines
+//! over turmoil's simulated network against the reference store, injects
+//! faults from a seed or an explicit schedule, and holds every history to
+//! the core's checker. Legacy mode replays the old dual-processor race.
 
+pub mod db;
+pub mod fault;
+pub mod legacy;
+pub mod net;
+pub mod provider;
+pub mod trace;
+pub mod world;
+
+pub use fault::{FaultEvent, FaultKind, Node};
+pub use world::{run_seed, Faults, Mode, SeedResult, SimConfig};

@@ -1,0 +1,206 @@
+//! The `db` host: the core's `MemStore` served over a small length-prefixed
+//! protocol on simulated TCP, and the client every other host uses.
+//!
+//! The store's state lives outside the host, so a crash of the db host
+//! loses the requests in flight but never committed data, like a database
+//! with a durable log.
+
+use crate::legacy::{LegacyOp, LegacyReply, LegacyTable};
+use crate::trace::Shared;
+use oncesend::store::{MemoryStore, Store};
+use oncesend_core::store::StoreUnavailable;
+use oncesend_core::{DeliveryOutcome, StoreOp, StoreReply};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use turmoil::net::{TcpListener, TcpStream};
+
+/// The db host's port.
+pub const DB_PORT: u16 = 5432;
+/// Largest frame accepted, in bytes.
+const MAX_FRAME: usize = 1 << 20;
+
+/// A request to the db host.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DbRequest {
+    /// An op of the storage contract.
+    Op(StoreOp),
+    /// An op of the old system's table.
+    Legacy(LegacyOp),
+}
+
+/// The db host's answer.
+#[allow(clippy::large_enum_variant)] // One value per request; boxing buys nothing.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DbResponse {
+    /// The store's reply.
+    Reply(StoreReply),
+    /// The old table's reply.
+    Legacy(LegacyReply),
+}
+
+async fn write_frame<T: Serialize>(s: &mut TcpStream, value: &T) -> std::io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    s.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    s.write_all(&body).await?;
+    s.flush().await
+}
+
+async fn read_frame<T: for<'de> Deserialize<'de>>(s: &mut TcpStream) -> std::io::Result<T> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!("frame of {len} bytes")));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    serde_json::from_slice(&body).map_err(std::io::Error::other)
+}
+
+/// Serves the store until the host is crashed. Every op's time is replaced
+/// by the db's own clock (skewed when a fault says so), as a production
+/// database's clock would be.
+pub async fn serve(
+    store: MemoryStore,
+    legacy: Arc<Mutex<LegacyTable>>,
+    shared: Shared,
+) -> turmoil::Result {
+    let listener = TcpListener::bind(("0.0.0.0", DB_PORT)).await?;
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let store = store.clone();
+        let legacy = legacy.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Ok(request) = read_frame::<DbRequest>(&mut conn).await {
+                let response = match request {
+                    DbRequest::Op(mut op) => {
+                        op.set_now_ms(shared.db_now_ms());
+                        let claim = matches!(op, StoreOp::Claim { .. });
+                        let leased = if claim {
+                            leased_runs(&store)
+                        } else {
+                            Vec::new()
+                        };
+                        let reply = store.apply_now(op);
+                        if let StoreReply::Claimed(runs) = &reply {
+                            // A claim of a run that was leased: its holder's
+                            // lease lapsed and this claim rescues the run.
+                            for r in runs.iter().filter(|r| leased.contains(&r.id)) {
+                                shared.fired("lease_rescue");
+                                shared.log(format!(
+                                    "lease rescue: run {} claimed at epoch {}",
+                                    r.id, r.epoch
+                                ));
+                            }
+                        }
+                        DbResponse::Reply(reply)
+                    }
+                    DbRequest::Legacy(op) => {
+                        let now_ms = shared.db_now_ms();
+                        DbResponse::Legacy(legacy.lock().expect("legacy lock").apply(op, now_ms))
+                    }
+                };
+                if write_frame(&mut conn, &response).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn leased_runs(store: &MemoryStore) -> Vec<oncesend_core::RunId> {
+    match store.apply_now(StoreOp::ListRuns {
+        status: Some(oncesend_core::RunStatus::Leased),
+        limit: u32::MAX,
+    }) {
+        StoreReply::Runs(runs) => runs.into_iter().map(|r| r.id).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A client of the db host, used as a production `Store`. Each request
+/// takes an idle connection or opens one, and gives up after `timeout`.
+#[derive(Clone)]
+pub struct DbClient {
+    idle: Arc<Mutex<Vec<TcpStream>>>,
+    timeout: Duration,
+    /// Pauses and records on behalf of the host it runs in.
+    gate: crate::fault::Gate,
+    shared: Shared,
+}
+
+impl DbClient {
+    /// A client that gives up on a request after `timeout`.
+    pub fn new(timeout: Duration, gate: crate::fault::Gate, shared: Shared) -> Self {
+        Self {
+            idle: Arc::default(),
+            timeout,
+            gate,
+            shared,
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn request(&self, request: &DbRequest) -> Result<DbResponse, StoreUnavailable> {
+        self.gate.pass().await;
+        let exchange = async {
+            let reused = self.idle.lock().expect("idle lock").pop();
+            let mut conn = match reused {
+                Some(c) => c,
+                None => TcpStream::connect(("db", DB_PORT)).await?,
+            };
+            write_frame(&mut conn, request).await?;
+            let response = read_frame::<DbResponse>(&mut conn).await?;
+            self.idle.lock().expect("idle lock").push(conn);
+            Ok::<_, std::io::Error>(response)
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(StoreUnavailable(format!("db: {e}"))),
+            Err(_) => Err(StoreUnavailable(format!(
+                "db: no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+impl Store for DbClient {
+    async fn apply(&self, op: StoreOp) -> Result<StoreReply, StoreUnavailable> {
+        // An outcome the engine could not record is one of the ways a key
+        // can end `unknown`; the checker is told so it can tell allowed
+        // unknowns from wrong ones.
+        let ambiguous_if_lost = match &op {
+            StoreOp::FinishDelivery {
+                key,
+                outcome: DeliveryOutcome::Sent { .. },
+                ..
+            } => Some((*key, "finish_lost")),
+            // `sending` may have been recorded with no one left to send:
+            // the row turns unknown at its deadline, with nothing sent.
+            StoreOp::BeginDelivery { key, .. } => Some((*key, "begin_lost")),
+            _ => None,
+        };
+        let begin = match &op {
+            StoreOp::BeginDelivery { key, .. } => Some(*key),
+            _ => None,
+        };
+        if let Some(key) = begin {
+            self.shared.begin_in_flight(key, true);
+        }
+        let response = self.request(&DbRequest::Op(op)).await;
+        if let Some(key) = begin {
+            self.shared.begin_in_flight(key, false);
+        }
+        if let (Some((key, why)), Err(_)) = (ambiguous_if_lost, &response) {
+            self.shared.note_ambiguous(key, why);
+        }
+        match response? {
+            DbResponse::Reply(r) => Ok(r),
+            DbResponse::Legacy(_) => Err(StoreUnavailable("db answered a legacy reply".into())),
+        }
+    }
+}

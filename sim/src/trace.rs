@@ -1,0 +1,168 @@
+//! What the simulation records: the event trace (hashed to prove
+//! determinism), the provider's calls (the history the checker reads), and
+//! the switches the fault schedule flips while the simulation runs.
+
+use oncesend_core::check::ProviderCall;
+use oncesend_core::DeliveryKey;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+/// The simulated wall clock's value at the start of every simulation.
+pub const BASE_MS: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+/// Simulated milliseconds since the simulation began.
+pub fn sim_ms() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Default)]
+struct Inner {
+    trace: Vec<String>,
+    calls: Vec<ProviderCall>,
+    in_provider: BTreeSet<DeliveryKey>,
+    begins: BTreeSet<DeliveryKey>,
+    ambiguous: BTreeMap<DeliveryKey, &'static str>,
+    db_skew_ms: i64,
+    lose_replies: bool,
+    paused_until_ms: BTreeMap<String, u64>,
+    fired: BTreeSet<&'static str>,
+    restarts: BTreeMap<String, u64>,
+}
+
+/// State shared by every host of one simulation and its driver.
+#[derive(Clone, Default)]
+pub struct Shared(Arc<Mutex<Inner>>);
+
+impl Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.0.lock().expect("shared lock"))
+    }
+
+    /// Appends a line to the trace, stamped with simulated time.
+    pub fn log(&self, line: impl AsRef<str>) {
+        let at = sim_ms();
+        self.with(|s| s.trace.push(format!("{at:>7}ms {}", line.as_ref())));
+    }
+
+    /// Appends a line stamped with a time the driver supplies.
+    pub fn log_at(&self, at_ms: u64, line: impl AsRef<str>) {
+        self.with(|s| s.trace.push(format!("{at_ms:>7}ms {}", line.as_ref())));
+    }
+
+    /// The trace so far.
+    pub fn trace(&self) -> Vec<String> {
+        self.with(|s| s.trace.clone())
+    }
+
+    /// Records a message reaching the provider.
+    pub fn provider_called(&self, key: DeliveryKey) {
+        let at_ms = sim_ms();
+        self.with(|s| {
+            s.calls.push(ProviderCall { key, at_ms });
+            s.in_provider.insert(key);
+        });
+    }
+
+    /// The provider's reply for `key` left it.
+    pub fn provider_replied(&self, key: DeliveryKey) {
+        self.with(|s| s.in_provider.remove(&key));
+    }
+
+    /// Every provider call so far, in order.
+    pub fn calls(&self) -> Vec<ProviderCall> {
+        self.with(|s| s.calls.clone())
+    }
+
+    /// A key's outcome became unknowable for a reason the simulation
+    /// caused; an `unknown` for it is then allowed.
+    pub fn note_ambiguous(&self, key: DeliveryKey, why: &'static str) {
+        self.with(|s| {
+            s.ambiguous.entry(key).or_insert(why);
+        });
+    }
+
+    /// A `BeginDelivery` for `key` is on its way to the db (`true`) or
+    /// has come back (`false`).
+    pub fn begin_in_flight(&self, key: DeliveryKey, in_flight: bool) {
+        self.with(|s| {
+            if in_flight {
+                s.begins.insert(key);
+            } else {
+                s.begins.remove(&key);
+            }
+        });
+    }
+
+    /// Calls under way in the provider, and `sending` rows on their way to
+    /// the db, when the engine crashed: their outcome is lost with it.
+    pub fn engine_crashed(&self) {
+        self.with(|s| {
+            let mut keys: Vec<DeliveryKey> =
+                std::mem::take(&mut s.in_provider).into_iter().collect();
+            keys.extend(std::mem::take(&mut s.begins));
+            for k in keys {
+                s.ambiguous.entry(k).or_insert("engine_crash");
+            }
+        });
+    }
+
+    /// Keys whose unknown outcome the simulation explains.
+    pub fn ambiguous(&self) -> BTreeMap<DeliveryKey, &'static str> {
+        self.with(|s| s.ambiguous.clone())
+    }
+
+    /// The db host's clock.
+    pub fn db_now_ms(&self) -> u64 {
+        let skew = self.with(|s| s.db_skew_ms);
+        (BASE_MS + sim_ms()).saturating_add_signed(skew)
+    }
+
+    /// Sets the db clock's skew.
+    pub fn set_db_skew_ms(&self, skew_ms: i64) {
+        self.with(|s| s.db_skew_ms = skew_ms);
+    }
+
+    /// Turns the provider's reply loss on or off.
+    pub fn set_lose_replies(&self, on: bool) {
+        self.with(|s| s.lose_replies = on);
+    }
+
+    /// Whether the provider loses replies now.
+    pub fn lose_replies(&self) -> bool {
+        self.with(|s| s.lose_replies)
+    }
+
+    /// Pauses `host` until `until_ms` (simulated).
+    pub fn pause(&self, host: &str, until_ms: u64) {
+        self.with(|s| {
+            s.paused_until_ms.insert(host.to_string(), until_ms);
+        });
+    }
+
+    /// Until when `host` is paused, if it is.
+    pub fn paused_until(&self, host: &str) -> Option<u64> {
+        let now = sim_ms();
+        self.with(|s| s.paused_until_ms.get(host).copied().filter(|t| *t > now))
+    }
+
+    /// Notes that a fault of this kind had an effect.
+    pub fn fired(&self, kind: &'static str) {
+        self.with(|s| {
+            s.fired.insert(kind);
+        });
+    }
+
+    /// Fault kinds that had an effect.
+    pub fn fired_kinds(&self) -> BTreeSet<&'static str> {
+        self.with(|s| s.fired.clone())
+    }
+
+    /// Counts a (re)start of `host`, returning how many came before.
+    pub fn started(&self, host: &str) -> u64 {
+        self.with(|s| {
+            let n = s.restarts.entry(host.to_string()).or_default();
+            *n += 1;
+            *n - 1
+        })
+    }
+}
