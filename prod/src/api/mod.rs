@@ -21,8 +21,8 @@ use oncesend_core::flow::Trigger;
 use oncesend_core::rng::SplitMix64;
 use oncesend_core::worker::WorkerStats;
 use oncesend_core::{
-    plan_run, DeliveryState, Flow, FlowId, FlowStep, Recipient, RunId, RunView, SendRequest,
-    SendResponse, StoreOp, StoreReply, TenantId,
+    plan_run, Flow, FlowId, FlowStep, Recipient, RunId, RunView, SendRequest, SendResponse,
+    StoreOp, StoreReply, TenantId,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -348,12 +348,7 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
             let d = v.deliveries.get(i).cloned().flatten();
             let status = match &d {
                 None => "pending",
-                Some(d) => match d.state {
-                    DeliveryState::Sending { .. } => "sending",
-                    DeliveryState::Sent => "sent",
-                    DeliveryState::Failed { .. } => "failed",
-                    DeliveryState::Unknown => "unknown",
-                },
+                Some(d) => d.state.as_str(),
             };
             serde_json::json!({
                 "index": i,
