@@ -24,6 +24,7 @@ pub mod rng;
 pub mod send;
 pub mod store;
 pub mod template;
+pub mod tenant;
 pub mod worker;
 
 pub use engine::{Engine, EngineConfig, EngineEffect, EngineEvent};
@@ -39,4 +40,5 @@ pub use store::{
     QueueStats, RunStatus, RunView, StoreOp, StoreReply, StoreUnavailable,
 };
 pub use template::{Template, TemplateError};
+pub use tenant::{CloudApiSettings, ProviderSettings, Tenant, TenantError};
 pub use worker::{Worker, WorkerConfig, WorkerEffect, WorkerEvent};

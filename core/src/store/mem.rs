@@ -55,6 +55,7 @@ impl RunRow {
 pub struct MemStore {
     guards: Guards,
     flows: BTreeMap<(TenantId, FlowId), Flow>,
+    tenants: BTreeMap<TenantId, crate::tenant::Tenant>,
     runs: BTreeMap<RunId, RunRow>,
     next_seq: u64,
     /// Unfinished runs of each conversation, by trigger order. The first
@@ -91,6 +92,18 @@ impl MemStore {
                 let created = self.flows.insert((tenant, flow.id.clone()), flow).is_none();
                 StoreReply::FlowPut { created }
             }
+            StoreOp::PutTenant { tenant } => {
+                assert!(
+                    tenant.id != TenantId::default_tenant(),
+                    "the default tenant is never stored"
+                );
+                let created = self.tenants.insert(tenant.id.clone(), tenant).is_none();
+                StoreReply::TenantPut { created }
+            }
+            StoreOp::GetTenant { tenant } => match self.tenants.get(&tenant) {
+                Some(t) => StoreReply::Tenant(t.clone()),
+                None => StoreReply::NotFound,
+            },
             StoreOp::GetFlow { tenant, flow } => match self.flows.get(&(tenant, flow)) {
                 Some(f) => StoreReply::Flow(f.clone()),
                 None => StoreReply::NotFound,

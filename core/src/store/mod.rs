@@ -243,6 +243,17 @@ pub enum StoreOp {
         /// The flow.
         flow: Flow,
     },
+    /// Create or replace a tenant (never `default`, which the daemon's
+    /// configuration defines).
+    PutTenant {
+        /// The tenant, already checked by [`crate::tenant::Tenant::new`].
+        tenant: crate::tenant::Tenant,
+    },
+    /// Read a stored tenant.
+    GetTenant {
+        /// Its name.
+        tenant: TenantId,
+    },
     /// Read a flow.
     GetFlow {
         /// The flow's tenant.
@@ -426,6 +437,13 @@ pub enum StoreReply {
     },
     /// `GetFlow`'s flow.
     Flow(Flow),
+    /// `PutTenant` done; `created` is false when it replaced one.
+    TenantPut {
+        /// Whether the tenant is new.
+        created: bool,
+    },
+    /// `GetTenant`'s tenant.
+    Tenant(crate::tenant::Tenant),
     /// `Enqueue` done; `created` is false when the trigger key matched.
     Enqueued {
         /// The run (the earlier one, when the key matched).
@@ -558,6 +576,8 @@ impl StoreOp {
             | StoreOp::Prune { now_ms, .. } => Some(*now_ms),
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
+            | StoreOp::PutTenant { .. }
+            | StoreOp::GetTenant { .. }
             | StoreOp::GetRun { .. }
             | StoreOp::ListRuns { .. } => None,
         }
@@ -584,6 +604,8 @@ impl StoreOp {
             | StoreOp::Prune { now_ms, .. } => *now_ms = clock_ms,
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
+            | StoreOp::PutTenant { .. }
+            | StoreOp::GetTenant { .. }
             | StoreOp::GetRun { .. }
             | StoreOp::ListRuns { .. } => {}
         }
@@ -594,6 +616,8 @@ impl StoreOp {
         match self {
             StoreOp::PutFlow { .. } => "put_flow",
             StoreOp::GetFlow { .. } => "get_flow",
+            StoreOp::PutTenant { .. } => "put_tenant",
+            StoreOp::GetTenant { .. } => "get_tenant",
             StoreOp::Enqueue { .. } => "enqueue",
             StoreOp::Claim { .. } => "claim",
             StoreOp::Heartbeat { .. } => "heartbeat",

@@ -178,3 +178,29 @@ fn a_receipt_for_a_key_never_begun_is_not_found() {
         StoreReply::NotFound
     );
 }
+
+#[test]
+fn tenants_are_stored_replaced_and_read_back() {
+    use oncesend_core::{ProviderSettings, Tenant};
+    let mut store = MemStore::new();
+    let acme = TenantId::new("acme").unwrap();
+    assert_eq!(
+        store.apply(StoreOp::GetTenant {
+            tenant: acme.clone()
+        }),
+        StoreReply::NotFound
+    );
+    let t = Tenant::new(acme.clone(), ProviderSettings::Log {}).unwrap();
+    assert_eq!(
+        store.apply(StoreOp::PutTenant { tenant: t.clone() }),
+        StoreReply::TenantPut { created: true }
+    );
+    assert_eq!(
+        store.apply(StoreOp::PutTenant { tenant: t.clone() }),
+        StoreReply::TenantPut { created: false }
+    );
+    assert_eq!(
+        store.apply(StoreOp::GetTenant { tenant: acme }),
+        StoreReply::Tenant(t)
+    );
+}
