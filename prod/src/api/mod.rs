@@ -328,7 +328,9 @@ async fn trigger<S: Store>(
         StoreReply::Flow(f) => f,
         StoreReply::NotFound => {
             return Err(Problem::not_found(format!(
-                "no flow {flow_id:?} in tenant {tenant:?}; create it with PUT /v1/flows/{flow_id}"
+                "no flow {:?} in tenant {:?}; create it with PUT /v1/flows/{flow_id}",
+                flow_id.as_str(),
+                tenant.as_str()
             )))
         }
         other => return Err(unexpected(other)),
@@ -379,7 +381,8 @@ async fn tenant_exists<S: Store>(st: &AppState<S>, tenant: &TenantId) -> Result<
     match store_reply(reply)? {
         StoreReply::Tenant(_) => Ok(()),
         StoreReply::NotFound => Err(Problem::invalid(format!(
-            "unknown tenant {tenant:?}; create it with PUT /v1/tenants/{tenant} or use \"default\""
+            "unknown tenant {:?}; create it with PUT /v1/tenants/{tenant} or use \"default\"",
+            tenant.as_str()
         ))),
         other => Err(unexpected(other)),
     }

@@ -124,17 +124,18 @@ impl<S: Store> TenantProviders<S> {
             })
             .await
             .map_err(|e| refuse(true, format!("cannot read tenant {tenant}: {e}")))?;
-        let settings =
-            match reply {
-                StoreReply::Tenant(t) => t.provider,
-                StoreReply::NotFound => return Err(refuse(
+        let settings = match reply {
+            StoreReply::Tenant(t) => t.provider,
+            StoreReply::NotFound => {
+                return Err(refuse(
                     false,
                     format!(
                         "tenant {tenant:?} does not exist; create it with PUT /v1/tenants/{tenant}"
                     ),
-                )),
-                other => return Err(refuse(true, format!("unexpected store reply {other:?}"))),
-            };
+                ))
+            }
+            other => return Err(refuse(true, format!("unexpected store reply {other:?}"))),
+        };
         let provider = self
             .build(&settings)
             .map_err(|e| refuse(false, format!("tenant {tenant}: {e}")))?;
