@@ -5,6 +5,7 @@
 //! only if that succeeded, records the outcome, and answers. A driver feeds
 //! it events and executes the effects it asks for; it decides everything.
 
+use crate::pacing::{Pacer, PacingConfig};
 use crate::send::{DeliveryOutcome, OutboundMessage, SendRequest, SendResponse};
 use crate::store::{StoreOp, StoreReply, StoreUnavailable};
 use std::collections::{BTreeMap, VecDeque};
@@ -22,6 +23,8 @@ pub struct EngineConfig {
     pub max_inflight: usize,
     /// How long a `Busy` answer asks the worker to wait.
     pub busy_retry_ms: u64,
+    /// Per-sender rate and per-recipient gap; `None` sends as fast as asked.
+    pub pacing: Option<PacingConfig>,
 }
 
 impl Default for EngineConfig {
@@ -30,6 +33,7 @@ impl Default for EngineConfig {
             send_timeout_ms: 10_000,
             max_inflight: 4096,
             busy_retry_ms: 250,
+            pacing: None,
         }
     }
 }
@@ -119,6 +123,8 @@ pub struct EngineStats {
     pub unknown: u64,
     /// Requests turned away at capacity.
     pub busy: u64,
+    /// Requests held back by pacing (sender rate or recipient gap).
+    pub paced: u64,
 }
 
 /// The engine's send-path state machine.
@@ -128,6 +134,7 @@ pub struct Engine {
     inflight: BTreeMap<ReqId, InFlight>,
     effects: VecDeque<EngineEffect>,
     stats: EngineStats,
+    pacer: Option<Pacer>,
 }
 
 impl Engine {
@@ -138,6 +145,7 @@ impl Engine {
             inflight: BTreeMap::new(),
             effects: VecDeque::new(),
             stats: EngineStats::default(),
+            pacer: config.pacing.map(Pacer::new),
         }
     }
 
@@ -180,6 +188,20 @@ impl Engine {
                 },
             );
             return;
+        }
+        // Pacing is asked before anything is written: a message held back
+        // leaves no `sending` row behind, so the worker may simply come back.
+        if let Some(pacer) = &mut self.pacer {
+            if let Err(wait_ms) = pacer.admit(&request.tenant, &request.to, now_ms) {
+                self.stats.paced += 1;
+                self.respond(
+                    req,
+                    SendResponse::Busy {
+                        retry_after_ms: wait_ms.max(1),
+                    },
+                );
+                return;
+            }
         }
         self.effects.push_back(EngineEffect::Store {
             req,

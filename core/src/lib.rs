@@ -16,17 +16,22 @@ pub mod engine;
 pub mod flow;
 pub mod ids;
 pub mod limits;
+pub mod pacing;
+pub mod receipt;
 pub mod recipient;
 pub mod retry;
 pub mod rng;
 pub mod send;
 pub mod store;
 pub mod template;
+pub mod tenant;
 pub mod worker;
 
 pub use engine::{Engine, EngineConfig, EngineEffect, EngineEvent};
 pub use flow::{plan_run, Flow, FlowStep, PlanError};
 pub use ids::{DeliveryKey, FlowId, IdError, RunId, TenantId, WorkerId};
+pub use pacing::{Pacer, PacingConfig, TokenBucket};
+pub use receipt::ReceiptStatus;
 pub use recipient::{Recipient, RecipientError};
 pub use retry::{RetryClass, RetryPolicy};
 pub use send::{DeliveryOutcome, OutboundMessage, SendRequest, SendResponse};
@@ -35,4 +40,5 @@ pub use store::{
     QueueStats, RunStatus, RunView, StoreOp, StoreReply, StoreUnavailable,
 };
 pub use template::{Template, TemplateError};
+pub use tenant::{CloudApiSettings, ProviderSettings, Tenant, TenantError};
 pub use worker::{Worker, WorkerConfig, WorkerEffect, WorkerEvent};

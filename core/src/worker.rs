@@ -14,6 +14,10 @@ use crate::send::{SendRequest, SendResponse};
 use crate::store::{ClaimedRun, StoreOp, StoreReply, StoreUnavailable};
 use std::collections::{BTreeMap, VecDeque};
 
+/// Waits the engine asks for up to this long are waited out with the lease
+/// held; longer ones give the lease up until then.
+pub const MAX_HELD_WAIT_MS: u64 = 1_000;
+
 /// An op's number, unique within one worker.
 pub type OpId = u64;
 
@@ -623,11 +627,23 @@ impl Worker {
                 };
                 return;
             }
-            Ok(SendResponse::Busy { retry_after_ms }) => {
+            Ok(SendResponse::Busy { retry_after_ms }) if retry_after_ms < MAX_HELD_WAIT_MS => {
                 h.stage = Stage::Ready {
                     at_ms: now_ms + retry_after_ms.max(1),
                 };
                 return;
+            }
+            Ok(SendResponse::Busy { retry_after_ms }) => {
+                // A long wait (a recipient gap, say) is a delay: it is
+                // written back as the run's `run_at`, never slept through
+                // with the lease held.
+                tracing::debug!(worker_id = %worker_id, run_id = %id, step, epoch, retry_after_ms, "engine asks for a long wait; releasing the run until then");
+                StoreOp::Release {
+                    run: id,
+                    epoch,
+                    after_ms: retry_after_ms,
+                    now_ms,
+                }
             }
             Ok(SendResponse::Failed {
                 retryable: true,

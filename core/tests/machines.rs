@@ -414,3 +414,80 @@ fn two_workers_deliver_every_step_once_in_order() {
         "both workers took part ({claimed} claims)"
     );
 }
+
+#[test]
+fn a_recipient_gap_spaces_steps_out_without_holding_leases() {
+    let mut store = MemStore::new();
+    let mut accepted = Vec::new();
+    for i in 0..4 {
+        let to = ["+5511913390707", "+4915112345678"][i as usize % 2];
+        let run = new_run(i, to, &[0, 0, 0]);
+        accepted.push(Accepted {
+            run: run.id,
+            tenant: run.tenant.clone(),
+            to: run.to.clone(),
+            steps: 3,
+        });
+        store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+    }
+    let gap_ms = 2_500;
+    let mut world = World {
+        store,
+        engine: Engine::new(EngineConfig {
+            send_timeout_ms: 1_000,
+            pacing: Some(oncesend_core::PacingConfig {
+                rate_per_s: 1_000,
+                burst: 1_000,
+                recipient_gap_ms: gap_ms,
+            }),
+            ..EngineConfig::default()
+        }),
+        workers: vec![Worker::new(worker_config("w1"), 7).unwrap()],
+        now: 0,
+        calls: Vec::new(),
+        inbox: Vec::new(),
+    };
+    while world.now < 60_000 {
+        world.step();
+    }
+    let mut history = History {
+        accepted: accepted.clone(),
+        calls: world.calls.clone(),
+        ..History::default()
+    };
+    let mut to_of = std::collections::BTreeMap::new();
+    for a in &accepted {
+        to_of.insert(a.run, a.to.clone());
+        let StoreReply::Run(v) = world.store.apply(StoreOp::GetRun { run: a.run }) else {
+            panic!()
+        };
+        assert_eq!(v.status, RunStatus::Completed, "{v:?}");
+        // Each wait for the gap gave the lease up, so the run was claimed
+        // again for later steps.
+        assert!(v.epoch > 1, "run {} was claimed once: {v:?}", a.run);
+        history.finals.insert(
+            a.run,
+            FinalRun {
+                status: v.status,
+                cursor: v.cursor,
+                reason: v.reason,
+                unknown_steps: vec![],
+            },
+        );
+    }
+    let report = check(&history);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.deliveries, 12);
+    let mut last: std::collections::BTreeMap<Recipient, u64> = Default::default();
+    for call in &world.calls {
+        let to = &to_of[&call.key.run];
+        if let Some(prev) = last.insert(to.clone(), call.at_ms) {
+            assert!(
+                call.at_ms >= prev + gap_ms,
+                "{to} got messages {prev} and {} ms apart",
+                call.at_ms
+            );
+        }
+    }
+    assert!(world.engine.stats().paced > 0);
+}

@@ -8,6 +8,9 @@
 
 pub mod api;
 pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod db;
 pub mod engine;
 pub mod net;
 pub mod provider;

@@ -165,3 +165,64 @@ impl<C: Connector> HttpClient<C> {
         }
     }
 }
+
+/// A plain-HTTP URL taken apart: where to connect and what to ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// `host:port`, for the connector.
+    pub addr: String,
+    /// The Host header.
+    pub authority: String,
+    /// The path prefix, without a trailing `/` (empty for the root).
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// Parses `http://host[:port][/path]`. `https` is refused with a hint:
+    /// the daemons speak plain HTTP and expect TLS to end at a proxy.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "{url:?}: https is not built in; run a local TLS proxy (for example stunnel or nginx) in front of it and give its http:// URL"
+                ))
+            }
+            _ => return Err(format!("{url:?} must start with http://")),
+        }
+        let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_else(|| host.to_string());
+        let path = uri.path().trim_end_matches('/').to_string();
+        Ok(Self {
+            addr: format!("{host}:{port}"),
+            authority,
+            path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_urls_are_taken_apart() {
+        let u = HttpUrl::parse("http://127.0.0.1:9000/base/").unwrap();
+        assert_eq!(u.addr, "127.0.0.1:9000");
+        assert_eq!(u.authority, "127.0.0.1:9000");
+        assert_eq!(u.path, "/base");
+        let u = HttpUrl::parse("http://localhost").unwrap();
+        assert_eq!((u.addr.as_str(), u.path.as_str()), ("localhost:80", ""));
+        assert!(HttpUrl::parse("https://graph.facebook.com")
+            .unwrap_err()
+            .contains("TLS proxy"));
+        assert!(HttpUrl::parse("ftp://x").is_err());
+    }
+}

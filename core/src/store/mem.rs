@@ -55,6 +55,7 @@ impl RunRow {
 pub struct MemStore {
     guards: Guards,
     flows: BTreeMap<(TenantId, FlowId), Flow>,
+    tenants: BTreeMap<TenantId, crate::tenant::Tenant>,
     runs: BTreeMap<RunId, RunRow>,
     next_seq: u64,
     /// Unfinished runs of each conversation, by trigger order. The first
@@ -91,6 +92,18 @@ impl MemStore {
                 let created = self.flows.insert((tenant, flow.id.clone()), flow).is_none();
                 StoreReply::FlowPut { created }
             }
+            StoreOp::PutTenant { tenant } => {
+                assert!(
+                    tenant.id != TenantId::default_tenant(),
+                    "the default tenant is never stored"
+                );
+                let created = self.tenants.insert(tenant.id.clone(), tenant).is_none();
+                StoreReply::TenantPut { created }
+            }
+            StoreOp::GetTenant { tenant } => match self.tenants.get(&tenant) {
+                Some(t) => StoreReply::Tenant(t.clone()),
+                None => StoreReply::NotFound,
+            },
             StoreOp::GetFlow { tenant, flow } => match self.flows.get(&(tenant, flow)) {
                 Some(f) => StoreReply::Flow(f.clone()),
                 None => StoreReply::NotFound,
@@ -143,6 +156,13 @@ impl MemStore {
             } => self.begin_delivery(key, epoch, send_timeout_ms, now_ms),
             StoreOp::FinishDelivery { key, outcome, .. } => self.finish_delivery(key, outcome),
             StoreOp::ResolveUnknown { key, outcome, .. } => self.resolve_unknown(key, outcome),
+            StoreOp::RecordReceipt {
+                key,
+                status,
+                provider_message_id,
+                reason,
+                ..
+            } => self.record_receipt(key, status, provider_message_id, reason),
             StoreOp::GetRun { run } => match self.runs.get(&run) {
                 Some(row) => StoreReply::Run(self.view(row, true)),
                 None => StoreReply::NotFound,
@@ -497,7 +517,7 @@ impl MemStore {
             if let Some(rec) = self.ledger.get_mut(&key) {
                 attempts = rec.attempts;
                 match rec.state {
-                    DeliveryState::Sent => {
+                    DeliveryState::Sent | DeliveryState::Delivered | DeliveryState::Read => {
                         return StoreReply::AlreadySent {
                             provider_message_id: rec
                                 .provider_message_id
@@ -605,6 +625,42 @@ impl MemStore {
                 record(rec, sent);
                 StoreReply::Resolved
             }
+        }
+    }
+
+    fn record_receipt(
+        &mut self,
+        key: DeliveryKey,
+        status: crate::receipt::ReceiptStatus,
+        provider_message_id: Option<String>,
+        reason: Option<String>,
+    ) -> StoreReply {
+        let Some(rec) = self.ledger.get_mut(&key) else {
+            return StoreReply::NotFound;
+        };
+        let Some(next) = crate::receipt::progress(&rec.state, status) else {
+            return StoreReply::ReceiptRecorded {
+                state: rec.state.clone(),
+                changed: false,
+            };
+        };
+        if rec.provider_message_id.is_none() {
+            rec.provider_message_id = provider_message_id;
+        }
+        if let DeliveryState::Failed { .. } = next {
+            rec.last_error = Some(clip_reason(
+                reason
+                    .as_deref()
+                    .unwrap_or("the provider reported it failed"),
+            ));
+        } else if !matches!(rec.state, DeliveryState::Sent) {
+            // Settled from unknown or sending: the old error no longer holds.
+            rec.last_error = None;
+        }
+        rec.state = next;
+        StoreReply::ReceiptRecorded {
+            state: rec.state.clone(),
+            changed: true,
         }
     }
 

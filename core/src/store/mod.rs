@@ -134,6 +134,10 @@ pub enum DeliveryState {
     },
     /// The provider accepted it.
     Sent,
+    /// The provider reported it reached the recipient's device.
+    Delivered,
+    /// The provider reported the recipient read it.
+    Read,
     /// The provider refused it.
     Failed {
         /// Whether another attempt may begin.
@@ -144,11 +148,18 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    /// True once the provider has the message: sent, delivered or read.
+    pub fn is_sent(&self) -> bool {
+        matches!(self, Self::Sent | Self::Delivered | Self::Read)
+    }
+
     /// The state's name, as the API shows it.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Sending { .. } => "sending",
             Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
             Self::Failed { .. } => "failed",
             Self::Unknown => "unknown",
         }
@@ -231,6 +242,17 @@ pub enum StoreOp {
         tenant: TenantId,
         /// The flow.
         flow: Flow,
+    },
+    /// Create or replace a tenant (never `default`, which the daemon's
+    /// configuration defines).
+    PutTenant {
+        /// The tenant, already checked by [`crate::tenant::Tenant::new`].
+        tenant: crate::tenant::Tenant,
+    },
+    /// Read a stored tenant.
+    GetTenant {
+        /// Its name.
+        tenant: TenantId,
     },
     /// Read a flow.
     GetFlow {
@@ -362,6 +384,20 @@ pub enum StoreOp {
         /// The store's time.
         now_ms: u64,
     },
+    /// Apply a provider's receipt to the delivery `key`, forward only (see
+    /// [`crate::receipt::progress`]). Settles an `unknown` delivery.
+    RecordReceipt {
+        /// `run_id:step`, as carried back in `biz_opaque_callback_data`.
+        key: DeliveryKey,
+        /// What the provider reports.
+        status: crate::receipt::ReceiptStatus,
+        /// The provider's message id, if the receipt names it.
+        provider_message_id: Option<String>,
+        /// The provider's reason, for a failure.
+        reason: Option<String>,
+        /// The store's time.
+        now_ms: u64,
+    },
     /// Read a run with its ledger rows.
     GetRun {
         /// The run.
@@ -401,6 +437,13 @@ pub enum StoreReply {
     },
     /// `GetFlow`'s flow.
     Flow(Flow),
+    /// `PutTenant` done; `created` is false when it replaced one.
+    TenantPut {
+        /// Whether the tenant is new.
+        created: bool,
+    },
+    /// `GetTenant`'s tenant.
+    Tenant(crate::tenant::Tenant),
     /// `Enqueue` done; `created` is false when the trigger key matched.
     Enqueued {
         /// The run (the earlier one, when the key matched).
@@ -456,6 +499,14 @@ pub enum StoreReply {
     Finished(DeliveryState),
     /// The unknown delivery is settled.
     Resolved,
+    /// `RecordReceipt` done: the delivery's state now, and whether the
+    /// receipt moved it.
+    ReceiptRecorded {
+        /// The state after the receipt.
+        state: DeliveryState,
+        /// False when the receipt was late or repeated.
+        changed: bool,
+    },
     /// `GetRun`'s run.
     Run(RunView),
     /// `ListRuns`' runs.
@@ -520,10 +571,13 @@ impl StoreOp {
             | StoreOp::BeginDelivery { now_ms, .. }
             | StoreOp::FinishDelivery { now_ms, .. }
             | StoreOp::ResolveUnknown { now_ms, .. }
+            | StoreOp::RecordReceipt { now_ms, .. }
             | StoreOp::Stats { now_ms }
             | StoreOp::Prune { now_ms, .. } => Some(*now_ms),
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
+            | StoreOp::PutTenant { .. }
+            | StoreOp::GetTenant { .. }
             | StoreOp::GetRun { .. }
             | StoreOp::ListRuns { .. } => None,
         }
@@ -545,10 +599,13 @@ impl StoreOp {
             | StoreOp::BeginDelivery { now_ms, .. }
             | StoreOp::FinishDelivery { now_ms, .. }
             | StoreOp::ResolveUnknown { now_ms, .. }
+            | StoreOp::RecordReceipt { now_ms, .. }
             | StoreOp::Stats { now_ms }
             | StoreOp::Prune { now_ms, .. } => *now_ms = clock_ms,
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
+            | StoreOp::PutTenant { .. }
+            | StoreOp::GetTenant { .. }
             | StoreOp::GetRun { .. }
             | StoreOp::ListRuns { .. } => {}
         }
@@ -559,6 +616,8 @@ impl StoreOp {
         match self {
             StoreOp::PutFlow { .. } => "put_flow",
             StoreOp::GetFlow { .. } => "get_flow",
+            StoreOp::PutTenant { .. } => "put_tenant",
+            StoreOp::GetTenant { .. } => "get_tenant",
             StoreOp::Enqueue { .. } => "enqueue",
             StoreOp::Claim { .. } => "claim",
             StoreOp::Heartbeat { .. } => "heartbeat",
@@ -570,6 +629,7 @@ impl StoreOp {
             StoreOp::BeginDelivery { .. } => "begin_delivery",
             StoreOp::FinishDelivery { .. } => "finish_delivery",
             StoreOp::ResolveUnknown { .. } => "resolve_unknown",
+            StoreOp::RecordReceipt { .. } => "record_receipt",
             StoreOp::GetRun { .. } => "get_run",
             StoreOp::ListRuns { .. } => "list_runs",
             StoreOp::Stats { .. } => "stats",

@@ -3,6 +3,7 @@
 //! no delivery decisions of their own.
 
 mod problem;
+pub mod webhook;
 
 pub use problem::Problem;
 
@@ -21,8 +22,8 @@ use oncesend_core::flow::Trigger;
 use oncesend_core::rng::SplitMix64;
 use oncesend_core::worker::WorkerStats;
 use oncesend_core::{
-    plan_run, DeliveryState, Flow, FlowId, FlowStep, Recipient, RunId, RunView, SendRequest,
-    SendResponse, StoreOp, StoreReply, TenantId,
+    plan_run, Flow, FlowId, FlowStep, ProviderSettings, Recipient, RunId, RunStatus, RunView,
+    SendRequest, SendResponse, StoreOp, StoreReply, Tenant, TenantId,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -40,6 +41,11 @@ pub struct ApiConfig {
     pub token: Option<String>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// The Meta app secret that signs status webhooks; without it the
+    /// webhook refuses everything.
+    pub app_secret: Option<String>,
+    /// The token Meta echoes in the webhook's GET verification challenge.
+    pub webhook_verify_token: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -47,9 +53,15 @@ impl Default for ApiConfig {
         Self {
             token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            app_secret: None,
+            webhook_verify_token: None,
         }
     }
 }
+
+/// Called with a tenant's name after its settings were stored, so cached
+/// providers can be rebuilt.
+pub type TenantHook = Arc<dyn Fn(&TenantId) + Send + Sync>;
 
 /// Everything the handlers share.
 pub struct AppState<S> {
@@ -59,6 +71,7 @@ pub struct AppState<S> {
     ids: Arc<Mutex<SplitMix64>>,
     config: Arc<ApiConfig>,
     workers: Arc<Mutex<Vec<Arc<Mutex<WorkerStats>>>>>,
+    tenant_hook: Option<TenantHook>,
 }
 
 impl<S: Clone> Clone for AppState<S> {
@@ -70,6 +83,7 @@ impl<S: Clone> Clone for AppState<S> {
             ids: self.ids.clone(),
             config: self.config.clone(),
             workers: self.workers.clone(),
+            tenant_hook: self.tenant_hook.clone(),
         }
     }
 }
@@ -91,7 +105,14 @@ impl<S: Store> AppState<S> {
             ids: Arc::new(Mutex::new(SplitMix64::new(id_seed))),
             config: Arc::new(config),
             workers: Arc::default(),
+            tenant_hook: None,
         }
+    }
+
+    /// Calls `hook` after each `PUT /v1/tenants/{tenant}`.
+    pub fn on_tenant_put(mut self, hook: TenantHook) -> Self {
+        self.tenant_hook = Some(hook);
+        self
     }
 
     /// Adds an in-process worker's counters to `/metrics`.
@@ -106,6 +127,8 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
     let guarded = Router::new()
         .route("/v1/flows/{flow}", put(put_flow::<S>))
         .route("/v1/flows/{flow}/runs", post(trigger::<S>))
+        .route("/v1/tenants/{tenant}", put(put_tenant::<S>))
+        .route("/v1/runs", get(list_runs::<S>))
         .route("/v1/runs/{id}", get(get_run::<S>))
         .route("/v1/runs/{id}/cancel", post(cancel::<S>))
         .route("/v1/messages", post(send_message::<S>))
@@ -114,6 +137,10 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route(
+            "/v1/providers/cloud-api/webhook",
+            get(webhook::verify::<S>).post(webhook::receive::<S>),
+        )
         .merge(guarded)
         .fallback(|| async { Problem::not_found("no such endpoint; see the README for the API") })
         .layer(DefaultBodyLimit::max(max_body))
@@ -227,6 +254,7 @@ async fn put_flow<S: Store>(
     let body: FlowBody = parse_json(body, st.config.max_body_bytes)?;
     let tenant = TenantId::new(body.tenant).map_err(|e| Problem::invalid(e.to_string()))?;
     let flow = Flow::new(id.clone(), body.steps).map_err(|e| Problem::invalid(e.to_string()))?;
+    tenant_exists(&st, &tenant).await?;
     let steps = flow.steps.len();
     match store_reply(st.store.apply(StoreOp::PutFlow { tenant, flow }).await)? {
         StoreReply::FlowPut { created } => {
@@ -266,6 +294,7 @@ async fn trigger<S: Store>(
     let body: TriggerBody = parse_json(body, st.config.max_body_bytes)?;
     let tenant = TenantId::new(body.tenant).map_err(|e| Problem::invalid(e.to_string()))?;
     let to = Recipient::parse(&body.to).map_err(|e| Problem::invalid(format!("to: {e}")))?;
+    tenant_exists(&st, &tenant).await?;
     let mut vars = BTreeMap::new();
     for (k, v) in body.vars {
         let v = match v {
@@ -299,7 +328,9 @@ async fn trigger<S: Store>(
         StoreReply::Flow(f) => f,
         StoreReply::NotFound => {
             return Err(Problem::not_found(format!(
-                "no flow {flow_id:?} in tenant {tenant:?}; create it with PUT /v1/flows/{flow_id}"
+                "no flow {:?} in tenant {:?}; create it with PUT /v1/flows/{flow_id}",
+                flow_id.as_str(),
+                tenant.as_str()
             )))
         }
         other => return Err(unexpected(other)),
@@ -336,6 +367,108 @@ async fn trigger<S: Store>(
     }
 }
 
+/// 422 naming the tenant unless it is `default` or stored.
+async fn tenant_exists<S: Store>(st: &AppState<S>, tenant: &TenantId) -> Result<(), Problem> {
+    if *tenant == TenantId::default_tenant() {
+        return Ok(());
+    }
+    let reply = st
+        .store
+        .apply(StoreOp::GetTenant {
+            tenant: tenant.clone(),
+        })
+        .await;
+    match store_reply(reply)? {
+        StoreReply::Tenant(_) => Ok(()),
+        StoreReply::NotFound => Err(Problem::invalid(format!(
+            "unknown tenant {:?}; create it with PUT /v1/tenants/{tenant} or use \"default\"",
+            tenant.as_str()
+        ))),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn put_tenant<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(tenant): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let id = TenantId::new(tenant).map_err(|e| Problem::invalid(e.to_string()))?;
+    let settings: ProviderSettings = parse_json(body, st.config.max_body_bytes)?;
+    let tenant = Tenant::new(id.clone(), settings).map_err(|e| Problem::invalid(e.to_string()))?;
+    if let ProviderSettings::CloudApi { cloud_api } = &tenant.provider {
+        crate::net::HttpUrl::parse(&cloud_api.base_url)
+            .map_err(|e| Problem::invalid(format!("cloud_api.base_url: {e}")))?;
+    }
+    let kind = tenant.provider.kind();
+    match store_reply(st.store.apply(StoreOp::PutTenant { tenant }).await)? {
+        StoreReply::TenantPut { created } => {
+            if let Some(hook) = &st.tenant_hook {
+                hook(&id);
+            }
+            tracing::info!(tenant = %id, provider = kind, created, "tenant stored");
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((
+                status,
+                Json(serde_json::json!({"tenant": id, "provider": kind})),
+            )
+                .into_response())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Most runs one list returns.
+const MAX_LIST: u32 = 1_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_runs<S: Store>(
+    State(st): State<AppState<S>>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let axum::extract::Query(q) = query.map_err(|e| Problem::invalid(e.body_text()))?;
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            Problem::invalid(format!(
+                "status {s:?} is not one of pending, leased, completed, failed, cancelled"
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    match store_reply(st.store.apply(StoreOp::ListRuns { status, limit }).await)? {
+        StoreReply::Runs(runs) => {
+            let runs: Vec<serde_json::Value> = runs
+                .iter()
+                .map(|v| {
+                    serde_json::json!({
+                        "run_id": v.id,
+                        "tenant": v.tenant,
+                        "flow": v.flow,
+                        "to": v.to,
+                        "status": v.status.as_str(),
+                        "cursor": v.cursor,
+                        "steps": v.steps.len(),
+                        "reason": v.reason,
+                    })
+                })
+                .collect();
+            Ok(Json(serde_json::json!({ "runs": runs })).into_response())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 fn parse_run_id(id: &str) -> Result<RunId, Problem> {
     id.parse::<RunId>()
         .map_err(|e| Problem::not_found(format!("no run {id:?}: {e}")))
@@ -348,12 +481,7 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
             let d = v.deliveries.get(i).cloned().flatten();
             let status = match &d {
                 None => "pending",
-                Some(d) => match d.state {
-                    DeliveryState::Sending { .. } => "sending",
-                    DeliveryState::Sent => "sent",
-                    DeliveryState::Failed { .. } => "failed",
-                    DeliveryState::Unknown => "unknown",
-                },
+                Some(d) => d.state.as_str(),
             };
             serde_json::json!({
                 "index": i,
@@ -519,6 +647,7 @@ async fn metrics<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Pr
             ("{outcome=\"replayed\"}", e.replayed),
             ("{outcome=\"fenced\"}", e.fenced),
             ("{outcome=\"busy\"}", e.busy),
+            ("{outcome=\"paced\"}", e.paced),
         ],
     );
     metric(

@@ -1,9 +1,13 @@
 //! Providers: where messages finally go. The engine driver calls one per
 //! delivery that the core's engine machine has begun.
 
+mod cloud_api;
 mod log;
+mod tenants;
 
+pub use self::cloud_api::CloudApiProvider;
 pub use self::log::LogProvider;
+pub use self::tenants::{AnyProvider, TenantProviders};
 
 use oncesend_core::{DeliveryOutcome, OutboundMessage};
 use std::future::Future;

@@ -1,0 +1,147 @@
+//! Delivery receipts: what a provider reports about a message after it
+//! accepted it (sent, delivered, read, failed), and the forward-only rule
+//! for applying them to the ledger.
+//!
+//! Receipts arrive late, twice, and out of order. A delivery's state only
+//! ever moves forward: `sent -> delivered -> read`, or `failed` before it
+//! was delivered. An `unknown` delivery is settled by the first receipt
+//! that names it, because a receipt proves the provider had the message.
+
+use crate::store::DeliveryState;
+use serde::{Deserialize, Serialize};
+
+/// A status a provider reports for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    /// The provider sent it on to the recipient's network.
+    Sent,
+    /// It reached the recipient's device.
+    Delivered,
+    /// The recipient opened it.
+    Read,
+    /// It could not be delivered.
+    Failed,
+}
+
+impl ReceiptStatus {
+    /// Parses the Cloud API's spelling (`sent`, `delivered`, `read`,
+    /// `failed`); anything else (such as `deleted` or `warning`) is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sent" => Self::Sent,
+            "delivered" => Self::Delivered,
+            "read" => Self::Read,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// How far along a state is; a receipt never moves a delivery to a lower
+/// rank. `None` for a permanent failure, which nothing moves.
+fn rank(state: &DeliveryState) -> Option<u8> {
+    match state {
+        DeliveryState::Sending { .. }
+        | DeliveryState::Unknown
+        | DeliveryState::Failed { retryable: true } => Some(0),
+        DeliveryState::Sent => Some(1),
+        DeliveryState::Delivered => Some(2),
+        DeliveryState::Read => Some(3),
+        DeliveryState::Failed { retryable: false } => None,
+    }
+}
+
+/// The state `receipt` moves `current` to, or `None` when it is late,
+/// repeated, or would move the delivery back.
+pub fn progress(current: &DeliveryState, receipt: ReceiptStatus) -> Option<DeliveryState> {
+    let now = rank(current)?;
+    let (next, next_rank) = match receipt {
+        ReceiptStatus::Sent => (DeliveryState::Sent, 1),
+        ReceiptStatus::Delivered => (DeliveryState::Delivered, 2),
+        ReceiptStatus::Read => (DeliveryState::Read, 3),
+        // A failure report after delivery is stale; before it, final.
+        ReceiptStatus::Failed if now <= 1 => {
+            return Some(DeliveryState::Failed { retryable: false })
+        }
+        ReceiptStatus::Failed => return None,
+    };
+    (next_rank > now).then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ReceiptStatus::*;
+
+    const SENDING: DeliveryState = DeliveryState::Sending { deadline_ms: 5 };
+    const FAILED: DeliveryState = DeliveryState::Failed { retryable: false };
+
+    #[test]
+    fn receipts_move_a_delivery_forward_only() {
+        assert_eq!(
+            progress(&DeliveryState::Sent, Delivered),
+            Some(DeliveryState::Delivered)
+        );
+        assert_eq!(
+            progress(&DeliveryState::Delivered, Read),
+            Some(DeliveryState::Read)
+        );
+        assert_eq!(
+            progress(&DeliveryState::Sent, Read),
+            Some(DeliveryState::Read)
+        );
+        // Late or repeated: nothing moves back or sideways.
+        assert_eq!(progress(&DeliveryState::Read, Delivered), None);
+        assert_eq!(progress(&DeliveryState::Read, Sent), None);
+        assert_eq!(progress(&DeliveryState::Delivered, Delivered), None);
+        assert_eq!(progress(&DeliveryState::Sent, Sent), None);
+    }
+
+    #[test]
+    fn failure_counts_only_before_delivery_and_is_final() {
+        assert_eq!(progress(&DeliveryState::Sent, Failed), Some(FAILED));
+        assert_eq!(progress(&DeliveryState::Delivered, Failed), None);
+        assert_eq!(progress(&DeliveryState::Read, Failed), None);
+        assert_eq!(progress(&FAILED, Read), None);
+        assert_eq!(progress(&FAILED, Failed), None);
+    }
+
+    #[test]
+    fn any_receipt_settles_an_unknown_or_sending_delivery() {
+        for from in [DeliveryState::Unknown, SENDING] {
+            assert_eq!(progress(&from, Sent), Some(DeliveryState::Sent));
+            assert_eq!(progress(&from, Read), Some(DeliveryState::Read));
+            assert_eq!(progress(&from, Failed), Some(FAILED));
+        }
+    }
+
+    #[test]
+    fn any_order_of_receipts_ends_at_the_furthest_one() {
+        let all = [Sent, Delivered, Read];
+        // Every permutation of the three, each applied twice.
+        let perms = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for p in perms {
+            let mut state = DeliveryState::Unknown;
+            for i in p.iter().chain(p.iter()) {
+                if let Some(next) = progress(&state, all[*i]) {
+                    state = next;
+                }
+            }
+            assert_eq!(state, DeliveryState::Read, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn parses_the_cloud_api_spelling() {
+        assert_eq!(ReceiptStatus::parse("delivered"), Some(Delivered));
+        assert_eq!(ReceiptStatus::parse("deleted"), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! Tenants: the businesses that send through oncesend, each with its own
+//! provider account. The tenant `default` always exists and uses the
+//! provider the daemon was started with; others are stored.
+
+use crate::ids::TenantId;
+use serde::{Deserialize, Serialize};
+
+/// Most bytes of any one provider setting.
+pub const MAX_SETTING_BYTES: usize = 1024;
+
+/// Why tenant settings were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    /// A setting that is empty, too long, or malformed.
+    #[error("{field}: {why}")]
+    Setting {
+        /// Which setting.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The default tenant is configured by flags and environment.
+    #[error("the tenant \"default\" is configured by the engine's flags and environment, not through the API")]
+    Default,
+}
+
+/// The WhatsApp Cloud API account a tenant sends from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudApiSettings {
+    /// The API's base URL, e.g. `https://graph.facebook.com`.
+    pub base_url: String,
+    /// The Graph API version, e.g. `v21.0`.
+    pub version: String,
+    /// The business phone number's id: the sender.
+    pub phone_number_id: String,
+    /// The access token, sent as a bearer token.
+    pub token: String,
+}
+
+/// Where a tenant's messages go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "provider", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ProviderSettings {
+    /// Written as JSON lines by the engine, sent nowhere. (A struct
+    /// variant, so unknown fields beside it are refused.)
+    Log {},
+    /// The WhatsApp Cloud API.
+    CloudApi {
+        /// The account.
+        cloud_api: CloudApiSettings,
+    },
+}
+
+impl ProviderSettings {
+    /// The provider's name, as flags and the API spell it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Log {} => "log",
+            Self::CloudApi { .. } => "cloud-api",
+        }
+    }
+}
+
+/// A stored tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Its name.
+    pub id: TenantId,
+    /// Its provider.
+    pub provider: ProviderSettings,
+}
+
+fn setting(field: &'static str, value: &str) -> Result<(), TenantError> {
+    let why = if value.is_empty() {
+        "must not be empty".to_string()
+    } else if value.len() > MAX_SETTING_BYTES {
+        format!("must be at most {MAX_SETTING_BYTES} bytes")
+    } else if value.chars().any(char::is_control) {
+        "must not hold control characters".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(TenantError::Setting { field, why })
+}
+
+impl Tenant {
+    /// Checks a tenant's settings where they enter the system.
+    pub fn new(id: TenantId, provider: ProviderSettings) -> Result<Self, TenantError> {
+        if id == TenantId::default_tenant() {
+            return Err(TenantError::Default);
+        }
+        if let ProviderSettings::CloudApi { cloud_api: c } = &provider {
+            setting("cloud_api.base_url", &c.base_url)?;
+            if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+                return Err(TenantError::Setting {
+                    field: "cloud_api.base_url",
+                    why: format!(
+                        "{:?} must start with http:// or https://",
+                        c.base_url.chars().take(64).collect::<String>()
+                    ),
+                });
+            }
+            setting("cloud_api.version", &c.version)?;
+            setting("cloud_api.token", &c.token)?;
+            setting("cloud_api.phone_number_id", &c.phone_number_id)?;
+            if !c.phone_number_id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(TenantError::Setting {
+                    field: "cloud_api.phone_number_id",
+                    why: "must be the numeric id of the phone number, not the number itself".into(),
+                });
+            }
+        }
+        Ok(Self { id, provider })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cloud(base_url: &str, phone_number_id: &str) -> ProviderSettings {
+        ProviderSettings::CloudApi {
+            cloud_api: CloudApiSettings {
+                base_url: base_url.into(),
+                version: "v21.0".into(),
+                phone_number_id: phone_number_id.into(),
+                token: "EAAG".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_with_a_reason() {
+        let acme = TenantId::new("acme").unwrap();
+        assert!(Tenant::new(acme.clone(), cloud("https://graph.facebook.com", "1234")).is_ok());
+        assert!(Tenant::new(acme.clone(), ProviderSettings::Log {}).is_ok());
+        let e = Tenant::new(acme.clone(), cloud("graph.facebook.com", "1234")).unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+        let e = Tenant::new(acme, cloud("https://x", "+5511")).unwrap_err();
+        assert!(e.to_string().contains("phone_number_id"), "{e}");
+        assert_eq!(
+            Tenant::new(TenantId::default_tenant(), ProviderSettings::Log {}),
+            Err(TenantError::Default)
+        );
+    }
+
+    #[test]
+    fn settings_json_is_tagged_and_strict() {
+        let s: ProviderSettings = serde_json::from_str(
+            r#"{"provider":"cloud-api","cloud_api":{"base_url":"http://x","version":"v1","phone_number_id":"1","token":"t"}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.kind(), "cloud-api");
+        let log: ProviderSettings = serde_json::from_str(r#"{"provider":"log"}"#).unwrap();
+        assert_eq!(log, ProviderSettings::Log {});
+        assert!(serde_json::from_str::<ProviderSettings>(r#"{"provider":"log","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ProviderSettings>(r#"{"provider":"sms"}"#).is_err());
+    }
+}

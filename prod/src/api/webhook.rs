@@ -1,0 +1,189 @@
+//! The Cloud API status webhook: `GET` answers Meta's verification
+//! challenge, `POST` carries signed status updates. Each status names its
+//! delivery by `biz_opaque_callback_data` (the idempotency key we sent) and
+//! is applied with the core's forward-only rule, `StoreOp::RecordReceipt`.
+
+use super::{parse_json, store_reply, unexpected, AppState, Problem};
+use crate::store::Store;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hmac::{Hmac, Mac};
+use oncesend_core::{DeliveryKey, ReceiptStatus, StoreOp, StoreReply};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+
+/// `GET ?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`: echo the
+/// challenge when the token matches `ONCESEND_WEBHOOK_VERIFY_TOKEN`.
+pub async fn verify<S: Store>(
+    State(st): State<AppState<S>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Response, Problem> {
+    let Some(expected) = &st.config.webhook_verify_token else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "Webhook not configured",
+            "set ONCESEND_WEBHOOK_VERIFY_TOKEN to the verify token entered in the Meta app dashboard",
+        ));
+    };
+    let mode = q.get("hub.mode").map(String::as_str);
+    let token = q.get("hub.verify_token").map(String::as_str).unwrap_or("");
+    match (mode, q.get("hub.challenge")) {
+        (Some("subscribe"), Some(challenge)) if super::token_matches(token, expected) => {
+            Ok(challenge.clone().into_response())
+        }
+        (Some("subscribe"), Some(_)) => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "hub.verify_token does not match ONCESEND_WEBHOOK_VERIFY_TOKEN",
+        )),
+        _ => Err(Problem::bad_request(
+            "expected hub.mode=subscribe, hub.verify_token and hub.challenge",
+        )),
+    }
+}
+
+/// Checks `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` in
+/// constant time.
+pub fn signature_ok(secret: &str, header: Option<&str>, body: &[u8]) -> bool {
+    let Some(sig) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(sig.trim()) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// The signature header value for `body`, for clients and tests.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// One status out of a webhook payload.
+struct Status {
+    key: Option<DeliveryKey>,
+    status: Option<ReceiptStatus>,
+    id: Option<String>,
+    reason: Option<String>,
+}
+
+fn statuses(payload: &serde_json::Value) -> Vec<Status> {
+    fn arr(v: Option<&serde_json::Value>) -> &[serde_json::Value] {
+        v.and_then(|v| v.as_array()).map_or(&[], Vec::as_slice)
+    }
+    let mut out = Vec::new();
+    for entry in arr(payload.get("entry")) {
+        for change in arr(entry.get("changes")) {
+            for s in arr(change.pointer("/value/statuses")) {
+                let text = |k: &str| s.get(k).and_then(|v| v.as_str());
+                let reason = s.pointer("/errors/0").map(|e| {
+                    let code = e.get("code").and_then(|c| c.as_i64()).unwrap_or(0);
+                    let title = e
+                        .get("title")
+                        .or_else(|| e.get("message"))
+                        .and_then(|t| t.as_str())
+                        .unwrap_or("");
+                    format!("Cloud API error {code}: {title}")
+                });
+                out.push(Status {
+                    key: text("biz_opaque_callback_data").and_then(|k| k.parse().ok()),
+                    status: text("status").and_then(ReceiptStatus::parse),
+                    id: text("id").map(str::to_string),
+                    reason,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// `POST`: verify the signature, then apply each status.
+pub async fn receive<S: Store>(
+    State(st): State<AppState<S>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let Some(secret) = &st.config.app_secret else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "Webhook not configured",
+            "set ONCESEND_APP_SECRET to the Meta app secret so status webhooks can be verified",
+        ));
+    };
+    let bytes = match &body {
+        Ok(b) => b.clone(),
+        Err(_) => {
+            // Let the shared reader word the size or read error.
+            return parse_json::<serde_json::Value>(body, st.config.max_body_bytes)
+                .map(|_| unreachable!("a body that could not be read never parses"));
+        }
+    };
+    let header = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if !signature_ok(secret, header, &bytes) {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "Bad signature",
+            "X-Hub-Signature-256 is missing or is not sha256=HMAC-SHA256(body, ONCESEND_APP_SECRET)",
+        ));
+    }
+    let payload: serde_json::Value = parse_json(Ok(bytes), st.config.max_body_bytes)?;
+    let (mut applied, mut ignored) = (0u32, 0u32);
+    let now_ms = st.clock.now_ms();
+    for s in statuses(&payload) {
+        let (Some(key), Some(status)) = (s.key, s.status) else {
+            // Not one of ours, or a status we do not track.
+            ignored += 1;
+            continue;
+        };
+        let op = StoreOp::RecordReceipt {
+            key,
+            status,
+            provider_message_id: s.id,
+            reason: s.reason,
+            now_ms,
+        };
+        match store_reply(st.store.apply(op).await)? {
+            StoreReply::ReceiptRecorded { state, changed } => {
+                tracing::info!(idempotency_key = %key, status = ?status, state = state.as_str(), changed, "status webhook");
+                if changed {
+                    applied += 1;
+                } else {
+                    ignored += 1;
+                }
+            }
+            StoreReply::NotFound => ignored += 1,
+            other => return Err(unexpected(other)),
+        }
+    }
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::json!({"applied": applied, "ignored": ignored})),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_checked() {
+        let body = br#"{"entry":[]}"#;
+        let good = sign("s3cret", body);
+        assert!(signature_ok("s3cret", Some(&good), body));
+        assert!(!signature_ok("other", Some(&good), body));
+        assert!(!signature_ok("s3cret", Some(&good), b"{}"));
+        assert!(!signature_ok("s3cret", None, body));
+        assert!(!signature_ok("s3cret", Some("sha256=zz"), body));
+    }
+}

@@ -1,0 +1,73 @@
+//! `oncesend-worker`: claims runs from the database and sends their steps
+//! through the engine's send API, in order, exactly once.
+
+use clap::Parser;
+use oncesend::clock::TokioClock;
+use oncesend::config::{DbArgs, LogArgs, WorkerArgs};
+use oncesend::daemon;
+use oncesend::db::Db;
+use oncesend::net::{HttpClient, HttpUrl, TcpConnector};
+use oncesend::worker::{run_worker, HttpEngineClient};
+use oncesend_core::Worker;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// oncesend's worker: any number may run against one database.
+#[derive(Parser)]
+#[command(name = "oncesend-worker", version)]
+struct Cli {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    worker: WorkerArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.log.init();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("oncesend-worker: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let id = daemon::worker_id(&cli.worker)?;
+    let config = daemon::worker_config(&cli.worker.lease, id.clone(), cli.worker.send_timeout_ms)?;
+    let url =
+        HttpUrl::parse(&cli.worker.engine_url).map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
+    let clock = TokioClock::system();
+    let db = Db::open(&cli.db.database_url, clock.clone()).await?;
+    if db.is_memory() {
+        anyhow::bail!("a separate worker needs a database shared with the engine; DATABASE_URL=memory: lives in one process (use `oncesend up`, or sqlite:// / postgres://)");
+    }
+    // Long enough for the engine to finish a provider call and record it.
+    let timeout = Duration::from_millis(cli.worker.send_timeout_ms * 2 + 2_000);
+    let http = HttpClient::new(
+        TcpConnector::new(url.addr),
+        &url.authority,
+        cli.worker.token.clone(),
+        timeout,
+    );
+    let worker = Worker::new(config, daemon::os_random())?;
+    let stats = Arc::new(Mutex::new(Default::default()));
+    tracing::info!(worker_id = %id, engine = %cli.worker.engine_url, database = %oncesend::db::redact(&cli.db.database_url), "worker starting");
+    run_worker(
+        worker,
+        db,
+        HttpEngineClient::new(http),
+        clock,
+        daemon::shutdown_signal(),
+        stats,
+    )
+    .await;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Flags and environment of the daemons, shared by `oncesend-engine`,
+//! `oncesend-worker` and `oncesend up`.
+
+use crate::db::DEFAULT_DATABASE_URL;
+use clap::{Args, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Which provider sends the `default` tenant's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// Each delivery as a JSON line on stdout or `--log-file`.
+    Log,
+    /// The WhatsApp Cloud API.
+    CloudApi,
+    /// Accepts everything, sends nothing (load tests).
+    Null,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging, for every binary.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format (the level comes from RUST_LOG, default `info`).
+    #[arg(long, env = "ONCESEND_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the tracing subscriber; logs go to stderr, so stdout stays
+    /// free for the log provider's delivery lines.
+    pub fn init(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+}
+
+/// The engine's settings.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Address to listen on. Off loopback, ONCESEND_TOKEN is required.
+    #[arg(long, env = "ONCESEND_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Bearer token every API request must carry.
+    #[arg(long, env = "ONCESEND_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Provider of the `default` tenant.
+    #[arg(long, env = "ONCESEND_PROVIDER", value_enum, default_value = "log")]
+    pub provider: ProviderKind,
+    /// File the log provider appends to (stdout if unset).
+    #[arg(long, env = "ONCESEND_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Cloud API base URL.
+    #[arg(
+        long,
+        env = "ONCESEND_CLOUD_API_URL",
+        default_value = "https://graph.facebook.com"
+    )]
+    pub cloud_api_url: String,
+    /// Cloud API access token.
+    #[arg(long, env = "ONCESEND_CLOUD_API_TOKEN", hide_env_values = true)]
+    pub cloud_api_token: Option<String>,
+    /// Cloud API phone number id of the default tenant.
+    #[arg(long, env = "ONCESEND_PHONE_NUMBER_ID")]
+    pub phone_number_id: Option<String>,
+    /// Cloud API (Graph) version.
+    #[arg(long, env = "ONCESEND_CLOUD_API_VERSION", default_value = "v21.0")]
+    pub cloud_api_version: String,
+    /// Messages per second per sender (token bucket rate and burst).
+    #[arg(long, env = "ONCESEND_RATE_PER_SEC", default_value_t = 80)]
+    pub rate_per_sec: u32,
+    /// Least gap between two messages to one recipient, in ms (0: none).
+    #[arg(long, env = "ONCESEND_RECIPIENT_GAP_MS", default_value_t = 6_000)]
+    pub recipient_gap_ms: u64,
+    /// Longest a provider call may take, in ms; past it the delivery is
+    /// `unknown`. Workers need a lease of at least 3x this.
+    #[arg(long, env = "ONCESEND_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "ONCESEND_MAX_BODY_BYTES", default_value_t = crate::api::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Meta app secret, to verify status webhook signatures.
+    #[arg(long, env = "ONCESEND_APP_SECRET", hide_env_values = true)]
+    pub app_secret: Option<String>,
+    /// Token for the webhook's GET verification challenge.
+    #[arg(long, env = "ONCESEND_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
+    pub webhook_verify_token: Option<String>,
+}
+
+/// How a worker claims and holds runs.
+#[derive(Debug, Clone, Args)]
+pub struct LeaseArgs {
+    /// Most runs held at once.
+    #[arg(long, env = "ONCESEND_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Length of each lease, in ms.
+    #[arg(long, env = "ONCESEND_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Most runs per claim.
+    #[arg(long, env = "ONCESEND_BATCH", default_value_t = 10)]
+    pub batch: u32,
+    /// Wait before claiming again after finding nothing, in ms.
+    #[arg(long, env = "ONCESEND_POLL_MS", default_value_t = 500)]
+    pub poll_ms: u64,
+}
+
+/// The standalone worker's settings.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// The engine's base URL.
+    #[arg(
+        long,
+        env = "ONCESEND_ENGINE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub engine_url: String,
+    /// Name on leases and in logs (a fresh UUID if unset).
+    #[arg(long, env = "ONCESEND_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Bearer token for the engine.
+    #[arg(long, env = "ONCESEND_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The engine's provider time limit, in ms (must match the engine's).
+    #[arg(long, env = "ONCESEND_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub lease: LeaseArgs,
+}
+
+/// The database URL, for every binary that opens one.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// `sqlite://PATH?mode=rwc`, `postgres://USER@HOST/DB`, or `memory:`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+}

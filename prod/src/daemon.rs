@@ -1,0 +1,160 @@
+//! Assembling the daemons from their parts: the database, the providers,
+//! the engine driver, the HTTP API and the worker driver. Nothing here
+//! decides how a message is delivered; that is all in the core machines.
+
+use crate::api::{self, ApiConfig, AppState};
+use crate::clock::TokioClock;
+use crate::config::{EngineArgs, LeaseArgs, ProviderKind, WorkerArgs};
+use crate::db::Db;
+use crate::engine::EngineHandle;
+use crate::provider::{AnyProvider, CloudApiProvider, LogProvider, NullProvider, TenantProviders};
+use anyhow::{bail, Context};
+use oncesend_core::{CloudApiSettings, EngineConfig, PacingConfig, WorkerConfig, WorkerId};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// 64 bits from the operating system, for run ids and backoff jitter.
+#[allow(clippy::disallowed_methods)] // The daemons seed from the OS; the simulation seeds from its seed.
+pub fn os_random() -> u64 {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+/// A fresh worker id.
+#[allow(clippy::disallowed_methods)] // A new worker's name is random by design.
+pub fn fresh_worker_id() -> WorkerId {
+    WorkerId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid worker id")
+}
+
+/// The default tenant's provider, from flags and environment.
+pub fn default_provider(args: &EngineArgs) -> anyhow::Result<(AnyProvider, LogProvider)> {
+    let log = match &args.log_file {
+        Some(path) => LogProvider::file(path)
+            .with_context(|| format!("cannot open --log-file {}", path.display()))?,
+        None => LogProvider::stdout(),
+    };
+    let provider = match args.provider {
+        ProviderKind::Log => AnyProvider::Log(log.clone()),
+        ProviderKind::Null => AnyProvider::Null(NullProvider::default()),
+        ProviderKind::CloudApi => {
+            let (Some(token), Some(phone_number_id)) =
+                (&args.cloud_api_token, &args.phone_number_id)
+            else {
+                bail!("--provider cloud-api needs ONCESEND_CLOUD_API_TOKEN and ONCESEND_PHONE_NUMBER_ID");
+            };
+            let settings = CloudApiSettings {
+                base_url: args.cloud_api_url.clone(),
+                version: args.cloud_api_version.clone(),
+                phone_number_id: phone_number_id.clone(),
+                token: token.clone(),
+            };
+            AnyProvider::CloudApi(
+                CloudApiProvider::new(&settings, Duration::from_millis(args.send_timeout_ms))
+                    .map_err(|e| anyhow::anyhow!("ONCESEND_CLOUD_API_URL: {e}"))?,
+            )
+        }
+    };
+    Ok((provider, log))
+}
+
+/// Refuses to serve an open API off loopback.
+pub fn check_token(args: &EngineArgs) -> anyhow::Result<()> {
+    if args.token.is_none() && !args.listen.ip().is_loopback() {
+        bail!(
+            "listening on {} without a token would let anyone send messages; set ONCESEND_TOKEN (or listen on 127.0.0.1)",
+            args.listen
+        );
+    }
+    Ok(())
+}
+
+/// The engine: its driver and its API state, ready to serve.
+pub struct Engine {
+    /// The send path.
+    pub handle: EngineHandle,
+    /// The HTTP API's state.
+    pub state: AppState<Db>,
+}
+
+/// Builds the engine over `db`.
+pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<Engine> {
+    check_token(args)?;
+    let (default, log) = default_provider(args)?;
+    let providers = TenantProviders::new(
+        default,
+        log,
+        db.clone(),
+        clock.clone(),
+        Duration::from_millis(args.send_timeout_ms),
+    );
+    let config = EngineConfig {
+        send_timeout_ms: args.send_timeout_ms,
+        pacing: Some(PacingConfig {
+            rate_per_s: args.rate_per_sec.max(1),
+            burst: args.rate_per_sec.max(1),
+            recipient_gap_ms: args.recipient_gap_ms,
+        }),
+        ..EngineConfig::default()
+    };
+    let handle = EngineHandle::spawn(config, db.clone(), providers.clone(), clock.clone());
+    let api_config = ApiConfig {
+        token: args.token.clone(),
+        max_body_bytes: args.max_body_bytes,
+        app_secret: args.app_secret.clone(),
+        webhook_verify_token: args.webhook_verify_token.clone(),
+    };
+    let state = AppState::new(db, handle.clone(), clock, os_random(), api_config)
+        .on_tenant_put(Arc::new(move |t| providers.forget(t)));
+    Ok(Engine { handle, state })
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState<Db>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A worker's configuration from flags.
+pub fn worker_config(
+    lease: &LeaseArgs,
+    id: WorkerId,
+    send_timeout_ms: u64,
+) -> anyhow::Result<WorkerConfig> {
+    let config = WorkerConfig {
+        lease_ms: lease.lease_ms,
+        batch: lease.batch,
+        concurrency: lease.concurrency,
+        poll_ms: lease.poll_ms,
+        send_timeout_ms,
+        ..WorkerConfig::new(id)
+    };
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("worker settings: {e}"))?;
+    Ok(config)
+}
+
+/// The standalone worker's id.
+pub fn worker_id(args: &WorkerArgs) -> anyhow::Result<WorkerId> {
+    match &args.worker_id {
+        Some(id) => WorkerId::new(id.clone()).map_err(|e| anyhow::anyhow!("--worker-id: {e}")),
+        None => Ok(fresh_worker_id()),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        biased;
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

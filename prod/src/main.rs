@@ -1,0 +1,388 @@
+//! `oncesend`: the admin CLI, and `oncesend up`, everything in one process.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+use oncesend::clock::TokioClock;
+use oncesend::config::{DbArgs, EngineArgs, LeaseArgs, LogArgs};
+use oncesend::daemon;
+use oncesend::db::{Db, OpenError, DEFAULT_DATABASE_URL};
+use oncesend::net::{HttpClient, HttpUrl, TcpConnector};
+use oncesend::worker::run_worker;
+use oncesend_core::Worker;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// oncesend: WhatsApp message flows, delivered exactly once.
+#[derive(Parser)]
+#[command(name = "oncesend", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Engine, worker and database in one process.
+    Up(UpArgs),
+    /// Create or update the database schema.
+    Migrate(DbArgs),
+    /// Flows.
+    Flow {
+        #[command(subcommand)]
+        command: FlowCommand,
+    },
+    /// Start a run of a flow for one recipient.
+    Trigger(TriggerArgs),
+    /// Runs.
+    Run {
+        #[command(subcommand)]
+        command: RunCommand,
+    },
+    /// List runs, newest first.
+    Runs(RunsArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Database (default sqlite://oncesend.db?mode=rwc).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// In-process workers.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[command(flatten)]
+    lease: LeaseArgs,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// The engine's base URL.
+    #[arg(
+        long,
+        env = "ONCESEND_ENGINE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    engine_url: String,
+    /// Bearer token.
+    #[arg(long, env = "ONCESEND_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum FlowCommand {
+    /// Create or replace a flow.
+    Put {
+        /// The flow's name.
+        flow: String,
+        /// A JSON file `{"steps":[{"text":…,"delay_ms":…}]}` (`-` for stdin).
+        #[arg(long, conflicts_with = "step")]
+        file: Option<String>,
+        /// A step's text; repeat for more steps.
+        #[arg(long)]
+        step: Vec<String>,
+        /// The delay before each step, in order (missing ones are 0).
+        #[arg(long)]
+        delay_ms: Vec<u64>,
+        /// The tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct TriggerArgs {
+    /// The flow.
+    flow: String,
+    /// The recipient, in E.164 (+5511913390707).
+    #[arg(long)]
+    to: String,
+    /// A template variable, `name=value`; repeat for more.
+    #[arg(long = "var")]
+    vars: Vec<String>,
+    /// The tenant.
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// Makes a repeated trigger return the same run.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum RunCommand {
+    /// A run, step by step.
+    Show {
+        /// The run's id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a run.
+    Cancel {
+        /// The run's id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct RunsArgs {
+    /// Only runs of this status: pending, leased, completed, failed, cancelled.
+    #[arg(long)]
+    status: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.log.init();
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oncesend: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(args) => up(args).await,
+        Command::Migrate(db) => {
+            let database = Db::open(&db.database_url, TokioClock::system()).await?;
+            database.migrate().await?;
+            println!("migrated {}", oncesend::db::redact(&db.database_url));
+            Ok(())
+        }
+        Command::Flow {
+            command:
+                FlowCommand::Put {
+                    flow,
+                    file,
+                    step,
+                    delay_ms,
+                    tenant,
+                    client,
+                },
+        } => {
+            let mut body: serde_json::Value = match file {
+                Some(path) => {
+                    let text = if path == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {path}"))?
+                    };
+                    serde_json::from_str(&text).with_context(|| format!("{path} is not JSON"))?
+                }
+                None if step.is_empty() => {
+                    bail!("give the steps with --step TEXT (repeat) or --file FLOW.json")
+                }
+                None => {
+                    let steps: Vec<serde_json::Value> = step
+                        .iter()
+                        .enumerate()
+                        .map(|(i, text)| serde_json::json!({"text": text, "delay_ms": delay_ms.get(i).copied().unwrap_or(0)}))
+                        .collect();
+                    serde_json::json!({ "steps": steps })
+                }
+            };
+            if tenant != "default" {
+                body["tenant"] = tenant.into();
+            }
+            call(
+                &client,
+                Method::PUT,
+                &format!("/v1/flows/{flow}"),
+                Some(body),
+                None,
+            )
+            .await
+        }
+        Command::Trigger(t) => {
+            let mut vars = serde_json::Map::new();
+            for v in &t.vars {
+                let (k, val) = v
+                    .split_once('=')
+                    .with_context(|| format!("--var {v:?} must be name=value"))?;
+                vars.insert(k.to_string(), val.into());
+            }
+            let body = serde_json::json!({"tenant": t.tenant, "to": t.to, "vars": vars});
+            call(
+                &t.client,
+                Method::POST,
+                &format!("/v1/flows/{}/runs", t.flow),
+                Some(body),
+                t.idempotency_key,
+            )
+            .await
+        }
+        Command::Run {
+            command: RunCommand::Show { id, client },
+        } => call(&client, Method::GET, &format!("/v1/runs/{id}"), None, None).await,
+        Command::Run {
+            command: RunCommand::Cancel { id, client },
+        } => {
+            call(
+                &client,
+                Method::POST,
+                &format!("/v1/runs/{id}/cancel"),
+                None,
+                None,
+            )
+            .await
+        }
+        Command::Runs(r) => {
+            let mut path = format!("/v1/runs?limit={}", r.limit);
+            if let Some(s) = &r.status {
+                path.push_str(&format!("&status={s}"));
+            }
+            call(&r.client, Method::GET, &path, None, None).await
+        }
+    }
+}
+
+/// One API call; prints the answer, fails on an error status.
+async fn call(
+    client: &ClientArgs,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    idempotency_key: Option<String>,
+) -> anyhow::Result<()> {
+    let url =
+        HttpUrl::parse(&client.engine_url).map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
+    let http = HttpClient::new(
+        TcpConnector::new(url.addr.clone()),
+        &url.authority,
+        client.token.clone(),
+        Duration::from_secs(30),
+    );
+    let mut headers = Vec::new();
+    if let Some(k) = idempotency_key {
+        headers.push(("idempotency-key", k));
+    }
+    let body = body.map(|b| serde_json::to_vec(&b).expect("json"));
+    let (status, _, bytes) = http
+        .request(method, &format!("{}{path}", url.path), &headers, body)
+        .await
+        .with_context(|| format!("cannot reach the engine at {}", client.engine_url))?;
+    let shown = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(v) => serde_json::to_string_pretty(&v).expect("json"),
+        Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    if status.is_success() {
+        println!("{shown}");
+        Ok(())
+    } else {
+        bail!("{status}\n{shown}")
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let clock = TokioClock::system();
+    let url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+    let db = match Db::open(&url, clock.clone()).await {
+        Ok(db) => db,
+        // Until the SQL stores land, a trial with no DATABASE_URL still runs.
+        Err(OpenError::Unsupported { why, .. }) if args.database_url.is_none() => {
+            tracing::warn!("{why}; keeping runs in memory for this trial: they are lost at exit");
+            Db::open("memory:", clock.clone()).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    db.migrate().await?;
+    let engine = daemon::engine(&args.engine, db.clone(), clock.clone())?;
+    let listener = tokio::net::TcpListener::bind(args.engine.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.engine.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for _ in 0..args.workers.max(1) {
+        let config = daemon::worker_config(
+            &args.lease,
+            daemon::fresh_worker_id(),
+            args.engine.send_timeout_ms,
+        )?;
+        let stats = Arc::new(Mutex::new(Default::default()));
+        engine.state.watch_worker(stats.clone());
+        let worker = Worker::new(config, daemon::os_random())?;
+        let mut stop = stop_rx.clone();
+        workers.push(tokio::spawn(run_worker(
+            worker,
+            db.clone(),
+            engine.handle.clone(),
+            clock.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+            stats,
+        )));
+    }
+    banner(
+        &args,
+        &addr.to_string(),
+        if db.is_memory() { "memory:" } else { &url },
+    );
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(daemon::serve(listener, engine.state, async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+    daemon::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    server.await??;
+    tracing::info!("oncesend stopped");
+    Ok(())
+}
+
+fn banner(args: &UpArgs, addr: &str, database: &str) {
+    let base = format!("http://{addr}");
+    let auth = match &args.engine.token {
+        Some(t) => format!(" -H 'authorization: Bearer {t}'"),
+        None => String::new(),
+    };
+    println!("oncesend is up at {base}");
+    println!(
+        "  database: {}   provider: {}   recipient gap: {} ms",
+        oncesend::db::redact(database),
+        clap::ValueEnum::to_possible_value(&args.engine.provider)
+            .map_or_else(String::new, |v| v.get_name().to_string()),
+        args.engine.recipient_gap_ms
+    );
+    match &args.engine.token {
+        Some(t) => println!("  token: {t}"),
+        None => println!("  token: none (listening on loopback only)"),
+    }
+    println!("Try it:");
+    println!(
+        "  curl -sS -X PUT {base}/v1/flows/welcome{auth} -H 'content-type: application/json' -d '{{\"steps\":[{{\"text\":\"Hi {{{{name}}}}!\",\"delay_ms\":0}},{{\"text\":\"Your code is {{{{code}}}}\",\"delay_ms\":1000}}]}}'"
+    );
+    println!(
+        "  curl -sS -X POST {base}/v1/flows/welcome/runs{auth} -H 'content-type: application/json' -d '{{\"to\":\"+5511913390707\",\"vars\":{{\"name\":\"Ana\",\"code\":\"4521\"}}}}'"
+    );
+    println!("  curl -sS {base}/v1/runs/RUN_ID{auth}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,199 @@
+//! The WhatsApp Cloud API provider.
+//!
+//! One `POST {base}/{version}/{phone_number_id}/messages` per delivery, with
+//! the idempotency key as `biz_opaque_callback_data` so status webhooks can
+//! name the delivery they are about. What a failure means (retry, give up,
+//! or unknown) is the core's decision: [`classify_cloud_api`].
+
+use super::Provider;
+use crate::net::{HttpClient, HttpError, HttpUrl, TcpConnector};
+use hyper::{HeaderMap, Method, StatusCode};
+use oncesend_core::retry::{classify_cloud_api, RetryClass};
+use oncesend_core::{CloudApiSettings, DeliveryOutcome, OutboundMessage};
+use std::time::Duration;
+
+/// Longest `Retry-After` honoured; a longer one is capped, not ignored.
+const MAX_RETRY_AFTER_MS: u64 = 15 * 60 * 1000;
+
+/// Sends through one Cloud API phone number.
+#[derive(Clone)]
+pub struct CloudApiProvider {
+    http: HttpClient<TcpConnector>,
+    path: String,
+}
+
+impl CloudApiProvider {
+    /// A client for `settings`. `timeout` bounds each exchange; the engine
+    /// bounds the whole call too, and either running out is `unknown`.
+    pub fn new(settings: &CloudApiSettings, timeout: Duration) -> Result<Self, String> {
+        let url = HttpUrl::parse(&settings.base_url)?;
+        let http = HttpClient::new(
+            TcpConnector::new(url.addr),
+            &url.authority,
+            Some(settings.token.clone()),
+            timeout,
+        );
+        Ok(Self {
+            http,
+            path: format!(
+                "{}/{}/{}/messages",
+                url.path, settings.version, settings.phone_number_id
+            ),
+        })
+    }
+
+    /// The request body for `message`.
+    pub fn body(message: &OutboundMessage) -> serde_json::Value {
+        serde_json::json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": message.to.as_str(),
+            "type": "text",
+            "text": {"body": message.text},
+            "biz_opaque_callback_data": message.key.to_string(),
+        })
+    }
+}
+
+/// `Retry-After` in seconds (the only form the Graph API uses), as ms.
+fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
+    let secs: u64 = headers
+        .get(hyper::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(secs.saturating_mul(1000).min(MAX_RETRY_AFTER_MS))
+}
+
+/// What a Cloud API answer means.
+pub fn outcome(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> DeliveryOutcome {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    if status.is_success() {
+        let id = json
+            .as_ref()
+            .and_then(|j| j.pointer("/messages/0/id"))
+            .and_then(|v| v.as_str());
+        return match id {
+            Some(id) => DeliveryOutcome::Sent {
+                provider_message_id: id.to_string(),
+            },
+            // Accepted, but we cannot tell what: it may well go out.
+            None => DeliveryOutcome::Unknown {
+                reason: format!("the Cloud API answered {status} without messages[0].id"),
+            },
+        };
+    }
+    let error = json.as_ref().and_then(|j| j.get("error"));
+    let code = error.and_then(|e| e.get("code")).and_then(|c| c.as_i64());
+    let message = error
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str())
+        .unwrap_or("");
+    let reason = match code {
+        Some(code) => format!("Cloud API {status}, error {code}: {message}"),
+        None => format!(
+            "Cloud API {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ),
+    };
+    match classify_cloud_api(status.as_u16(), code) {
+        RetryClass::Retryable => DeliveryOutcome::Failed {
+            retryable: true,
+            reason,
+            retry_after_ms: retry_after_ms(headers),
+        },
+        RetryClass::Permanent => DeliveryOutcome::Failed {
+            retryable: false,
+            reason,
+            retry_after_ms: None,
+        },
+        RetryClass::Unknown => DeliveryOutcome::Unknown { reason },
+    }
+}
+
+impl Provider for CloudApiProvider {
+    async fn send(&self, message: OutboundMessage) -> DeliveryOutcome {
+        let body = serde_json::to_vec(&Self::body(&message)).expect("json serializes");
+        match self
+            .http
+            .request(Method::POST, &self.path, &[], Some(body))
+            .await
+        {
+            Ok((status, headers, bytes)) => outcome(status, &headers, &bytes),
+            // Nothing left this machine: safe to try again.
+            Err(HttpError::Connect(e)) => DeliveryOutcome::Failed {
+                retryable: true,
+                reason: format!("cannot connect to the Cloud API: {e}"),
+                retry_after_ms: None,
+            },
+            // The request may have arrived: never resend blindly.
+            Err(HttpError::Exchange(e)) => DeliveryOutcome::Unknown {
+                reason: format!("Cloud API exchange broke after the request was sent: {e}"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(code: i64) -> Vec<u8> {
+        format!(r#"{{"error":{{"message":"m","type":"OAuthException","code":{code}}}}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn answers_are_classified_by_the_core() {
+        let none = HeaderMap::new();
+        let ok = outcome(
+            StatusCode::OK,
+            &none,
+            br#"{"messaging_product":"whatsapp","messages":[{"id":"wamid.A"}]}"#,
+        );
+        assert_eq!(
+            ok,
+            DeliveryOutcome::Sent {
+                provider_message_id: "wamid.A".into()
+            }
+        );
+        let mut later = HeaderMap::new();
+        later.insert(hyper::header::RETRY_AFTER, "7".parse().unwrap());
+        assert!(matches!(
+            outcome(StatusCode::BAD_REQUEST, &later, &err(130429)),
+            DeliveryOutcome::Failed {
+                retryable: true,
+                retry_after_ms: Some(7000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            outcome(StatusCode::BAD_REQUEST, &none, &err(131056)),
+            DeliveryOutcome::Failed {
+                retryable: true,
+                retry_after_ms: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            outcome(StatusCode::INTERNAL_SERVER_ERROR, &none, b"oops"),
+            DeliveryOutcome::Failed {
+                retryable: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            outcome(StatusCode::BAD_REQUEST, &none, &err(131026)),
+            DeliveryOutcome::Failed {
+                retryable: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            outcome(StatusCode::OK, &none, b"{}"),
+            DeliveryOutcome::Unknown { .. }
+        ));
+    }
+}
