@@ -183,5 +183,11 @@ fn sim_seed(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, engine_send_cycle, worker_run_cycle, memstore_claim, sim_seed);
+criterion_group!(
+    benches,
+    engine_send_cycle,
+    worker_run_cycle,
+    memstore_claim,
+    sim_seed
+);
 criterion_main!(benches);

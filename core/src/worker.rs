@@ -471,8 +471,9 @@ impl Worker {
                 let full = runs.len() as u32 >= self.config.batch;
                 for run in runs {
                     self.stats.claimed += 1;
-                    if run.epoch > 1 && run.attempts == 0 && run.cursor > 0 {
+                    if run.rescued {
                         self.stats.rescued += 1;
+                        tracing::info!(worker_id = %self.config.id, run_id = %run.id, step = run.cursor, epoch = run.epoch, "rescued a run whose lease had lapsed");
                     }
                     tracing::debug!(worker_id = %self.config.id, run_id = %run.id, step = run.cursor, epoch = run.epoch, "claimed");
                     let lease_until_ms = p.sent_at_ms + self.config.lease_ms;

@@ -56,9 +56,11 @@ fn a_completion_with_a_stale_epoch_is_fenced() {
     store.apply(StoreOp::Enqueue { run, now_ms: 0 });
     let first = claim(&mut store, "a", 0);
     assert_eq!(first[0].epoch, 1);
+    assert!(!first[0].rescued, "a first claim rescues nothing");
     // The first lease lapses; another worker claims the run.
     let second = claim(&mut store, "b", 3_000);
     assert_eq!(second[0].epoch, 2);
+    assert!(second[0].rescued, "claiming a lapsed lease is a rescue");
     let stale = StoreOp::Complete {
         run: id,
         epoch: 1,

@@ -78,17 +78,9 @@ pub async fn serve(
                 let response = match request {
                     DbRequest::Op(mut op) => {
                         op.set_now_ms(shared.db_now_ms());
-                        let claim = matches!(op, StoreOp::Claim { .. });
-                        let leased = if claim {
-                            leased_runs(&store)
-                        } else {
-                            Vec::new()
-                        };
                         let reply = store.apply_now(op);
                         if let StoreReply::Claimed(runs) = &reply {
-                            // A claim of a run that was leased: its holder's
-                            // lease lapsed and this claim rescues the run.
-                            for r in runs.iter().filter(|r| leased.contains(&r.id)) {
+                            for r in runs.iter().filter(|r| r.rescued) {
                                 shared.fired("lease_rescue");
                                 shared.log(format!(
                                     "lease rescue: run {} claimed at epoch {}",
@@ -108,16 +100,6 @@ pub async fn serve(
                 }
             }
         });
-    }
-}
-
-fn leased_runs(store: &MemoryStore) -> Vec<oncesend_core::RunId> {
-    match store.apply_now(StoreOp::ListRuns {
-        status: Some(oncesend_core::RunStatus::Leased),
-        limit: u32::MAX,
-    }) {
-        StoreReply::Runs(runs) => runs.into_iter().map(|r| r.id).collect(),
-        _ => Vec::new(),
     }
 }
 

@@ -272,6 +272,9 @@ impl MemStore {
         let mut claimed = Vec::with_capacity(due.len());
         for (_, _, id) in due {
             let row = self.runs.get_mut(&id).expect("open runs exist");
+            // A run claimed while still leased had a holder whose lease
+            // lapsed: this claim rescues it.
+            let rescued = row.status == RunStatus::Leased;
             let before = row.epoch;
             row.epoch += 1;
             assert!(row.epoch > before, "epochs only grow");
@@ -292,6 +295,7 @@ impl MemStore {
                 epoch: row.epoch,
                 lease_until_ms: until_ms,
                 attempts: row.attempts,
+                rescued,
             });
         }
         StoreReply::Claimed(claimed)

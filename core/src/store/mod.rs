@@ -121,6 +121,9 @@ pub struct ClaimedRun {
     pub lease_until_ms: u64,
     /// Failed attempts at the current step so far.
     pub attempts: u32,
+    /// True when the run was still leased to a holder whose lease had
+    /// lapsed: the claim rescued it.
+    pub rescued: bool,
 }
 
 /// A delivery's state in the engine's ledger.
