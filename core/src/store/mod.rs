@@ -7,6 +7,7 @@
 //! deadline moves with it.
 
 mod mem;
+pub mod rules;
 
 pub use mem::MemStore;
 
