@@ -1,10 +1,11 @@
 //! Opening the database a `DATABASE_URL` names.
 //!
-//! `memory:` keeps everything in this process (for `oncesend up` trials and
-//! tests); it cannot be shared by two processes. `sqlite://…` and
-//! `postgres://…` select the SQL stores.
+//! `sqlite://…` (the default) and `postgres://…` select the SQL stores.
+//! `memory:` keeps everything in this process, for trials and tests; it
+//! cannot be shared by two processes and is lost when the process exits.
 
 use crate::clock::TokioClock;
+use crate::store::sql::{Backend, SqlClock, SqlOptions, SqlStore};
 use crate::store::{MemoryStore, Store};
 use oncesend_core::store::StoreUnavailable;
 use oncesend_core::{MemStore, StoreOp, StoreReply};
@@ -23,6 +24,29 @@ pub enum OpenError {
         /// Why, and what to do.
         why: String,
     },
+    /// The database did not answer, or refused the connection.
+    #[error("cannot reach the database at {url}: {why}")]
+    Unreachable {
+        /// The URL, with any password hidden.
+        url: String,
+        /// The driver's error.
+        why: String,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot migrate the database at {url}: {why}")]
+    Migrate {
+        /// The URL, with any password hidden.
+        url: String,
+        /// What failed.
+        why: String,
+    },
+}
+
+impl OpenError {
+    /// True when trying again later may succeed (the server is down).
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, OpenError::Unsupported { .. })
+    }
 }
 
 /// Hides the password in `postgres://user:secret@host/db`.
@@ -44,23 +68,62 @@ pub fn redact(url: &str) -> String {
 pub enum Db {
     /// In this process only.
     Memory(MemoryStore),
+    /// SQLite or PostgreSQL.
+    Sql(SqlStore),
 }
 
 impl Db {
-    /// Opens (and, for SQL, migrates) the database `url` names.
+    /// Opens and migrates the database `url` names, on the database's own
+    /// clock. `memory:` keeps everything in this process.
     pub async fn open(url: &str, _clock: TokioClock) -> Result<Self, OpenError> {
         if url == "memory:" || url == "memory://" {
             return Ok(Db::Memory(MemoryStore::new(MemStore::new())));
         }
-        let why = if url.starts_with("sqlite:") || url.starts_with("postgres") {
-            "the SQL stores are not in this build yet; use DATABASE_URL=memory: to try oncesend in one process (`oncesend up`)".to_string()
-        } else {
-            "expected sqlite://PATH?mode=rwc, postgres://USER@HOST/DB or memory:".to_string()
+        if Backend::of_url(url).is_none() {
+            return Err(OpenError::Unsupported {
+                url: redact(url),
+                why: "expected sqlite://PATH?mode=rwc, postgres://USER@HOST/DB or memory:"
+                    .to_string(),
+            });
+        }
+        let options = SqlOptions {
+            clock: SqlClock::Database,
+            listen: true,
+            ..SqlOptions::default()
         };
-        Err(OpenError::Unsupported {
+        let store = SqlStore::connect(url, options)
+            .await
+            .map_err(|e| OpenError::Unreachable {
+                url: redact(url),
+                why: e.to_string(),
+            })?;
+        store.migrate().await.map_err(|e| OpenError::Migrate {
             url: redact(url),
-            why,
-        })
+            why: e.0,
+        })?;
+        Ok(Db::Sql(store))
+    }
+
+    /// Opens the database, waiting for it with a log line per attempt when
+    /// it is down, until it answers or `give_up_after` passes.
+    pub async fn open_patiently(
+        url: &str,
+        clock: TokioClock,
+        give_up_after: std::time::Duration,
+    ) -> Result<Self, OpenError> {
+        let deadline = tokio::time::Instant::now() + give_up_after;
+        let mut wait = std::time::Duration::from_millis(250);
+        loop {
+            match Db::open(url, clock.clone()).await {
+                Ok(db) => return Ok(db),
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database unavailable; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// True when the data lives only in this process.
@@ -68,9 +131,36 @@ impl Db {
         matches!(self, Db::Memory(_))
     }
 
+    /// `memory`, `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Db::Memory(_) => "memory",
+            Db::Sql(s) => s.backend().name(),
+        }
+    }
+
+    /// Notified when work is enqueued elsewhere (PostgreSQL only).
+    pub fn wakeups(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match self {
+            Db::Memory(_) => None,
+            Db::Sql(s) => Some(s.wakeups()),
+        }
+    }
+
     /// Brings the schema up to date (nothing to do in memory).
     pub async fn migrate(&self) -> Result<(), StoreUnavailable> {
-        Ok(())
+        match self {
+            Db::Memory(_) => Ok(()),
+            Db::Sql(s) => s.migrate().await,
+        }
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<(), StoreUnavailable> {
+        match self {
+            Db::Memory(_) => Ok(()),
+            Db::Sql(s) => s.ping().await,
+        }
     }
 }
 
@@ -78,6 +168,14 @@ impl Store for Db {
     async fn apply(&self, op: StoreOp) -> Result<StoreReply, StoreUnavailable> {
         match self {
             Db::Memory(s) => s.apply(op).await,
+            Db::Sql(s) => s.apply(op).await,
+        }
+    }
+
+    async fn apply_batch(&self, ops: Vec<StoreOp>) -> Result<Vec<StoreReply>, StoreUnavailable> {
+        match self {
+            Db::Memory(s) => s.apply_batch(ops).await,
+            Db::Sql(s) => s.apply_batch(ops).await,
         }
     }
 }

@@ -147,7 +147,7 @@ impl RunRecord {
 
     /// The fence every holder's write passes: the run is leased under this
     /// very epoch. Without fencing only finished runs are refused.
-    fn fence(&self, guards: Guards, epoch: u64) -> Result<(), StoreReply> {
+    fn fence(&self, guards: Guards, epoch: u64) -> Result<(), Fenced> {
         let ok = if guards.fencing {
             self.status == RunStatus::Leased && self.epoch == epoch
         } else {
@@ -156,7 +156,7 @@ impl RunRecord {
         if ok {
             Ok(())
         } else {
-            Err(StoreReply::Fenced)
+            Err(Fenced)
         }
     }
 
@@ -173,6 +173,15 @@ impl RunRecord {
         self.lease = None;
         self.reason = reason;
         self.finished_at_ms = Some(now_ms);
+    }
+}
+
+/// A holder's write refused by the fence.
+struct Fenced;
+
+impl From<Fenced> for StoreReply {
+    fn from(_: Fenced) -> Self {
+        StoreReply::Fenced
     }
 }
 
@@ -246,7 +255,7 @@ fn heartbeat(
     now: u64,
 ) -> StoreReply {
     if let Err(refused) = row.fence(guards, epoch) {
-        return refused;
+        return refused.into();
     }
     let until_ms = now.saturating_add(lease_ms);
     match row.lease.as_mut() {
@@ -283,7 +292,7 @@ fn advance(
         };
     }
     if let Err(refused) = row.fence(guards, epoch) {
-        return refused;
+        return refused.into();
     }
     if guards.fencing && row.cursor != step {
         return StoreReply::Conflict {
@@ -314,7 +323,7 @@ fn complete(row: &mut RunRecord, guards: Guards, epoch: u64, step: u32, now: u64
         return StoreReply::Completed;
     }
     if let Err(refused) = row.fence(guards, epoch) {
-        return refused;
+        return refused.into();
     }
     if step != row.last_step() || (guards.fencing && row.cursor != step) {
         return StoreReply::Conflict {
@@ -348,7 +357,7 @@ fn fail(
         return StoreReply::Failed { dead };
     }
     if let Err(refused) = row.fence(guards, epoch) {
-        return refused;
+        return refused.into();
     }
     let reason = clip_reason(reason);
     match retry_after_ms {
@@ -369,7 +378,7 @@ fn release(row: &mut RunRecord, guards: Guards, epoch: u64, after_ms: u64, now: 
         return StoreReply::Released;
     }
     if let Err(refused) = row.fence(guards, epoch) {
-        return refused;
+        return refused.into();
     }
     row.status = RunStatus::Pending;
     row.lease = None;

@@ -1,0 +1,1261 @@
+//! The storage contract on SQLite and PostgreSQL, through `sqlx`.
+//!
+//! One implementation serves both databases (sqlx's `Any` driver, `$n`
+//! placeholders in both); the few statements that must differ say so.
+//!
+//! What an op does to one run or one ledger row is decided by the core's
+//! [`rules`], on rows loaded under lock and written back when changed, so a
+//! SQL store cannot drift from the model on fencing, retried writes or the
+//! ledger. What spans rows is SQL's own and is held to the model by the
+//! differential tests:
+//!
+//! - **Claims.** On PostgreSQL one statement: a CTE picks the claimable heads
+//!   in due order `FOR NO KEY UPDATE SKIP LOCKED` with the `LIMIT` inside it,
+//!   and the outer `UPDATE` re-checks each row, bumps its epoch, sets the
+//!   lease and returns it. On SQLite the same pick and write run under
+//!   `BEGIN IMMEDIATE` on the one writer connection.
+//! - **One run at a time per conversation.** Only a conversation's head
+//!   (`is_head`) is claimable; the schema allows one head per conversation
+//!   (a partial unique index) and a leased run must be the head (a CHECK),
+//!   so two leased runs in one conversation cannot be stored at all. The
+//!   transaction that finishes a head promotes the next run.
+//! - **Fencing.** Holder writes load their run `FOR UPDATE`, and the write
+//!   back is conditional on the epoch that was read: a row count other than
+//!   the number of rows written aborts the transaction.
+//! - **Batches.** Consecutive per-row ops of one [`Store::apply_batch`] call
+//!   are applied with one read and one write per table, in one transaction.
+
+use crate::store::Store;
+use oncesend_core::store::rules::{self, RunRecord};
+use oncesend_core::store::{QueueStats, StoreUnavailable};
+use oncesend_core::{
+    ClaimedRun, DeliveryKey, DeliveryRecord, DeliveryState, Flow, FlowId, Guards, Lease, NewRun,
+    PlannedStep, Recipient, RunId, RunStatus, StoreOp, StoreReply, Tenant, TenantId, WorkerId,
+};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool};
+use sqlx::{Connection, Executor, Row};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The channel enqueues notify on PostgreSQL.
+pub const NOTIFY_CHANNEL: &str = "oncesend_runs";
+
+/// SQL stores never run without their guards.
+const GUARDS: Guards = Guards {
+    fencing: true,
+    ledger: true,
+};
+
+/// Rows per multi-row statement (well under both databases' parameter caps).
+const CHUNK: usize = 400;
+
+/// How often a transaction that lost a race (deadlock, a unique index taken
+/// by a concurrent enqueue, a busy SQLite file) is tried again.
+const TX_ATTEMPTS: u32 = 12;
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, one file, one writer.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names, if any.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Whose clock the store's times come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlClock {
+    /// The `now_ms` each op carries (tests, which drive time themselves).
+    Caller,
+    /// The database server's clock, read once per transaction, so workers
+    /// with skewed clocks cannot stretch or cut leases.
+    Database,
+}
+
+/// How to open a SQL store.
+#[derive(Debug, Clone)]
+pub struct SqlOptions {
+    /// Whose clock.
+    pub clock: SqlClock,
+    /// PostgreSQL pool size (SQLite always has one writer connection).
+    pub max_connections: u32,
+    /// PostgreSQL only: keep the tables in this schema (created if absent).
+    pub schema: Option<String>,
+    /// PostgreSQL only: LISTEN for enqueues and wake [`SqlStore::wakeups`].
+    pub listen: bool,
+    /// How long to wait for a connection before the op is unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        Self {
+            clock: SqlClock::Database,
+            max_connections: 8,
+            schema: None,
+            listen: false,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A SQLite or PostgreSQL store.
+#[derive(Clone)]
+pub struct SqlStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    clock: SqlClock,
+    wake: Arc<Notify>,
+    transactions: AtomicU64,
+}
+
+/// Why a transaction did not commit.
+enum TxError {
+    /// Lost a race; the whole transaction may simply be tried again.
+    Retry(String),
+    /// The database failed or could not be reached.
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if is_retryable(db.code().as_deref()) => {
+                TxError::Retry(db.message().to_string())
+            }
+            _ => TxError::Db(e),
+        }
+    }
+}
+
+/// PostgreSQL: unique violation (two enqueues raced for a conversation's
+/// head or a trigger key), serialization failure, deadlock, lock not
+/// available. SQLite: busy, locked, and unique constraint.
+fn is_retryable(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("23505" | "40001" | "40P01" | "55P03" | "5" | "6" | "517" | "2067" | "1555")
+    )
+}
+
+type Tx<T> = Result<T, TxError>;
+
+impl SqlStore {
+    /// Connects to `url`; does not migrate (see [`SqlStore::migrate`]).
+    pub async fn connect(url: &str, options: SqlOptions) -> Result<Self, sqlx::Error> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            sqlx::Error::Configuration(
+                format!("expected sqlite://PATH or postgres://…, got {url:?}").into(),
+            )
+        })?;
+        if let (Backend::Postgres, Some(schema)) = (backend, &options.schema) {
+            check_schema_name(schema)?;
+            let mut conn = AnyConnection::connect(url).await?;
+            sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await?;
+        }
+        let schema = options.schema.clone();
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 1,
+                Backend::Postgres => options.max_connections.max(1),
+            })
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    match backend {
+                        Backend::Sqlite => {
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = NORMAL",
+                                "PRAGMA busy_timeout = 10000",
+                            ] {
+                                conn.execute(pragma).await?;
+                            }
+                        }
+                        Backend::Postgres => {
+                            if let Some(schema) = schema {
+                                let set = format!("SET search_path TO {schema}");
+                                conn.execute(set.as_str()).await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        let wake = Arc::new(Notify::new());
+        if backend == Backend::Postgres && options.listen {
+            tokio::spawn(listen(url.to_string(), wake.clone()));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                clock: options.clock,
+                wake,
+                transactions: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Notified when another process enqueues (PostgreSQL with `listen`).
+    pub fn wakeups(&self) -> Arc<Notify> {
+        self.inner.wake.clone()
+    }
+
+    /// Transactions committed so far (for the load tool's figures).
+    pub fn transactions(&self) -> u64 {
+        self.inner.transactions.load(Ordering::Relaxed)
+    }
+
+    /// The pool, for tests that inspect the tables.
+    pub fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    /// Brings the schema up to date. Running it again changes nothing.
+    /// Several processes starting at once on one SQLite file may race to
+    /// apply the same migration; the loser finds it applied on its retry.
+    pub async fn migrate(&self) -> Result<(), StoreUnavailable> {
+        let migrator = match self.inner.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let mut last = None;
+        for attempt in 0..5u64 {
+            match migrator.run(&self.inner.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "migration failed; retrying");
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
+            }
+        }
+        Err(StoreUnavailable(format!(
+            "migrating the database failed: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<(), StoreUnavailable> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn transaction(&self, ops: &[StoreOp]) -> Tx<Vec<StoreReply>> {
+        let begin = match self.inner.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        let mut tx = self.inner.pool.begin_with(begin).await?;
+        let mut ops = ops.to_vec();
+        if self.inner.clock == SqlClock::Database {
+            let now = db_now(&mut tx, self.inner.backend).await?;
+            for op in &mut ops {
+                op.set_now_ms(now);
+            }
+        }
+        let mut run = Batch {
+            conn: &mut tx,
+            backend: self.inner.backend,
+            notify: false,
+        };
+        let replies = run.apply_all(ops).await?;
+        if run.notify && self.inner.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(NOTIFY_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.inner.transactions.fetch_add(1, Ordering::Relaxed);
+        Ok(replies)
+    }
+}
+
+impl Store for SqlStore {
+    async fn apply(&self, op: StoreOp) -> Result<StoreReply, StoreUnavailable> {
+        let mut replies = self.apply_batch(vec![op]).await?;
+        Ok(replies.pop().expect("one reply per op"))
+    }
+
+    async fn apply_batch(&self, ops: Vec<StoreOp>) -> Result<Vec<StoreReply>, StoreUnavailable> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.transaction(&ops).await {
+                Ok(replies) => return Ok(replies),
+                Err(TxError::Retry(why)) if attempt < TX_ATTEMPTS => {
+                    tracing::debug!(attempt, why = %why, "transaction lost a race; retrying");
+                    // Spread the retries out a little (1, 2, 4 … 64 ms).
+                    let ms = 1u64 << attempt.min(6);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                Err(TxError::Retry(why)) => {
+                    return Err(StoreUnavailable(format!(
+                        "gave up after {attempt} attempts at a contended transaction: {why}"
+                    )))
+                }
+                Err(TxError::Db(e)) => return Err(unavailable(e)),
+            }
+        }
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreUnavailable {
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => {}
+        other => tracing::error!(error = %other, "database error"),
+    }
+    StoreUnavailable(e.to_string())
+}
+
+fn check_schema_name(schema: &str) -> Result<(), sqlx::Error> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(sqlx::Error::Configuration(
+            format!("schema name {schema:?}: use lowercase letters, digits and _").into(),
+        ))
+    }
+}
+
+async fn listen(url: String, wake: Arc<Notify>) {
+    loop {
+        let result = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
+            tracing::debug!(channel = NOTIFY_CHANNEL, "listening for enqueues");
+            loop {
+                listener.recv().await?;
+                wake.notify_waiters();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "LISTEN connection lost; workers fall back to polling until it is back");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn db_now(conn: &mut AnyConnection, backend: Backend) -> Tx<u64> {
+    let sql = match backend {
+        Backend::Postgres => "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        Backend::Sqlite => "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    };
+    let now: i64 = sqlx::query(sql).fetch_one(conn).await?.try_get(0)?;
+    Ok(now.max(0) as u64)
+}
+
+/// Store times and counters are `u64`; the databases keep `BIGINT`.
+fn db(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+fn un(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn decode_err(what: &str, e: impl std::fmt::Display) -> TxError {
+    TxError::Db(sqlx::Error::Decode(format!("{what}: {e}").into()))
+}
+
+fn run_id(bytes: &[u8]) -> Tx<RunId> {
+    uuid::Uuid::from_slice(bytes)
+        .map(RunId)
+        .map_err(|e| decode_err("run id", e))
+}
+
+/// `$from, $from+1, …` for one row of `width` values, as `($a, $b, …)`.
+fn tuple(from: usize, width: usize) -> String {
+    let cols: Vec<String> = (from..from + width).map(|i| format!("${i}")).collect();
+    format!("({})", cols.join(", "))
+}
+
+/// `($1, …), ($k+1, …), …` for `rows` rows of `width` values.
+fn tuples(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| tuple(r * width + 1, width))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const RUN_COLUMNS: &str = "seq, id, tenant, flow, recipient, steps, next_step, status, run_at_ms, \
+     attempts, epoch, lease_owner, lease_until_ms, reason, trigger_key, created_at_ms, finished_at_ms";
+
+fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
+    let steps: String = row.try_get("steps")?;
+    let steps: Vec<PlannedStep> =
+        serde_json::from_str(&steps).map_err(|e| decode_err("steps", e))?;
+    let status: String = row.try_get("status")?;
+    let status = RunStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?;
+    let owner: Option<String> = row.try_get("lease_owner")?;
+    let until: Option<i64> = row.try_get("lease_until_ms")?;
+    let epoch = un(row.try_get("epoch")?);
+    let lease = match (owner, until) {
+        (Some(owner), Some(until)) => Some(Lease {
+            owner: WorkerId::new(owner).map_err(|e| decode_err("lease owner", e))?,
+            epoch,
+            until_ms: un(until),
+        }),
+        _ => None,
+    };
+    let id: Vec<u8> = row.try_get("id")?;
+    Ok(RunRecord {
+        id: run_id(&id)?,
+        seq: un(row.try_get("seq")?),
+        tenant: TenantId::new(row.try_get::<String, _>("tenant")?)
+            .map_err(|e| decode_err("tenant", e))?,
+        flow: FlowId::new(row.try_get::<String, _>("flow")?).map_err(|e| decode_err("flow", e))?,
+        to: Recipient::parse(&row.try_get::<String, _>("recipient")?)
+            .map_err(|e| decode_err("recipient", e))?,
+        steps,
+        cursor: un(row.try_get("next_step")?) as u32,
+        status,
+        run_at_ms: un(row.try_get("run_at_ms")?),
+        attempts: un(row.try_get("attempts")?) as u32,
+        epoch,
+        lease,
+        reason: row.try_get("reason")?,
+        trigger_key: row.try_get("trigger_key")?,
+        created_at_ms: un(row.try_get("created_at_ms")?),
+        finished_at_ms: row.try_get::<Option<i64>, _>("finished_at_ms")?.map(un),
+    })
+}
+
+const DELIVERY_COLUMNS: &str =
+    "run_id, step, state, deadline_ms, retryable, epoch, attempts, provider_message_id, last_error";
+
+fn delivery_from_row(row: &AnyRow) -> Tx<DeliveryRecord> {
+    let run: Vec<u8> = row.try_get("run_id")?;
+    let state: String = row.try_get("state")?;
+    let deadline: Option<i64> = row.try_get("deadline_ms")?;
+    let retryable: Option<i64> = row.try_get("retryable")?;
+    let state = match state.as_str() {
+        "sending" => DeliveryState::Sending {
+            deadline_ms: un(deadline.unwrap_or(0)),
+        },
+        "sent" => DeliveryState::Sent,
+        "delivered" => DeliveryState::Delivered,
+        "read" => DeliveryState::Read,
+        "failed" => DeliveryState::Failed {
+            retryable: retryable.unwrap_or(0) != 0,
+        },
+        "unknown" => DeliveryState::Unknown,
+        other => return Err(decode_err("delivery state", other)),
+    };
+    Ok(DeliveryRecord {
+        key: DeliveryKey {
+            run: run_id(&run)?,
+            step: un(row.try_get("step")?) as u32,
+        },
+        state,
+        epoch: un(row.try_get("epoch")?),
+        attempts: un(row.try_get("attempts")?) as u32,
+        provider_message_id: row.try_get("provider_message_id")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+/// One transaction's worth of ops.
+struct Batch<'c> {
+    conn: &'c mut AnyConnection,
+    backend: Backend,
+    /// Something became claimable: tell listening workers at commit.
+    notify: bool,
+}
+
+/// Ops decided row by row with the core's rules, batched together.
+fn is_row_op(op: &StoreOp) -> bool {
+    rules::is_run_op(op).is_some()
+        || matches!(
+            op,
+            StoreOp::BeginDelivery { .. }
+                | StoreOp::FinishDelivery { .. }
+                | StoreOp::ResolveUnknown { .. }
+                | StoreOp::RecordReceipt { .. }
+        )
+}
+
+fn delivery_key(op: &StoreOp) -> Option<DeliveryKey> {
+    match op {
+        StoreOp::BeginDelivery { key, .. }
+        | StoreOp::FinishDelivery { key, .. }
+        | StoreOp::ResolveUnknown { key, .. }
+        | StoreOp::RecordReceipt { key, .. } => Some(*key),
+        _ => None,
+    }
+}
+
+impl Batch<'_> {
+    fn lock(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+
+    async fn apply_all(&mut self, ops: Vec<StoreOp>) -> Tx<Vec<StoreReply>> {
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut ops = ops.into_iter().peekable();
+        while let Some(op) = ops.next() {
+            if is_row_op(&op) {
+                let mut segment = vec![op];
+                while let Some(next) = ops.next_if(is_row_op) {
+                    segment.push(next);
+                }
+                replies.extend(self.rows(segment).await?);
+            } else {
+                replies.push(self.one(op).await?);
+            }
+        }
+        Ok(replies)
+    }
+
+    async fn one(&mut self, op: StoreOp) -> Tx<StoreReply> {
+        match op {
+            StoreOp::PutFlow { tenant, flow } => self.put_flow(tenant, flow).await,
+            StoreOp::GetFlow { tenant, flow } => {
+                let row = sqlx::query("SELECT body FROM flows WHERE tenant = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(flow.as_str())
+                    .fetch_optional(&mut *self.conn)
+                    .await?;
+                match row {
+                    Some(row) => {
+                        let body: String = row.try_get(0)?;
+                        let flow: Flow =
+                            serde_json::from_str(&body).map_err(|e| decode_err("flow", e))?;
+                        Ok(StoreReply::Flow(flow))
+                    }
+                    None => Ok(StoreReply::NotFound),
+                }
+            }
+            StoreOp::PutTenant { tenant } => self.put_tenant(tenant).await,
+            StoreOp::GetTenant { tenant } => {
+                let row = sqlx::query("SELECT body FROM tenants WHERE id = $1")
+                    .bind(tenant.as_str())
+                    .fetch_optional(&mut *self.conn)
+                    .await?;
+                match row {
+                    Some(row) => {
+                        let body: String = row.try_get(0)?;
+                        let tenant: Tenant =
+                            serde_json::from_str(&body).map_err(|e| decode_err("tenant", e))?;
+                        Ok(StoreReply::Tenant(tenant))
+                    }
+                    None => Ok(StoreReply::NotFound),
+                }
+            }
+            StoreOp::Enqueue { run, now_ms } => self.enqueue(run, now_ms).await,
+            StoreOp::Claim {
+                owner,
+                max,
+                lease_ms,
+                now_ms,
+            } => self.claim(owner, max, lease_ms, now_ms).await,
+            StoreOp::GetRun { run } => self.get_run(run).await,
+            StoreOp::ListRuns { status, limit } => self.list_runs(status, limit).await,
+            StoreOp::Stats { now_ms } => self.stats(now_ms).await,
+            StoreOp::Prune {
+                retention_ms,
+                max,
+                now_ms,
+            } => self.prune(retention_ms, max, now_ms).await,
+            other => unreachable!("{} is a row op", other.name()),
+        }
+    }
+
+    async fn put_flow(&mut self, tenant: TenantId, flow: Flow) -> Tx<StoreReply> {
+        let body = serde_json::to_string(&flow).expect("a flow serializes");
+        let existed = sqlx::query("SELECT 1 FROM flows WHERE tenant = $1 AND id = $2")
+            .bind(tenant.as_str())
+            .bind(flow.id.as_str())
+            .fetch_optional(&mut *self.conn)
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO flows (tenant, id, body) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant, id) DO UPDATE SET body = excluded.body",
+        )
+        .bind(tenant.as_str())
+        .bind(flow.id.as_str())
+        .bind(body)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(StoreReply::FlowPut { created: !existed })
+    }
+
+    async fn put_tenant(&mut self, tenant: Tenant) -> Tx<StoreReply> {
+        assert!(
+            tenant.id != TenantId::default_tenant(),
+            "the default tenant is never stored"
+        );
+        let body = serde_json::to_string(&tenant).expect("a tenant serializes");
+        let existed = sqlx::query("SELECT 1 FROM tenants WHERE id = $1")
+            .bind(tenant.id.as_str())
+            .fetch_optional(&mut *self.conn)
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO tenants (id, body) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+        )
+        .bind(tenant.id.as_str())
+        .bind(body)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(StoreReply::TenantPut { created: !existed })
+    }
+
+    async fn enqueue(&mut self, run: NewRun, now_ms: u64) -> Tx<StoreReply> {
+        assert!(!run.steps.is_empty(), "a run has at least one step");
+        if let Some(key) = &run.trigger_key {
+            let existing =
+                sqlx::query("SELECT run_id FROM trigger_keys WHERE tenant = $1 AND key = $2")
+                    .bind(run.tenant.as_str())
+                    .bind(key.as_str())
+                    .fetch_optional(&mut *self.conn)
+                    .await?;
+            if let Some(row) = existing {
+                let id: Vec<u8> = row.try_get(0)?;
+                return Ok(StoreReply::Enqueued {
+                    run: run_id(&id)?,
+                    created: false,
+                });
+            }
+        }
+        let id = run.id.0.as_bytes().to_vec();
+        let taken = sqlx::query("SELECT 1 FROM runs WHERE id = $1")
+            .bind(id.clone())
+            .fetch_optional(&mut *self.conn)
+            .await?
+            .is_some();
+        if taken {
+            return Ok(StoreReply::Conflict {
+                reason: format!("run {} already exists", run.id),
+            });
+        }
+        // Lock the conversation's head, if any, against a concurrent finish:
+        // either the finish commits first (and this sees its promotion, or
+        // no head and becomes it) or this commits first (and the finish's
+        // promotion sees this run).
+        let head_sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT seq FROM runs WHERE tenant = $1 AND recipient = $2 AND is_head FOR SHARE"
+            }
+            Backend::Sqlite => {
+                "SELECT seq FROM runs WHERE tenant = $1 AND recipient = $2 AND is_head"
+            }
+        };
+        let has_head = sqlx::query(head_sql)
+            .bind(run.tenant.as_str())
+            .bind(run.to.as_str())
+            .fetch_optional(&mut *self.conn)
+            .await?
+            .is_some();
+        let record = RunRecord::new(run, 0, now_ms);
+        let steps = serde_json::to_string(&record.steps).expect("steps serialize");
+        sqlx::query(
+            "INSERT INTO runs (id, tenant, flow, recipient, steps, step_count, next_step, status, \
+             is_head, run_at_ms, attempts, epoch, trigger_key, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, 'pending', $7, $8, 0, 0, $9, $10)",
+        )
+        .bind(id.clone())
+        .bind(record.tenant.as_str())
+        .bind(record.flow.as_str())
+        .bind(record.to.as_str())
+        .bind(steps)
+        .bind(record.steps.len() as i64)
+        .bind(!has_head)
+        .bind(db(record.run_at_ms))
+        .bind(record.trigger_key.clone())
+        .bind(db(now_ms))
+        .execute(&mut *self.conn)
+        .await?;
+        if let Some(key) = &record.trigger_key {
+            sqlx::query("INSERT INTO trigger_keys (tenant, key, run_id) VALUES ($1, $2, $3)")
+                .bind(record.tenant.as_str())
+                .bind(key.as_str())
+                .bind(id)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        if !has_head {
+            self.notify = true;
+        }
+        Ok(StoreReply::Enqueued {
+            run: record.id,
+            created: true,
+        })
+    }
+
+    async fn claim(
+        &mut self,
+        owner: WorkerId,
+        max: u32,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Tx<StoreReply> {
+        let max = max.min(oncesend_core::limits::MAX_CLAIM_BATCH);
+        if max == 0 {
+            return Ok(StoreReply::Claimed(Vec::new()));
+        }
+        let until = now_ms.saturating_add(lease_ms);
+        let mut claimed: Vec<(u64, u64, ClaimedRun)> = match self.backend {
+            Backend::Postgres => {
+                // One statement. The CTE walks the partial index of heads
+                // in due order and locks at most `max` of them, skipping
+                // rows another claimer holds; the outer UPDATE re-checks
+                // each row as it is now, so a row that changed since the
+                // CTE read it is left alone.
+                let rows = sqlx::query(
+                    "WITH picked AS ( \
+                         SELECT seq, status AS was FROM runs \
+                         WHERE is_head AND run_at_ms <= $1 \
+                           AND (status = 'pending' OR lease_until_ms <= $1) \
+                         ORDER BY run_at_ms, seq \
+                         LIMIT $2 \
+                         FOR NO KEY UPDATE SKIP LOCKED \
+                     ) \
+                     UPDATE runs SET status = 'leased', epoch = runs.epoch + 1, \
+                         lease_owner = $3, lease_until_ms = $4 \
+                     FROM picked \
+                     WHERE runs.seq = picked.seq AND runs.is_head \
+                       AND ((runs.status = 'pending' AND runs.run_at_ms <= $1) \
+                         OR (runs.status = 'leased' AND runs.lease_until_ms <= $1)) \
+                     RETURNING runs.seq, runs.id, runs.tenant, runs.flow, runs.recipient, \
+                         runs.steps, runs.next_step, runs.epoch, runs.attempts, runs.run_at_ms, \
+                         CASE WHEN picked.was = 'leased' THEN 1 ELSE 0 END AS rescued",
+                )
+                .bind(db(now_ms))
+                .bind(max as i64)
+                .bind(owner.as_str())
+                .bind(db(until))
+                .fetch_all(&mut *self.conn)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let steps: String = row.try_get("steps")?;
+                        let id: Vec<u8> = row.try_get("id")?;
+                        let claimed = ClaimedRun {
+                            id: run_id(&id)?,
+                            tenant: TenantId::new(row.try_get::<String, _>("tenant")?)
+                                .map_err(|e| decode_err("tenant", e))?,
+                            flow: FlowId::new(row.try_get::<String, _>("flow")?)
+                                .map_err(|e| decode_err("flow", e))?,
+                            to: Recipient::parse(&row.try_get::<String, _>("recipient")?)
+                                .map_err(|e| decode_err("recipient", e))?,
+                            steps: serde_json::from_str(&steps)
+                                .map_err(|e| decode_err("steps", e))?,
+                            cursor: un(row.try_get("next_step")?) as u32,
+                            epoch: un(row.try_get("epoch")?),
+                            lease_until_ms: until,
+                            attempts: un(row.try_get("attempts")?) as u32,
+                            rescued: row.try_get::<i64, _>("rescued")? != 0,
+                        };
+                        Ok((
+                            un(row.try_get("run_at_ms")?),
+                            un(row.try_get("seq")?),
+                            claimed,
+                        ))
+                    })
+                    .collect::<Tx<_>>()?
+            }
+            Backend::Sqlite => {
+                // The one writer holds the database under BEGIN IMMEDIATE:
+                // read the due heads, lease them with the shared rules,
+                // write them back.
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs \
+                     WHERE is_head AND run_at_ms <= $1 \
+                       AND (status = 'pending' OR lease_until_ms <= $1) \
+                     ORDER BY run_at_ms, seq LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(db(now_ms))
+                    .bind(max as i64)
+                    .fetch_all(&mut *self.conn)
+                    .await?;
+                let mut before = Vec::with_capacity(rows.len());
+                let mut after = Vec::with_capacity(rows.len());
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let record = run_from_row(row)?;
+                    let mut leased = record.clone();
+                    let claimed = leased.claim(&owner, lease_ms, now_ms);
+                    out.push((record.run_at_ms, record.seq, claimed));
+                    before.push(record);
+                    after.push(leased);
+                }
+                self.write_runs(&before, &after).await?;
+                out
+            }
+        };
+        claimed.sort_by_key(|(run_at, seq, _)| (*run_at, *seq));
+        Ok(StoreReply::Claimed(
+            claimed.into_iter().map(|(_, _, c)| c).collect(),
+        ))
+    }
+
+    /// Loads runs by id, locked for the rest of the transaction.
+    async fn load_runs(
+        &mut self,
+        ids: &BTreeSet<RunId>,
+        lock: bool,
+    ) -> Tx<BTreeMap<RunId, RunRecord>> {
+        let mut out = BTreeMap::new();
+        let ids: Vec<&RunId> = ids.iter().collect();
+        for chunk in ids.chunks(CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({}) ORDER BY id{}",
+                marks.join(", "),
+                if lock { self.lock() } else { "" }
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.0.as_bytes().to_vec());
+            }
+            for row in q.fetch_all(&mut *self.conn).await? {
+                let record = run_from_row(&row)?;
+                out.insert(record.id, record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the ledger rows of these runs, locked.
+    async fn load_deliveries(
+        &mut self,
+        runs: &BTreeSet<RunId>,
+        lock: bool,
+    ) -> Tx<BTreeMap<DeliveryKey, DeliveryRecord>> {
+        let mut out = BTreeMap::new();
+        let ids: Vec<&RunId> = runs.iter().collect();
+        for chunk in ids.chunks(CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE run_id IN ({}) \
+                 ORDER BY run_id, step{}",
+                marks.join(", "),
+                if lock { self.lock() } else { "" }
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.0.as_bytes().to_vec());
+            }
+            for row in q.fetch_all(&mut *self.conn).await? {
+                let record = delivery_from_row(&row)?;
+                out.insert(record.key, record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A run of consecutive per-row ops: read every row they touch once,
+    /// decide each op with the core's rules in order, write back what
+    /// changed, and promote the next run of every conversation whose head
+    /// finished.
+    async fn rows(&mut self, ops: Vec<StoreOp>) -> Tx<Vec<StoreReply>> {
+        let mut run_ids = BTreeSet::new();
+        let mut ledger_runs = BTreeSet::new();
+        for op in &ops {
+            if let Some(id) = rules::is_run_op(op) {
+                run_ids.insert(id);
+            }
+            match op {
+                StoreOp::BeginDelivery { key, .. } => {
+                    run_ids.insert(key.run);
+                    ledger_runs.insert(key.run);
+                }
+                op => {
+                    if let Some(key) = delivery_key(op) {
+                        ledger_runs.insert(key.run);
+                    }
+                }
+            }
+        }
+        let before_runs = self.load_runs(&run_ids, true).await?;
+        let before_ledger = self.load_deliveries(&ledger_runs, true).await?;
+        let mut runs = before_runs.clone();
+        let mut ledger = before_ledger.clone();
+        let mut replies = Vec::with_capacity(ops.len());
+        for op in ops {
+            let reply = if let Some(id) = rules::is_run_op(&op) {
+                rules::apply_to_run(runs.get_mut(&id), GUARDS, &op)
+            } else if let StoreOp::BeginDelivery {
+                key,
+                epoch,
+                send_timeout_ms,
+                now_ms,
+            } = op
+            {
+                let mut rec = ledger.get(&key).cloned();
+                let reply = rules::begin_delivery(
+                    runs.get(&key.run),
+                    &mut rec,
+                    GUARDS,
+                    key,
+                    epoch,
+                    send_timeout_ms,
+                    now_ms,
+                );
+                if let Some(rec) = rec {
+                    ledger.insert(key, rec);
+                }
+                reply
+            } else {
+                let key = delivery_key(&op).expect("a ledger op");
+                rules::apply_to_delivery(ledger.get_mut(&key), GUARDS, op)
+            };
+            replies.push(reply);
+        }
+
+        let mut old = Vec::new();
+        let mut new = Vec::new();
+        let mut finished = BTreeSet::new();
+        for (id, after) in &runs {
+            let before = &before_runs[id];
+            if before != after {
+                if !before.status.is_terminal() && after.status.is_terminal() {
+                    finished.insert((after.tenant.clone(), after.to.clone()));
+                }
+                if after.status == RunStatus::Pending && before.status != RunStatus::Pending {
+                    // Released for a delay or a retry: due again later.
+                    self.notify = true;
+                }
+                old.push(before.clone());
+                new.push(after.clone());
+            }
+        }
+        self.write_runs(&old, &new).await?;
+        let changed: Vec<&DeliveryRecord> = ledger
+            .iter()
+            .filter(|(key, rec)| before_ledger.get(key) != Some(rec))
+            .map(|(_, rec)| rec)
+            .collect();
+        self.write_deliveries(&changed).await?;
+        if !finished.is_empty() {
+            self.promote(&finished).await?;
+        }
+        Ok(replies)
+    }
+
+    /// Writes changed runs back, each conditional on the epoch it was read
+    /// with. A run that became terminal stops being its conversation's head.
+    async fn write_runs(&mut self, before: &[RunRecord], after: &[RunRecord]) -> Tx<()> {
+        const WIDTH: usize = 11;
+        for (old, new) in before.chunks(CHUNK).zip(after.chunks(CHUNK)) {
+            let sql = format!(
+                "WITH v (id, read_epoch, status, next_step, run_at_ms, attempts, epoch, \
+                         lease_owner, lease_until_ms, reason, finished_at_ms) AS (VALUES {}) \
+                 UPDATE runs SET status = v.status, next_step = v.next_step, \
+                     run_at_ms = v.run_at_ms, attempts = v.attempts, epoch = v.epoch, \
+                     lease_owner = v.lease_owner, lease_until_ms = v.lease_until_ms, \
+                     reason = v.reason, finished_at_ms = v.finished_at_ms, \
+                     is_head = (runs.is_head AND v.status IN ('pending', 'leased')) \
+                 FROM v WHERE runs.id = v.id AND runs.epoch = v.read_epoch",
+                tuples(new.len(), WIDTH)
+            );
+            let mut q = sqlx::query(&sql);
+            for (o, n) in old.iter().zip(new) {
+                q = q
+                    .bind(n.id.0.as_bytes().to_vec())
+                    .bind(db(o.epoch))
+                    .bind(n.status.as_str())
+                    .bind(n.cursor as i64)
+                    .bind(db(n.run_at_ms))
+                    .bind(n.attempts as i64)
+                    .bind(db(n.epoch))
+                    .bind(n.lease.as_ref().map(|l| l.owner.as_str().to_string()))
+                    .bind(n.lease.as_ref().map(|l| db(l.until_ms)))
+                    .bind(n.reason.clone())
+                    .bind(n.finished_at_ms.map(db));
+            }
+            let written = q.execute(&mut *self.conn).await?.rows_affected();
+            if written != new.len() as u64 {
+                return Err(TxError::Retry(format!(
+                    "{written} of {} runs matched the epoch they were read with",
+                    new.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_deliveries(&mut self, rows: &[&DeliveryRecord]) -> Tx<()> {
+        const WIDTH: usize = 9;
+        for chunk in rows.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES {} \
+                 ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state, \
+                     deadline_ms = excluded.deadline_ms, retryable = excluded.retryable, \
+                     epoch = excluded.epoch, attempts = excluded.attempts, \
+                     provider_message_id = excluded.provider_message_id, \
+                     last_error = excluded.last_error",
+                tuples(chunk.len(), WIDTH)
+            );
+            let mut q = sqlx::query(&sql);
+            for rec in chunk {
+                let (deadline, retryable) = match rec.state {
+                    DeliveryState::Sending { deadline_ms } => (Some(db(deadline_ms)), None),
+                    DeliveryState::Failed { retryable } => (None, Some(retryable as i64)),
+                    _ => (None, None),
+                };
+                q = q
+                    .bind(rec.key.run.0.as_bytes().to_vec())
+                    .bind(rec.key.step as i64)
+                    .bind(rec.state.as_str())
+                    .bind(deadline)
+                    .bind(retryable)
+                    .bind(db(rec.epoch))
+                    .bind(rec.attempts as i64)
+                    .bind(rec.provider_message_id.clone())
+                    .bind(rec.last_error.clone());
+            }
+            q.execute(&mut *self.conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the oldest waiting run of each conversation its head, where
+    /// the conversation has none.
+    async fn promote(&mut self, conversations: &BTreeSet<(TenantId, Recipient)>) -> Tx<()> {
+        let all: Vec<&(TenantId, Recipient)> = conversations.iter().collect();
+        for chunk in all.chunks(CHUNK) {
+            let values = tuples(chunk.len(), 2);
+            let promote = format!(
+                "WITH c (tenant, recipient) AS (VALUES {values}) \
+                 UPDATE runs SET is_head = TRUE \
+                 WHERE status = 'pending' AND NOT is_head AND seq IN ( \
+                     SELECT (SELECT w.seq FROM runs w \
+                             WHERE w.tenant = c.tenant AND w.recipient = c.recipient \
+                               AND w.status = 'pending' AND NOT w.is_head \
+                             ORDER BY w.seq LIMIT 1) \
+                     FROM c WHERE NOT EXISTS ( \
+                         SELECT 1 FROM runs h \
+                         WHERE h.tenant = c.tenant AND h.recipient = c.recipient AND h.is_head))"
+            );
+            // Under PostgreSQL's read committed, a waiting run cancelled
+            // while this ran is skipped without promoting the one after
+            // it; look again until every conversation has a head or
+            // nothing waiting. SQLite's one writer never needs a second
+            // pass.
+            let headless = format!(
+                "WITH c (tenant, recipient) AS (VALUES {values}) \
+                 SELECT COUNT(*) FROM c \
+                 WHERE NOT EXISTS (SELECT 1 FROM runs h \
+                                   WHERE h.tenant = c.tenant AND h.recipient = c.recipient \
+                                     AND h.is_head) \
+                   AND EXISTS (SELECT 1 FROM runs w \
+                               WHERE w.tenant = c.tenant AND w.recipient = c.recipient \
+                                 AND w.status = 'pending' AND NOT w.is_head)"
+            );
+            for pass in 0.. {
+                let mut q = sqlx::query(&promote);
+                for (tenant, to) in chunk {
+                    q = q.bind(tenant.as_str()).bind(to.as_str());
+                }
+                if q.execute(&mut *self.conn).await?.rows_affected() > 0 {
+                    self.notify = true;
+                }
+                if self.backend == Backend::Sqlite {
+                    break;
+                }
+                let mut q = sqlx::query(&headless);
+                for (tenant, to) in chunk {
+                    q = q.bind(tenant.as_str()).bind(to.as_str());
+                }
+                let left: i64 = q.fetch_one(&mut *self.conn).await?.try_get(0)?;
+                if left == 0 {
+                    break;
+                }
+                if pass >= 4 {
+                    return Err(TxError::Retry(format!(
+                        "{left} conversations still have no head"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_run(&mut self, run: RunId) -> Tx<StoreReply> {
+        let ids = BTreeSet::from([run]);
+        let Some(record) = self.load_runs(&ids, false).await?.remove(&run) else {
+            return Ok(StoreReply::NotFound);
+        };
+        let mut ledger = self.load_deliveries(&ids, false).await?;
+        let deliveries = (0..record.steps.len() as u32)
+            .map(|step| ledger.remove(&DeliveryKey { run, step }))
+            .collect();
+        Ok(StoreReply::Run(record.view(deliveries)))
+    }
+
+    async fn list_runs(&mut self, status: Option<RunStatus>, limit: u32) -> Tx<StoreReply> {
+        let rows = match status {
+            Some(status) => {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = $1 ORDER BY seq DESC LIMIT $2"
+                );
+                sqlx::query(&sql)
+                    .bind(status.as_str())
+                    .bind(limit as i64)
+                    .fetch_all(&mut *self.conn)
+                    .await?
+            }
+            None => {
+                let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY seq DESC LIMIT $1");
+                sqlx::query(&sql)
+                    .bind(limit as i64)
+                    .fetch_all(&mut *self.conn)
+                    .await?
+            }
+        };
+        let views = rows
+            .iter()
+            .map(|row| Ok(run_from_row(row)?.view(Vec::new())))
+            .collect::<Tx<Vec<_>>>()?;
+        Ok(StoreReply::Runs(views))
+    }
+
+    async fn stats(&mut self, now_ms: u64) -> Tx<StoreReply> {
+        // Open runs only, through the two partial indexes that hold them:
+        // the heads, and the runs waiting behind them.
+        let row = sqlx::query(
+            "SELECT COUNT(CASE WHEN status = 'pending' THEN 1 END), \
+                    COUNT(CASE WHEN status = 'pending' AND run_at_ms <= $1 THEN 1 END), \
+                    COUNT(CASE WHEN status = 'leased' THEN 1 END), \
+                    MIN(CASE WHEN status = 'pending' AND run_at_ms <= $1 THEN run_at_ms END) \
+             FROM (SELECT status, run_at_ms FROM runs WHERE is_head \
+                   UNION ALL \
+                   SELECT status, run_at_ms FROM runs WHERE status = 'pending' AND NOT is_head) o",
+        )
+        .bind(db(now_ms))
+        .fetch_one(&mut *self.conn)
+        .await?;
+        let oldest: Option<i64> = row.try_get(3)?;
+        let unknown: i64 = sqlx::query("SELECT COUNT(*) FROM deliveries WHERE state = 'unknown'")
+            .fetch_one(&mut *self.conn)
+            .await?
+            .try_get(0)?;
+        Ok(StoreReply::Stats(QueueStats {
+            pending: un(row.try_get(0)?),
+            due: un(row.try_get(1)?),
+            leased: un(row.try_get(2)?),
+            oldest_due_age_ms: oldest.map_or(0, |t| now_ms.saturating_sub(un(t))),
+            unknown_deliveries: un(unknown),
+        }))
+    }
+
+    async fn prune(&mut self, retention_ms: u64, max: u32, now_ms: u64) -> Tx<StoreReply> {
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        let rows = sqlx::query(
+            "SELECT id, tenant, trigger_key FROM runs \
+             WHERE finished_at_ms IS NOT NULL AND finished_at_ms < $1 \
+             ORDER BY seq LIMIT $2",
+        )
+        .bind(db(cutoff))
+        .bind(max as i64)
+        .fetch_all(&mut *self.conn)
+        .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut keys = Vec::new();
+        for row in &rows {
+            ids.push(row.try_get::<Vec<u8>, _>(0)?);
+            if let Some(key) = row.try_get::<Option<String>, _>(2)? {
+                keys.push((row.try_get::<String, _>(1)?, key));
+            }
+        }
+        for chunk in ids.chunks(CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            for table in ["deliveries WHERE run_id", "runs WHERE id"] {
+                let sql = format!("DELETE FROM {table} IN ({})", marks.join(", "));
+                let mut q = sqlx::query(&sql);
+                for id in chunk {
+                    q = q.bind(id.clone());
+                }
+                q.execute(&mut *self.conn).await?;
+            }
+        }
+        for chunk in keys.chunks(CHUNK) {
+            let sql = format!(
+                "WITH k (tenant, key) AS (VALUES {}) \
+                 DELETE FROM trigger_keys WHERE (tenant, key) IN (SELECT tenant, key FROM k)",
+                tuples(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for (tenant, key) in chunk {
+                q = q.bind(tenant.clone()).bind(key.clone());
+            }
+            q.execute(&mut *self.conn).await?;
+        }
+        Ok(StoreReply::Pruned {
+            runs: ids.len() as u32,
+        })
+    }
+}

@@ -1,0 +1,517 @@
+//! Differential conformance: random op sequences with explicit times go to
+//! the model (`MemStore`) and to a SQL store; every reply, and the final
+//! state, must be equal. Ops are sent to the SQL store in random batches
+//! (one transaction each), so batching is held to the model too.
+
+mod support;
+
+use oncesend::store::sql::{SqlClock, SqlStore};
+use oncesend::store::Store;
+use oncesend_core::flow::FlowStep;
+use oncesend_core::{
+    DeliveryKey, DeliveryOutcome, Flow, FlowId, MemStore, NewRun, PlannedStep, ProviderSettings,
+    ReceiptStatus, Recipient, RunId, RunStatus, StoreOp, StoreReply, Template, Tenant, TenantId,
+    WorkerId,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+#[derive(Debug, Clone, Copy)]
+enum Epoch {
+    Current,
+    Stale,
+    Zero,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    PutFlow {
+        flow: u8,
+        steps: u8,
+    },
+    GetFlow {
+        flow: u8,
+    },
+    PutTenant {
+        tenant: u8,
+    },
+    GetTenant {
+        tenant: u8,
+    },
+    Enqueue {
+        tenant: u8,
+        conv: u8,
+        steps: u8,
+        delay_ms: u64,
+        key: Option<u8>,
+        reuse_id: bool,
+    },
+    Claim {
+        worker: u8,
+        max: u32,
+        lease_ms: u64,
+    },
+    Heartbeat {
+        run: u8,
+        epoch: Epoch,
+        lease_ms: u64,
+    },
+    Advance {
+        run: u8,
+        epoch: Epoch,
+        skew: i8,
+        delay_ms: Option<u64>,
+    },
+    Complete {
+        run: u8,
+        epoch: Epoch,
+        skew: i8,
+    },
+    Fail {
+        run: u8,
+        epoch: Epoch,
+        retry_ms: Option<u64>,
+    },
+    Release {
+        run: u8,
+        epoch: Epoch,
+        after_ms: u64,
+    },
+    Cancel {
+        run: u8,
+    },
+    Begin {
+        run: u8,
+        epoch: Epoch,
+        skew: i8,
+        timeout_ms: u64,
+    },
+    Finish {
+        run: u8,
+        skew: i8,
+        outcome: u8,
+    },
+    Resolve {
+        run: u8,
+        skew: i8,
+        outcome: u8,
+    },
+    Receipt {
+        run: u8,
+        skew: i8,
+        status: u8,
+    },
+    GetRun {
+        run: u8,
+    },
+    ListRuns {
+        status: Option<u8>,
+        limit: u32,
+    },
+    Stats,
+    Prune {
+        retention_ms: u64,
+        max: u32,
+    },
+    Wait {
+        ms: u64,
+    },
+}
+
+fn epoch() -> impl Strategy<Value = Epoch> {
+    prop_oneof![8 => Just(Epoch::Current), 1 => Just(Epoch::Stale), 1 => Just(Epoch::Zero)]
+}
+
+fn skew() -> impl Strategy<Value = i8> {
+    prop_oneof![8 => Just(0i8), 1 => Just(-1i8), 1 => Just(1i8)]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0u8..3, 1u8..4).prop_map(|(flow, steps)| Op::PutFlow { flow, steps }),
+        1 => (0u8..3).prop_map(|flow| Op::GetFlow { flow }),
+        1 => (0u8..2).prop_map(|tenant| Op::PutTenant { tenant }),
+        1 => (0u8..3).prop_map(|tenant| Op::GetTenant { tenant }),
+        5 => (0u8..2, 0u8..4, 1u8..4, prop_oneof![Just(0u64), 1u64..30], proptest::option::of(0u8..3), prop::bool::weighted(0.05))
+            .prop_map(|(tenant, conv, steps, delay_ms, key, reuse_id)| Op::Enqueue { tenant, conv, steps, delay_ms, key, reuse_id }),
+        5 => (0u8..3, 0u32..4, 5u64..60).prop_map(|(worker, max, lease_ms)| Op::Claim { worker, max, lease_ms }),
+        2 => (any::<u8>(), epoch(), 5u64..60).prop_map(|(run, epoch, lease_ms)| Op::Heartbeat { run, epoch, lease_ms }),
+        4 => (any::<u8>(), epoch(), skew(), proptest::option::of(0u64..30)).prop_map(|(run, epoch, skew, delay_ms)| Op::Advance { run, epoch, skew, delay_ms }),
+        3 => (any::<u8>(), epoch(), skew()).prop_map(|(run, epoch, skew)| Op::Complete { run, epoch, skew }),
+        2 => (any::<u8>(), epoch(), proptest::option::of(0u64..30)).prop_map(|(run, epoch, retry_ms)| Op::Fail { run, epoch, retry_ms }),
+        1 => (any::<u8>(), epoch(), 0u64..20).prop_map(|(run, epoch, after_ms)| Op::Release { run, epoch, after_ms }),
+        1 => any::<u8>().prop_map(|run| Op::Cancel { run }),
+        4 => (any::<u8>(), epoch(), skew(), 1u64..40).prop_map(|(run, epoch, skew, timeout_ms)| Op::Begin { run, epoch, skew, timeout_ms }),
+        3 => (any::<u8>(), skew(), 0u8..4).prop_map(|(run, skew, outcome)| Op::Finish { run, skew, outcome }),
+        1 => (any::<u8>(), skew(), 0u8..4).prop_map(|(run, skew, outcome)| Op::Resolve { run, skew, outcome }),
+        2 => (any::<u8>(), skew(), 0u8..4).prop_map(|(run, skew, status)| Op::Receipt { run, skew, status }),
+        1 => any::<u8>().prop_map(|run| Op::GetRun { run }),
+        1 => (proptest::option::of(0u8..5), 0u32..6).prop_map(|(status, limit)| Op::ListRuns { status, limit }),
+        1 => Just(Op::Stats),
+        1 => (0u64..50, 0u32..3).prop_map(|(retention_ms, max)| Op::Prune { retention_ms, max }),
+        4 => (0u64..40).prop_map(|ms| Op::Wait { ms }),
+    ]
+}
+
+/// Ops, each with whether the SQL batch ends after it.
+fn case() -> impl Strategy<Value = Vec<(Op, bool)>> {
+    prop::collection::vec((op(), prop::bool::weighted(0.4)), 1..60)
+}
+
+fn tenant(n: u8) -> TenantId {
+    match n {
+        0 => TenantId::default_tenant(),
+        n => TenantId::new(format!("tenant{n}")).unwrap(),
+    }
+}
+
+fn recipient(conv: u8) -> Recipient {
+    Recipient::parse(&format!("+5511913390{conv:03}")).unwrap()
+}
+
+struct World {
+    model: MemStore,
+    runs: Vec<RunId>,
+    now: u64,
+    next_id: u64,
+}
+
+impl World {
+    fn view(&mut self, run: RunId) -> Option<oncesend_core::RunView> {
+        match self.model.apply(StoreOp::GetRun { run }) {
+            StoreReply::Run(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn pick(&self, r: u8) -> RunId {
+        if self.runs.is_empty() {
+            RunId::new(1, 1)
+        } else {
+            self.runs[r as usize % self.runs.len()]
+        }
+    }
+
+    fn epoch(&mut self, run: RunId, pick: Epoch) -> u64 {
+        let current = self.view(run).map_or(0, |v| v.epoch);
+        match pick {
+            Epoch::Current => current,
+            Epoch::Stale => current.saturating_sub(1),
+            Epoch::Zero => 0,
+        }
+    }
+
+    fn step(&mut self, run: RunId, skew: i8) -> u32 {
+        let cursor = self.view(run).map_or(0, |v| v.cursor) as i64;
+        (cursor + skew as i64).max(0) as u32
+    }
+
+    fn key(&mut self, r: u8, skew: i8) -> DeliveryKey {
+        let run = self.pick(r);
+        DeliveryKey {
+            run,
+            step: self.step(run, skew),
+        }
+    }
+
+    /// The op to send, or `None` for a pause.
+    fn concrete(&mut self, op: &Op) -> Option<StoreOp> {
+        let now_ms = self.now;
+        Some(match *op {
+            Op::Wait { ms } => {
+                self.now += ms;
+                return None;
+            }
+            Op::PutFlow { flow, steps } => StoreOp::PutFlow {
+                tenant: tenant(flow % 2),
+                flow: Flow::new(
+                    FlowId::new(format!("flow{flow}")).unwrap(),
+                    (0..steps)
+                        .map(|i| FlowStep {
+                            text: Template::parse(&format!("step {i} for {{{{name}}}}")).unwrap(),
+                            delay_ms: i as u64 * 10,
+                        })
+                        .collect(),
+                )
+                .unwrap(),
+            },
+            Op::GetFlow { flow } => StoreOp::GetFlow {
+                tenant: tenant(flow % 2),
+                flow: FlowId::new(format!("flow{flow}")).unwrap(),
+            },
+            Op::PutTenant { tenant: t } => StoreOp::PutTenant {
+                tenant: Tenant::new(tenant(t + 1), ProviderSettings::Log {}).unwrap(),
+            },
+            Op::GetTenant { tenant: t } => StoreOp::GetTenant { tenant: tenant(t) },
+            Op::Enqueue {
+                tenant: t,
+                conv,
+                steps,
+                delay_ms,
+                key,
+                reuse_id,
+            } => {
+                let id = if reuse_id && !self.runs.is_empty() {
+                    self.runs[0]
+                } else {
+                    self.next_id += 1;
+                    RunId::new(1_000 + self.next_id, self.next_id)
+                };
+                StoreOp::Enqueue {
+                    run: NewRun {
+                        id,
+                        tenant: tenant(t),
+                        flow: FlowId::new("flow0").unwrap(),
+                        to: recipient(conv),
+                        steps: (0..steps)
+                            .map(|i| PlannedStep {
+                                text: format!("message {i}"),
+                                delay_ms: if i == 0 { delay_ms } else { delay_ms / 2 },
+                            })
+                            .collect(),
+                        trigger_key: key.map(|k| format!("key-{k}")),
+                    },
+                    now_ms,
+                }
+            }
+            Op::Claim {
+                worker,
+                max,
+                lease_ms,
+            } => StoreOp::Claim {
+                owner: WorkerId::new(format!("worker-{worker}")).unwrap(),
+                max,
+                lease_ms,
+                now_ms,
+            },
+            Op::Heartbeat {
+                run,
+                epoch,
+                lease_ms,
+            } => {
+                let run = self.pick(run);
+                StoreOp::Heartbeat {
+                    run,
+                    epoch: self.epoch(run, epoch),
+                    lease_ms,
+                    now_ms,
+                }
+            }
+            Op::Advance {
+                run,
+                epoch,
+                skew,
+                delay_ms,
+            } => {
+                let run = self.pick(run);
+                StoreOp::Advance {
+                    run,
+                    epoch: self.epoch(run, epoch),
+                    step: self.step(run, skew),
+                    delay_ms,
+                    now_ms,
+                }
+            }
+            Op::Complete { run, epoch, skew } => {
+                let run = self.pick(run);
+                StoreOp::Complete {
+                    run,
+                    epoch: self.epoch(run, epoch),
+                    step: self.step(run, skew),
+                    now_ms,
+                }
+            }
+            Op::Fail {
+                run,
+                epoch,
+                retry_ms,
+            } => {
+                let run = self.pick(run);
+                StoreOp::Fail {
+                    run,
+                    epoch: self.epoch(run, epoch),
+                    reason: "provider said no".into(),
+                    retry_after_ms: retry_ms,
+                    now_ms,
+                }
+            }
+            Op::Release {
+                run,
+                epoch,
+                after_ms,
+            } => {
+                let run = self.pick(run);
+                StoreOp::Release {
+                    run,
+                    epoch: self.epoch(run, epoch),
+                    after_ms,
+                    now_ms,
+                }
+            }
+            Op::Cancel { run } => StoreOp::Cancel {
+                run: self.pick(run),
+                now_ms,
+            },
+            Op::Begin {
+                run,
+                epoch,
+                skew,
+                timeout_ms,
+            } => {
+                let key = self.key(run, skew);
+                StoreOp::BeginDelivery {
+                    key,
+                    epoch: self.epoch(key.run, epoch),
+                    send_timeout_ms: timeout_ms,
+                    now_ms,
+                }
+            }
+            Op::Finish { run, skew, outcome } => StoreOp::FinishDelivery {
+                key: self.key(run, skew),
+                outcome: outcome_of(outcome, now_ms),
+                now_ms,
+            },
+            Op::Resolve { run, skew, outcome } => StoreOp::ResolveUnknown {
+                key: self.key(run, skew),
+                outcome: outcome_of(outcome, now_ms),
+                now_ms,
+            },
+            Op::Receipt { run, skew, status } => StoreOp::RecordReceipt {
+                key: self.key(run, skew),
+                status: match status {
+                    0 => ReceiptStatus::Sent,
+                    1 => ReceiptStatus::Delivered,
+                    2 => ReceiptStatus::Read,
+                    _ => ReceiptStatus::Failed,
+                },
+                provider_message_id: Some(format!("wamid.r{status}")),
+                reason: (status == 3).then(|| "undeliverable".to_string()),
+                now_ms,
+            },
+            Op::GetRun { run } => StoreOp::GetRun {
+                run: self.pick(run),
+            },
+            Op::ListRuns { status, limit } => StoreOp::ListRuns {
+                status: status.map(|s| {
+                    [
+                        RunStatus::Pending,
+                        RunStatus::Leased,
+                        RunStatus::Completed,
+                        RunStatus::Failed,
+                        RunStatus::Cancelled,
+                    ][s as usize]
+                }),
+                limit,
+            },
+            Op::Stats => StoreOp::Stats { now_ms },
+            Op::Prune { retention_ms, max } => StoreOp::Prune {
+                retention_ms,
+                max,
+                now_ms,
+            },
+        })
+    }
+}
+
+fn outcome_of(n: u8, now: u64) -> DeliveryOutcome {
+    match n {
+        0 | 1 => DeliveryOutcome::Sent {
+            provider_message_id: format!("wamid.{now}"),
+        },
+        2 => DeliveryOutcome::Failed {
+            retryable: now.is_multiple_of(2),
+            reason: "131056 pair rate limit".into(),
+            retry_after_ms: Some(5),
+        },
+        _ => DeliveryOutcome::Unknown {
+            reason: "connection lost after the request".into(),
+        },
+    }
+}
+
+async fn check_case(store: &SqlStore, ops: Vec<(Op, bool)>) -> Result<(), TestCaseError> {
+    support::reset(store).await;
+    let mut world = World {
+        model: MemStore::new(),
+        runs: Vec::new(),
+        now: 1_000,
+        next_id: 0,
+    };
+    let mut batch: Vec<StoreOp> = Vec::new();
+    let mut expected: Vec<StoreReply> = Vec::new();
+    let total = ops.len();
+    for (i, (op, cut)) in ops.into_iter().enumerate() {
+        if let Some(concrete) = world.concrete(&op) {
+            let reply = world.model.apply(concrete.clone());
+            if let StoreReply::Enqueued { run, created: true } = reply {
+                world.runs.push(run);
+            }
+            batch.push(concrete);
+            expected.push(reply);
+        }
+        if (cut || i + 1 == total) && !batch.is_empty() {
+            let ops = std::mem::take(&mut batch);
+            let got = store
+                .apply_batch(ops.clone())
+                .await
+                .map_err(|e| TestCaseError::fail(format!("store unavailable: {e}")))?;
+            for ((op, want), got) in ops.iter().zip(expected.drain(..)).zip(got) {
+                prop_assert_eq!(&got, &want, "after {:?}", op);
+            }
+        }
+    }
+    // The final state, every run and the queue's figures.
+    let mut finals = vec![
+        StoreOp::ListRuns {
+            status: None,
+            limit: 1_000,
+        },
+        StoreOp::Stats { now_ms: world.now },
+    ];
+    finals.extend(world.runs.iter().map(|&run| StoreOp::GetRun { run }));
+    for op in finals {
+        let want = world.model.apply(op.clone());
+        let got = store
+            .apply(op.clone())
+            .await
+            .map_err(|e| TestCaseError::fail(format!("store unavailable: {e}")))?;
+        prop_assert_eq!(&got, &want, "final {:?}", op);
+    }
+    Ok(())
+}
+
+fn conform(store: SqlStore, rt: &tokio::runtime::Runtime, cases: u32) {
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&case(), |ops| rt.block_on(check_case(&store, ops)));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn sqlite_matches_the_model() {
+    let rt = runtime();
+    let store = rt.block_on(support::sqlite_store("conformance", SqlClock::Caller));
+    conform(store, &rt, 256);
+}
+
+#[test]
+fn postgres_matches_the_model() {
+    let Some(url) = support::pg_url() else {
+        return;
+    };
+    let rt = runtime();
+    let store = rt.block_on(support::pg_store(&url, "conformance", SqlClock::Caller, 2));
+    conform(store, &rt, 256);
+}

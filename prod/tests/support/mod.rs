@@ -1,0 +1,84 @@
+//! Shared by the SQL store tests: fresh SQLite files and PostgreSQL
+//! schemas, and the rule for PostgreSQL tests: with `TEST_DATABASE_URL`
+//! unset they say so and pass without a server; with it set, a server that
+//! does not answer fails them.
+#![allow(dead_code)]
+
+use oncesend::store::sql::{SqlClock, SqlOptions, SqlStore};
+use std::path::PathBuf;
+
+/// `TEST_DATABASE_URL`, if set.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "TEST_DATABASE_URL is not set: the PostgreSQL half of this test does not run"
+            );
+            None
+        }
+    }
+}
+
+/// A store in its own, emptied PostgreSQL schema. Panics (fails the test)
+/// when the server does not answer.
+pub async fn pg_store(url: &str, schema: &str, clock: SqlClock, connections: u32) -> SqlStore {
+    let store = SqlStore::connect(
+        url,
+        SqlOptions {
+            clock,
+            max_connections: connections,
+            schema: Some(schema.to_string()),
+            ..SqlOptions::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is set but PostgreSQL does not answer: {e}"));
+    sqlx::raw_sql(&format!(
+        "DROP TABLE IF EXISTS {schema}.run_history; \
+         DROP TABLE IF EXISTS {schema}.runs, {schema}.deliveries, {schema}.trigger_keys, \
+         {schema}.flows, {schema}.tenants, {schema}._sqlx_migrations CASCADE"
+    ))
+    .execute(store.pool())
+    .await
+    .expect("drop old tables");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// A path for a fresh SQLite file, removed first.
+pub fn sqlite_path(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("oncesend-test-{name}-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    path
+}
+
+/// A store on a fresh SQLite file.
+pub async fn sqlite_store(name: &str, clock: SqlClock) -> SqlStore {
+    let url = format!("sqlite://{}?mode=rwc", sqlite_path(name).display());
+    let store = SqlStore::connect(
+        &url,
+        SqlOptions {
+            clock,
+            ..SqlOptions::default()
+        },
+    )
+    .await
+    .expect("open sqlite");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// Empties every table.
+pub async fn reset(store: &SqlStore) {
+    for table in ["runs", "deliveries", "trigger_keys", "flows", "tenants"] {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(store.pool())
+            .await
+            .expect("empty a table");
+    }
+}
