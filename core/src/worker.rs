@@ -97,6 +97,9 @@ impl WorkerConfig {
 pub enum WorkerEvent {
     /// Time passed.
     Tick,
+    /// The store says work was enqueued: claim now rather than at the next
+    /// poll (unless backing off from a store that failed).
+    Wake,
     /// A store op asked for by [`WorkerEffect::Store`] came back.
     StoreReplied {
         /// Which op.
@@ -279,6 +282,11 @@ impl Worker {
     pub fn handle(&mut self, event: WorkerEvent, now_ms: u64) {
         match event {
             WorkerEvent::Tick => {}
+            WorkerEvent::Wake => {
+                if self.claim_failures == 0 {
+                    self.next_claim_ms = self.next_claim_ms.min(now_ms);
+                }
+            }
             WorkerEvent::Shutdown => {
                 if !self.draining {
                     tracing::info!(worker_id = %self.config.id, held = self.held.len(), "shutting down: no more claims");

@@ -493,3 +493,54 @@ fn a_recipient_gap_spaces_steps_out_without_holding_leases() {
     }
     assert!(world.engine.stats().paced > 0);
 }
+
+/// A wake-up (PostgreSQL's NOTIFY on enqueue) claims at once instead of at
+/// the next poll; while the store is failing, backoff wins over wake-ups.
+#[test]
+fn a_wake_up_claims_before_the_next_poll_but_not_during_backoff() {
+    let config = WorkerConfig {
+        poll_ms: 10_000,
+        ..worker_config("waker")
+    };
+    let mut worker = Worker::new(config, 1).unwrap();
+    let claim = |worker: &mut Worker| -> Option<oncesend_core::worker::OpId> {
+        let mut found = None;
+        while let Some(effect) = worker.poll_effect() {
+            if let WorkerEffect::Store {
+                op,
+                request: StoreOp::Claim { .. },
+            } = effect
+            {
+                found = Some(op);
+            }
+        }
+        found
+    };
+    worker.handle(WorkerEvent::Tick, 0);
+    let op = claim(&mut worker).expect("the first tick claims");
+    worker.handle(
+        WorkerEvent::StoreReplied {
+            op,
+            reply: Ok(StoreReply::Claimed(Vec::new())),
+        },
+        5,
+    );
+    // Nothing found: the next claim waits for the poll interval...
+    worker.handle(WorkerEvent::Tick, 100);
+    assert!(claim(&mut worker).is_none());
+    // ...unless woken.
+    worker.handle(WorkerEvent::Wake, 200);
+    let op = claim(&mut worker).expect("a wake-up claims at once");
+    worker.handle(
+        WorkerEvent::StoreReplied {
+            op,
+            reply: Err(oncesend_core::StoreUnavailable("down".into())),
+        },
+        210,
+    );
+    worker.handle(WorkerEvent::Wake, 220);
+    assert!(
+        claim(&mut worker).is_none(),
+        "a store that just failed is not hammered by wake-ups"
+    );
+}

@@ -126,6 +126,20 @@ impl Db {
         }
     }
 
+    /// Opens the database for a daemon: waits for it as long as it takes,
+    /// logging each attempt, unless `shutdown` resolves first (`None`).
+    pub async fn open_for_daemon(
+        url: &str,
+        clock: TokioClock,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<Self>, OpenError> {
+        const FOREVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+        tokio::select! {
+            db = Db::open_patiently(url, clock, FOREVER) => db.map(Some),
+            _ = shutdown => Ok(None),
+        }
+    }
+
     /// True when the data lives only in this process.
     pub fn is_memory(&self) -> bool {
         matches!(self, Db::Memory(_))

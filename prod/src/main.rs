@@ -6,9 +6,9 @@ use hyper::Method;
 use oncesend::clock::TokioClock;
 use oncesend::config::{DbArgs, EngineArgs, LeaseArgs, LogArgs};
 use oncesend::daemon;
-use oncesend::db::{Db, OpenError, DEFAULT_DATABASE_URL};
+use oncesend::db::{Db, DEFAULT_DATABASE_URL};
 use oncesend::net::{HttpClient, HttpUrl, TcpConnector};
-use oncesend::worker::run_worker;
+use oncesend::worker::run_worker_woken;
 use oncesend_core::Worker;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -164,8 +164,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => up(args).await,
         Command::Migrate(db) => {
-            let database = Db::open(&db.database_url, TokioClock::system()).await?;
-            database.migrate().await?;
+            // Opening migrates.
+            Db::open_patiently(
+                &db.database_url,
+                TokioClock::system(),
+                Duration::from_secs(30),
+            )
+            .await?;
             println!("migrated {}", oncesend::db::redact(&db.database_url));
             Ok(())
         }
@@ -300,16 +305,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
-    let db = match Db::open(&url, clock.clone()).await {
-        Ok(db) => db,
-        // Until the SQL stores land, a trial with no DATABASE_URL still runs.
-        Err(OpenError::Unsupported { why, .. }) if args.database_url.is_none() => {
-            tracing::warn!("{why}; keeping runs in memory for this trial: they are lost at exit");
-            Db::open("memory:", clock.clone()).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    db.migrate().await?;
+    let db = Db::open_patiently(&url, clock.clone(), Duration::from_secs(30)).await?;
+    if db.is_memory() {
+        tracing::warn!("DATABASE_URL=memory: keeps runs in this process; they are lost at exit");
+    }
     let engine = daemon::engine(&args.engine, db.clone(), clock.clone())?;
     let listener = tokio::net::TcpListener::bind(args.engine.listen)
         .await
@@ -327,7 +326,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         engine.state.watch_worker(stats.clone());
         let worker = Worker::new(config, daemon::os_random())?;
         let mut stop = stop_rx.clone();
-        workers.push(tokio::spawn(run_worker(
+        workers.push(tokio::spawn(run_worker_woken(
             worker,
             db.clone(),
             engine.handle.clone(),
@@ -336,13 +335,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 let _ = stop.wait_for(|s| *s).await;
             },
             stats,
+            db.wakeups(),
         )));
     }
-    banner(
-        &args,
-        &addr.to_string(),
-        if db.is_memory() { "memory:" } else { &url },
-    );
+    banner(&args, &addr.to_string(), &url);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(daemon::serve(listener, engine.state, async move {
         let _ = server_stop.wait_for(|s| *s).await;

@@ -73,12 +73,26 @@ impl<C: Connector> EngineClient for HttpEngineClient<C> {
 /// Runs a worker until `shutdown` resolves and everything it holds is
 /// finished or released. Its counters are published to `stats`.
 pub async fn run_worker<S: Store, E: EngineClient>(
+    worker: Worker,
+    store: S,
+    engine: E,
+    clock: TokioClock,
+    shutdown: impl Future<Output = ()> + Send,
+    stats: Arc<Mutex<WorkerStats>>,
+) {
+    run_worker_woken(worker, store, engine, clock, shutdown, stats, None).await
+}
+
+/// [`run_worker`], also claiming at once whenever `wakeups` is notified
+/// (PostgreSQL's `NOTIFY` on enqueue), instead of only at its next poll.
+pub async fn run_worker_woken<S: Store, E: EngineClient>(
     mut worker: Worker,
     store: S,
     engine: E,
     clock: TokioClock,
     shutdown: impl Future<Output = ()> + Send,
     stats: Arc<Mutex<WorkerStats>>,
+    wakeups: Option<Arc<tokio::sync::Notify>>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<WorkerEvent>();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -119,9 +133,19 @@ pub async fn run_worker<S: Store, E: EngineClient>(
             }
             Some(event) = rx.recv() => worker.handle(event, clock.now_ms()),
             _ = sleep_until(wake) => worker.handle(WorkerEvent::Tick, clock.now_ms()),
+            _ = notified(wakeups.as_deref()), if !stopping => {
+                worker.handle(WorkerEvent::Wake, clock.now_ms());
+            }
         }
     }
     tracing::info!(worker_id = %worker_id, "worker stopped: nothing held");
+}
+
+async fn notified(wakeups: Option<&tokio::sync::Notify>) {
+    match wakeups {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

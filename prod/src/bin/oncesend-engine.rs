@@ -37,7 +37,17 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let clock = TokioClock::system();
-    let db = Db::open(&cli.db.database_url, clock.clone()).await?;
+    let flag = daemon::shutdown_flag();
+    let Some(db) = Db::open_for_daemon(
+        &cli.db.database_url,
+        clock.clone(),
+        daemon::stopped(flag.clone()),
+    )
+    .await?
+    else {
+        tracing::info!("stopped while waiting for the database");
+        return Ok(());
+    };
     if db.is_memory() {
         tracing::warn!("DATABASE_URL=memory: keeps runs in this process only; no oncesend-worker can see them. Use `oncesend up` for a one-process trial");
     }
@@ -47,7 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cli.engine.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, provider = ?cli.engine.provider, database = %oncesend::db::redact(&cli.db.database_url), "engine listening");
-    daemon::serve(listener, engine.state, daemon::shutdown_signal()).await?;
+    daemon::serve(listener, engine.state, daemon::stopped(flag)).await?;
     tracing::info!("engine stopped");
     Ok(())
 }

@@ -7,7 +7,7 @@ use oncesend::config::{DbArgs, LogArgs, WorkerArgs};
 use oncesend::daemon;
 use oncesend::db::Db;
 use oncesend::net::{HttpClient, HttpUrl, TcpConnector};
-use oncesend::worker::{run_worker, HttpEngineClient};
+use oncesend::worker::{run_worker_woken, HttpEngineClient};
 use oncesend_core::Worker;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let url =
         HttpUrl::parse(&cli.worker.engine_url).map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
     let clock = TokioClock::system();
-    let db = Db::open(&cli.db.database_url, clock.clone()).await?;
+    let flag = daemon::shutdown_flag();
+    let Some(db) = Db::open_for_daemon(
+        &cli.db.database_url,
+        clock.clone(),
+        daemon::stopped(flag.clone()),
+    )
+    .await?
+    else {
+        tracing::info!("stopped while waiting for the database");
+        return Ok(());
+    };
     if db.is_memory() {
         anyhow::bail!("a separate worker needs a database shared with the engine; DATABASE_URL=memory: lives in one process (use `oncesend up`, or sqlite:// / postgres://)");
     }
@@ -60,13 +70,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let worker = Worker::new(config, daemon::os_random())?;
     let stats = Arc::new(Mutex::new(Default::default()));
     tracing::info!(worker_id = %id, engine = %cli.worker.engine_url, database = %oncesend::db::redact(&cli.db.database_url), "worker starting");
-    run_worker(
+    let wakeups = db.wakeups();
+    run_worker_woken(
         worker,
         db,
         HttpEngineClient::new(http),
         clock,
-        daemon::shutdown_signal(),
+        daemon::stopped(flag),
         stats,
+        wakeups,
     )
     .await;
     Ok(())
