@@ -100,6 +100,11 @@ pub struct EngineArgs {
     /// Token for the webhook's GET verification challenge.
     #[arg(long, env = "ONCESEND_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
     pub webhook_verify_token: Option<String>,
+    /// Keep finished runs (and their ledger rows and trigger keys) this
+    /// long, in ms, then delete them. A trigger key is reusable once its
+    /// run is gone.
+    #[arg(long, env = "ONCESEND_RETENTION_MS", default_value_t = 7 * 24 * 3_600_000)]
+    pub retention_ms: u64,
 }
 
 /// How a worker claims and holds runs.

@@ -8,8 +8,11 @@ use crate::config::{EngineArgs, LeaseArgs, ProviderKind, WorkerArgs};
 use crate::db::Db;
 use crate::engine::EngineHandle;
 use crate::provider::{AnyProvider, CloudApiProvider, LogProvider, NullProvider, TenantProviders};
+use crate::store::Store;
 use anyhow::{bail, Context};
+use oncesend_core::store::StoreUnavailable;
 use oncesend_core::{CloudApiSettings, EngineConfig, PacingConfig, WorkerConfig, WorkerId};
+use oncesend_core::{StoreOp, StoreReply};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +100,7 @@ pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<En
         ..EngineConfig::default()
     };
     let handle = EngineHandle::spawn(config, db.clone(), providers.clone(), clock.clone());
+    tokio::spawn(prune_forever(db.clone(), clock.clone(), args.retention_ms));
     let api_config = ApiConfig {
         token: args.token.clone(),
         max_body_bytes: args.max_body_bytes,
@@ -106,6 +110,52 @@ pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<En
     let state = AppState::new(db, handle.clone(), clock, os_random(), api_config)
         .on_tenant_put(Arc::new(move |t| providers.forget(t)));
     Ok(Engine { handle, state })
+}
+
+/// Runs deleted per `Prune` op.
+const PRUNE_BATCH: u32 = 1_000;
+
+/// Deletes every run that finished more than `retention_ms` before
+/// `now_ms`, a bounded batch per transaction. Returns how many.
+pub async fn prune_finished<S: Store>(
+    store: &S,
+    retention_ms: u64,
+    now_ms: u64,
+) -> Result<u64, StoreUnavailable> {
+    let mut total = 0u64;
+    loop {
+        let op = StoreOp::Prune {
+            retention_ms,
+            max: PRUNE_BATCH,
+            now_ms,
+        };
+        match store.apply(op).await? {
+            StoreReply::Pruned { runs } => {
+                total += u64::from(runs);
+                if runs < PRUNE_BATCH {
+                    return Ok(total);
+                }
+            }
+            other => {
+                return Err(StoreUnavailable(format!(
+                    "prune got an answer it cannot use: {other:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// Prunes once a minute, for as long as the engine runs.
+async fn prune_forever(db: Db, clock: TokioClock, retention_ms: u64) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        match prune_finished(&db, retention_ms, clock.now_ms()).await {
+            Ok(0) => {}
+            Ok(runs) => tracing::info!(runs, retention_ms, "pruned finished runs"),
+            Err(e) => tracing::warn!(error = %e, "pruning failed; trying again in a minute"),
+        }
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
@@ -173,4 +223,54 @@ pub fn shutdown_flag() -> tokio::sync::watch::Receiver<bool> {
 /// Resolves once `flag` is set.
 pub async fn stopped(mut flag: tokio::sync::watch::Receiver<bool>) {
     let _ = flag.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use oncesend_core::{FlowId, MemStore, NewRun, PlannedStep, Recipient, RunId, TenantId};
+
+    #[tokio::test]
+    async fn pruning_deletes_only_runs_finished_before_the_retention() {
+        let store = MemoryStore::new(MemStore::new());
+        let mut ids = Vec::new();
+        for i in 0..3u64 {
+            let run = NewRun {
+                id: RunId::new(10 + i, i),
+                tenant: TenantId::default_tenant(),
+                flow: FlowId::new("f").unwrap(),
+                to: Recipient::parse(&format!("+551191339000{i}")).unwrap(),
+                steps: vec![PlannedStep {
+                    text: "hi".into(),
+                    delay_ms: 0,
+                }],
+                trigger_key: Some(format!("k{i}")),
+            };
+            ids.push(run.id);
+            store
+                .apply(StoreOp::Enqueue { run, now_ms: 0 })
+                .await
+                .unwrap();
+        }
+        // Finished at 100 and at 900; the third is still open.
+        for (id, at) in [(ids[0], 100), (ids[1], 900)] {
+            let reply = store
+                .apply(StoreOp::Cancel {
+                    run: id,
+                    now_ms: at,
+                })
+                .await
+                .unwrap();
+            assert_eq!(reply, StoreReply::Cancelled);
+        }
+        assert_eq!(prune_finished(&store, 500, 1_000).await.unwrap(), 1);
+        let gone = store.apply(StoreOp::GetRun { run: ids[0] }).await.unwrap();
+        assert_eq!(gone, StoreReply::NotFound);
+        for id in &ids[1..] {
+            let kept = store.apply(StoreOp::GetRun { run: *id }).await.unwrap();
+            assert!(matches!(kept, StoreReply::Run(_)));
+        }
+        assert_eq!(prune_finished(&store, 500, 1_000).await.unwrap(), 0);
+    }
 }
