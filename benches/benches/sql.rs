@@ -11,7 +11,8 @@ use oncesend_core::{
     FlowId, NewRun, PlannedStep, Recipient, RunId, StoreOp, StoreReply, TenantId, WorkerId,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
