@@ -85,7 +85,12 @@ impl BenchPath {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// The database to load (a scratch one: the runs stay in it).
-    #[arg(long, env = "DATABASE_URL", default_value = "memory:", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "memory:",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Runs to enqueue.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
@@ -216,11 +221,7 @@ impl Tally {
     /// Notes what a reply records as sent on this path.
     fn observe(&self, path: BenchPath, op: &StoreOp, reply: &StoreReply) {
         match (path, op, reply) {
-            (
-                BenchPath::Store,
-                StoreOp::Advance { run, step, .. },
-                StoreReply::Advanced { .. },
-            )
+            (BenchPath::Store, StoreOp::Advance { run, step, .. }, StoreReply::Advanced { .. })
             | (BenchPath::Store, StoreOp::Complete { run, step, .. }, StoreReply::Completed) => {
                 self.record_sent(run, *step)
             }
@@ -331,7 +332,8 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let drain = Drain::start(args, &counted, &clock, &wakeups, stop_rx).await?;
     let enqueuer = args.rate.map(|rate| {
-        let (db, tally, wakeups, clock) = (db.clone(), tally.clone(), wakeups.clone(), clock.clone());
+        let (db, tally, wakeups, clock) =
+            (db.clone(), tally.clone(), wakeups.clone(), clock.clone());
         tokio::spawn(async move { enqueue_at(&db, runs, rate, &tally, &wakeups, &clock).await })
     });
 
