@@ -38,8 +38,13 @@ impl LogArgs {
     /// Installs the tracing subscriber; logs go to stderr, so stdout stays
     /// free for the log provider's delivery lines.
     pub fn init(&self) {
+        self.init_with_default("info")
+    }
+
+    /// [`LogArgs::init`], with `level` when RUST_LOG is unset.
+    pub fn init_with_default(&self, level: &str) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);

@@ -7,6 +7,7 @@
 //! simulated network, tests production.
 
 pub mod api;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod daemon;

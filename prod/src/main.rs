@@ -44,6 +44,9 @@ enum Command {
     },
     /// List runs, newest first.
     Runs(RunsArgs),
+    /// Load a scratch database with runs, drain them, and report
+    /// throughput, latency and transactions per message.
+    Bench(oncesend::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -150,7 +153,11 @@ struct RunsArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli.log.init();
+    match cli.command {
+        // Per-message info lines would be most of what the bench measured.
+        Command::Bench(_) => cli.log.init_with_default("warn"),
+        _ => cli.log.init(),
+    }
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -163,6 +170,7 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => up(args).await,
+        Command::Bench(args) => oncesend::bench::run(args).await,
         Command::Migrate(db) => {
             // Opening migrates.
             Db::open_patiently(

@@ -1,0 +1,834 @@
+//! `oncesend bench`: the load tool. Enqueues runs into the database
+//! `DATABASE_URL` names, drains them with workers in this process, checks
+//! that every step went out exactly once, and reports what it cost.
+//!
+//! Two paths:
+//! - `store`: claim, advance and complete against the store alone, no
+//!   engine and no HTTP: the queue's own ceiling. It drives the storage
+//!   contract directly rather than through the core's `Worker` machine,
+//!   because the machine writes each advance as its own op (one transaction
+//!   per message), while the ceiling is what the queue can do when a worker
+//!   claims a batch and then moves the whole batch on with one
+//!   `apply_batch` per step: one claim transaction per batch and one write
+//!   transaction per batch and step.
+//! - `full`: the real worker driver (`run_worker_woken` and the core's
+//!   `Worker`) sending through `HttpEngineClient` to the engine's HTTP API
+//!   on loopback, with the ledger's `BeginDelivery`/`FinishDelivery` in the
+//!   path and the `null` provider at the end.
+//!
+//! How it measures:
+//! - a message is one step of one run;
+//! - a message is *sent* when the store reply recording it comes back: the
+//!   `Advance`/`Complete` of its step on the store path, the
+//!   `FinishDelivery` that records it `sent` on the full path;
+//! - latency runs from just before its run's `Enqueue` was applied to that
+//!   moment;
+//! - throughput is messages over the time from the first message being
+//!   available to a worker (the workers' start, or the first enqueue under
+//!   `--rate`) to the last one sent;
+//! - transactions are the `Store::apply` and `Store::apply_batch` calls the
+//!   workers and the engine make (each is one transaction in the SQL
+//!   stores); enqueueing and the final check are not counted;
+//! - peak memory is the process's `VmHWM`.
+
+use crate::api::{self, ApiConfig, AppState};
+use crate::clock::TokioClock;
+use crate::daemon;
+use crate::db::{self, Db};
+use crate::engine::EngineHandle;
+use crate::net::{HttpClient, TcpConnector};
+use crate::provider::NullProvider;
+use crate::store::Store;
+use crate::worker::{run_worker_woken, HttpEngineClient};
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use oncesend_core::store::StoreUnavailable;
+use oncesend_core::{
+    ClaimedRun, DeliveryOutcome, DeliveryState, EngineConfig, FlowId, NewRun, PlannedStep,
+    Recipient, RunId, RunStatus, StoreOp, StoreReply, TenantId, Worker, WorkerConfig, WorkerId,
+};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+/// Runs enqueued per `apply_batch` when loading the queue.
+const ENQUEUE_CHUNK: usize = 500;
+/// Lease length of every bench worker; far longer than any drain step.
+const LEASE_MS: u64 = 30_000;
+/// The engine's provider-call limit (the workers must agree with it).
+const SEND_TIMEOUT_MS: u64 = 10_000;
+/// Runs checked at once after the drain.
+const VERIFY_CONCURRENCY: usize = 16;
+
+/// Which path the messages take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchPath {
+    /// Claim, advance and complete against the store, no HTTP.
+    Store,
+    /// Workers send through the engine's HTTP API and ledger.
+    Full,
+}
+
+impl BenchPath {
+    fn name(self) -> &'static str {
+        match self {
+            BenchPath::Store => "store",
+            BenchPath::Full => "full",
+        }
+    }
+}
+
+/// `oncesend bench`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The database to load (a scratch one: the runs stay in it).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "memory:",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Runs to enqueue.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub runs: u32,
+    /// Steps (messages) per run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=oncesend_core::limits::MAX_STEPS as i64))]
+    pub steps: u32,
+    /// Conversations (recipients) the runs are spread over; runs of one
+    /// conversation go out one at a time.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub conversations: u32,
+    /// Workers in this process.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: u32,
+    /// Most runs per claim.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=oncesend_core::limits::MAX_CLAIM_BATCH as i64))]
+    pub batch: u32,
+    /// `store`: the queue alone; `full`: through the engine's HTTP API.
+    #[arg(long, value_enum, default_value = "store")]
+    pub path: BenchPath,
+    /// Enqueue at this many runs per second while the workers drain
+    /// (open loop), for latency at a given load. Without it, everything is
+    /// enqueued first and then drained.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// Delay before every step after the first, in ms (each one gives the
+    /// lease up and makes the run due again later).
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Runs a `full`-path worker holds at once (default: twice --batch).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: Option<u32>,
+    /// How long an idle worker waits before claiming again, in ms, when no
+    /// enqueue wakes it first.
+    #[arg(long, default_value_t = 50)]
+    pub poll_ms: u64,
+    /// Give up, and fail, when no message has been sent for this long.
+    #[arg(long, default_value_t = 30)]
+    pub stall_secs: u64,
+}
+
+/// What one bench run measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// `store` or `full`.
+    pub path: &'static str,
+    /// `memory`, `sqlite` or `postgres`.
+    pub db: &'static str,
+    /// Runs enqueued.
+    pub runs: u32,
+    /// Steps per run.
+    pub steps: u32,
+    /// Workers.
+    pub workers: u32,
+    /// Messages sent per second of drain.
+    pub msgs_per_s: f64,
+    /// Enqueue-to-sent latency percentiles, in ms.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+    /// Store transactions per message.
+    pub txn_per_msg: f64,
+    /// Peak resident memory, in MiB.
+    pub peak_rss_mb: f64,
+    /// Seconds from the first message available to the last sent.
+    pub drain_secs: f64,
+}
+
+impl BenchReport {
+    /// The machine-readable summary, printed last.
+    pub fn result_line(&self) -> String {
+        format!(
+            "RESULT path={} db={} runs={} steps={} workers={} msgs_per_s={:.0} p50_ms={:.2} p99_ms={:.2} txn_per_msg={:.4} max_ms={:.2} peak_rss_mb={:.1} drain_secs={:.3}",
+            self.path,
+            self.db,
+            self.runs,
+            self.steps,
+            self.workers,
+            self.msgs_per_s,
+            self.p50_ms,
+            self.p99_ms,
+            self.txn_per_msg,
+            self.max_ms,
+            self.peak_rss_mb,
+            self.drain_secs
+        )
+    }
+}
+
+/// Where each message stands, shared by the counting store and the driver.
+struct Tally {
+    origin: Instant,
+    steps: u32,
+    index: BTreeMap<RunId, u32>,
+    /// Per run: µs after `origin` its enqueue began, plus one (0: not yet).
+    enqueued_us: Vec<AtomicU64>,
+    /// Per message: µs after `origin` it was recorded sent, plus one.
+    sent_us: Vec<AtomicU64>,
+    sent: AtomicU64,
+    duplicates: AtomicU64,
+    transactions: AtomicU64,
+    progress: Notify,
+}
+
+impl Tally {
+    fn now_us(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64 + 1
+    }
+
+    fn record_sent(&self, run: &RunId, step: u32) {
+        let Some(&i) = self.index.get(run) else {
+            return;
+        };
+        if step >= self.steps {
+            return;
+        }
+        let slot = &self.sent_us[(i * self.steps + step) as usize];
+        if slot.swap(self.now_us(), Ordering::Relaxed) == 0 {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            self.progress.notify_one();
+        } else {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes what a reply records as sent on this path.
+    fn observe(&self, path: BenchPath, op: &StoreOp, reply: &StoreReply) {
+        match (path, op, reply) {
+            (BenchPath::Store, StoreOp::Advance { run, step, .. }, StoreReply::Advanced { .. })
+            | (BenchPath::Store, StoreOp::Complete { run, step, .. }, StoreReply::Completed) => {
+                self.record_sent(run, *step)
+            }
+            (
+                BenchPath::Full,
+                StoreOp::FinishDelivery {
+                    key,
+                    outcome: DeliveryOutcome::Sent { .. },
+                    ..
+                },
+                StoreReply::Finished(state),
+            ) if state.is_sent() => self.record_sent(&key.run, key.step),
+            _ => {}
+        }
+    }
+}
+
+/// A [`Store`] that counts every call (one transaction each in the SQL
+/// stores) and notes each message recorded sent.
+#[derive(Clone)]
+struct CountingStore<S> {
+    inner: S,
+    tally: Arc<Tally>,
+    path: BenchPath,
+}
+
+impl<S: Store> Store for CountingStore<S> {
+    async fn apply(&self, op: StoreOp) -> Result<StoreReply, StoreUnavailable> {
+        self.tally.transactions.fetch_add(1, Ordering::Relaxed);
+        let observed = op.clone();
+        let reply = self.inner.apply(op).await?;
+        self.tally.observe(self.path, &observed, &reply);
+        Ok(reply)
+    }
+
+    async fn apply_batch(&self, ops: Vec<StoreOp>) -> Result<Vec<StoreReply>, StoreUnavailable> {
+        self.tally.transactions.fetch_add(1, Ordering::Relaxed);
+        let observed = ops.clone();
+        let replies = self.inner.apply_batch(ops).await?;
+        for (op, reply) in observed.iter().zip(&replies) {
+            self.tally.observe(self.path, op, reply);
+        }
+        Ok(replies)
+    }
+}
+
+/// Runs the bench, prints its progress and its RESULT line last.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let report = bench(&args).await?;
+    println!("{}", report.result_line());
+    Ok(())
+}
+
+/// Runs the bench and returns what it measured; fails when any run did not
+/// complete or any step was not sent exactly once.
+pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let clock = TokioClock::system();
+    let db = Db::open(&args.database_url, clock.clone())
+        .await
+        .context("bench needs a database it can load (DATABASE_URL; memory: works anywhere)")?;
+    let total_msgs = u64::from(args.runs) * u64::from(args.steps);
+    println!(
+        "bench: path={} db={} ({}) runs={} steps={} conversations={} workers={} batch={}{}",
+        args.path.name(),
+        db.kind(),
+        db::redact(&args.database_url),
+        args.runs,
+        args.steps,
+        args.conversations,
+        args.workers,
+        args.batch,
+        match args.rate {
+            Some(r) => format!(" rate={r}/s"),
+            None => String::new(),
+        }
+    );
+
+    let runs = plan_runs(args, &clock)?;
+    let index: BTreeMap<RunId, u32> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, i as u32))
+        .collect();
+    assert_eq!(index.len(), runs.len(), "run ids are unique");
+    let tally = Arc::new(Tally {
+        origin: Instant::now(),
+        steps: args.steps,
+        index,
+        enqueued_us: (0..args.runs).map(|_| AtomicU64::new(0)).collect(),
+        sent_us: (0..total_msgs).map(|_| AtomicU64::new(0)).collect(),
+        sent: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        transactions: AtomicU64::new(0),
+        progress: Notify::new(),
+    });
+    let counted = CountingStore {
+        inner: db.clone(),
+        tally: tally.clone(),
+        path: args.path,
+    };
+    let wakeups: Vec<Arc<Notify>> = (0..args.workers).map(|_| Arc::new(Notify::new())).collect();
+
+    if args.rate.is_none() {
+        enqueue_all(&db, &runs, &tally, &wakeups, &clock).await?;
+        println!("bench: {} runs enqueued; draining", args.runs);
+    }
+    let start_us = tally.now_us();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let drain = Drain::start(args, &counted, &clock, &wakeups, stop_rx).await?;
+    let enqueuer = args.rate.map(|rate| {
+        let (db, tally, wakeups, clock) =
+            (db.clone(), tally.clone(), wakeups.clone(), clock.clone());
+        tokio::spawn(async move { enqueue_at(&db, runs, rate, &tally, &wakeups, &clock).await })
+    });
+
+    let outcome = wait_for_all(&tally, total_msgs, Duration::from_secs(args.stall_secs)).await;
+    let end_us = tally.now_us();
+    let _ = stop_tx.send(true);
+    if let Some(e) = enqueuer {
+        e.await.context("the enqueuer panicked")??;
+    }
+    drain.stop().await?;
+    outcome?;
+
+    verify(&db, args, &tally).await?;
+
+    let first_us = if args.rate.is_some() {
+        tally
+            .enqueued_us
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(start_us)
+    } else {
+        start_us
+    };
+    let drain_secs = (end_us.saturating_sub(first_us)) as f64 / 1e6;
+    let mut latencies_us: Vec<u64> = Vec::with_capacity(total_msgs as usize);
+    for (m, sent) in tally.sent_us.iter().enumerate() {
+        let run = m / args.steps as usize;
+        let enq = tally.enqueued_us[run].load(Ordering::Relaxed);
+        latencies_us.push(sent.load(Ordering::Relaxed).saturating_sub(enq));
+    }
+    latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((latencies_us.len() as f64 * p).ceil() as usize).clamp(1, latencies_us.len()) - 1;
+        latencies_us[i] as f64 / 1000.0
+    };
+    Ok(BenchReport {
+        path: args.path.name(),
+        db: db.kind(),
+        runs: args.runs,
+        steps: args.steps,
+        workers: args.workers,
+        msgs_per_s: total_msgs as f64 / drain_secs.max(1e-6),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: pct(1.0),
+        txn_per_msg: tally.transactions.load(Ordering::Relaxed) as f64 / total_msgs as f64,
+        peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
+        drain_secs,
+    })
+}
+
+/// The runs to enqueue: run `i` goes to conversation `i % conversations`.
+fn plan_runs(args: &BenchArgs, clock: &TokioClock) -> anyhow::Result<Vec<NewRun>> {
+    let tenant = TenantId::default_tenant();
+    let flow = FlowId::new("bench").expect("a valid flow id");
+    let now_ms = clock.now_ms();
+    let mut seed = oncesend_core::rng::SplitMix64::new(daemon::os_random());
+    let steps: Vec<PlannedStep> = (0..args.steps)
+        .map(|s| PlannedStep {
+            text: format!("bench message {}", s + 1),
+            delay_ms: if s == 0 { 0 } else { args.delay_ms },
+        })
+        .collect();
+    let recipients: Vec<Recipient> = (0..args.conversations)
+        .map(|c| Recipient::parse(&format!("+1555{:08}", c)))
+        .collect::<Result<_, _>>()
+        .context("bench recipients")?;
+    Ok((0..args.runs)
+        .map(|i| NewRun {
+            id: RunId::new(now_ms, seed.next_u64()),
+            tenant: tenant.clone(),
+            flow: flow.clone(),
+            to: recipients[(i % args.conversations) as usize].clone(),
+            steps: steps.clone(),
+            trigger_key: None,
+        })
+        .collect())
+}
+
+/// Enqueues `chunk` in one `apply_batch`, noting each run's enqueue time,
+/// then wakes every worker.
+async fn enqueue_chunk(
+    db: &Db,
+    chunk: &[NewRun],
+    tally: &Tally,
+    wakeups: &[Arc<Notify>],
+    clock: &TokioClock,
+) -> anyhow::Result<()> {
+    let now_us = tally.now_us();
+    let now_ms = clock.now_ms();
+    for run in chunk {
+        tally.enqueued_us[tally.index[&run.id] as usize].store(now_us, Ordering::Relaxed);
+    }
+    let ops = chunk
+        .iter()
+        .map(|run| StoreOp::Enqueue {
+            run: run.clone(),
+            now_ms,
+        })
+        .collect();
+    let replies = db
+        .apply_batch(ops)
+        .await
+        .context("cannot enqueue the bench's runs")?;
+    for (run, reply) in chunk.iter().zip(replies) {
+        match reply {
+            StoreReply::Enqueued { created: true, .. } => {}
+            other => bail!("enqueueing run {} was answered {other:?}", run.id),
+        }
+    }
+    for w in wakeups {
+        w.notify_one();
+    }
+    Ok(())
+}
+
+async fn enqueue_all(
+    db: &Db,
+    runs: &[NewRun],
+    tally: &Tally,
+    wakeups: &[Arc<Notify>],
+    clock: &TokioClock,
+) -> anyhow::Result<()> {
+    for chunk in runs.chunks(ENQUEUE_CHUNK) {
+        enqueue_chunk(db, chunk, tally, wakeups, clock).await?;
+    }
+    Ok(())
+}
+
+/// Open loop: run `i` is due `i / rate` seconds after the start, whatever
+/// the workers are doing; every millisecond, whatever is due goes in.
+async fn enqueue_at(
+    db: &Db,
+    runs: Vec<NewRun>,
+    rate: u32,
+    tally: &Tally,
+    wakeups: &[Arc<Notify>],
+    clock: &TokioClock,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while next < runs.len() {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1).min(runs.len());
+        for chunk in runs[next..due].chunks(ENQUEUE_CHUNK) {
+            enqueue_chunk(db, chunk, tally, wakeups, clock).await?;
+        }
+        next = due.max(next);
+    }
+    Ok(())
+}
+
+/// Waits until every message is sent; fails when none has been for `stall`.
+async fn wait_for_all(tally: &Tally, total: u64, stall: Duration) -> anyhow::Result<()> {
+    loop {
+        let sent = tally.sent.load(Ordering::Relaxed);
+        if sent >= total {
+            return Ok(());
+        }
+        let heard = tokio::time::timeout(stall, tally.progress.notified()).await;
+        if heard.is_err() && tally.sent.load(Ordering::Relaxed) == sent {
+            bail!(
+                "stalled: {sent} of {total} messages sent and none for {} s (raise --stall-secs if the database is slow)",
+                stall.as_secs()
+            );
+        }
+    }
+}
+
+/// The workers (and, on the full path, the engine) of one bench run.
+struct Drain {
+    workers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    server: Option<(
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+}
+
+impl Drain {
+    async fn start(
+        args: &BenchArgs,
+        store: &CountingStore<Db>,
+        clock: &TokioClock,
+        wakeups: &[Arc<Notify>],
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        match args.path {
+            BenchPath::Store => {
+                let workers = wakeups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, wake)| {
+                        let w = StoreWorker {
+                            store: store.clone(),
+                            owner: WorkerId::new(format!("bench-{i}")).expect("a valid worker id"),
+                            batch: args.batch,
+                            poll: Duration::from_millis(args.poll_ms.max(1)),
+                            clock: clock.clone(),
+                            wake: wake.clone(),
+                            stop: stop.clone(),
+                        };
+                        tokio::spawn(w.run())
+                    })
+                    .collect();
+                Ok(Self {
+                    workers,
+                    server: None,
+                })
+            }
+            BenchPath::Full => {
+                let config = EngineConfig {
+                    send_timeout_ms: SEND_TIMEOUT_MS,
+                    pacing: None,
+                    ..EngineConfig::default()
+                };
+                let handle: EngineHandle = EngineHandle::spawn(
+                    config,
+                    store.clone(),
+                    NullProvider::default(),
+                    clock.clone(),
+                );
+                let state = AppState::new(
+                    store.clone(),
+                    handle,
+                    clock.clone(),
+                    daemon::os_random(),
+                    ApiConfig::default(),
+                );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .context("cannot listen on loopback")?;
+                let addr = listener.local_addr()?.to_string();
+                let (server_stop, mut server_rx) = watch::channel(false);
+                let server = tokio::spawn(async move {
+                    axum::serve(listener, api::router(state))
+                        .with_graceful_shutdown(async move {
+                            let _ = server_rx.wait_for(|s| *s).await;
+                        })
+                        .await
+                });
+                let concurrency = args.concurrency.unwrap_or(2 * args.batch) as usize;
+                let mut workers = Vec::new();
+                for (i, wake) in wakeups.iter().enumerate() {
+                    let config = WorkerConfig {
+                        lease_ms: LEASE_MS,
+                        batch: args.batch,
+                        concurrency,
+                        poll_ms: args.poll_ms.max(1),
+                        send_timeout_ms: SEND_TIMEOUT_MS,
+                        ..WorkerConfig::new(
+                            WorkerId::new(format!("bench-{i}")).expect("a valid worker id"),
+                        )
+                    };
+                    let worker = Worker::new(config, daemon::os_random())
+                        .map_err(|e| anyhow::anyhow!("worker settings: {e}"))?;
+                    let http = HttpClient::new(
+                        TcpConnector::new(addr.clone()),
+                        &addr,
+                        None,
+                        Duration::from_millis(SEND_TIMEOUT_MS),
+                    );
+                    let mut stop = stop.clone();
+                    let fut = run_worker_woken(
+                        worker,
+                        store.clone(),
+                        HttpEngineClient::new(http),
+                        clock.clone(),
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                        Arc::new(Mutex::new(Default::default())),
+                        Some(wake.clone()),
+                    );
+                    workers.push(tokio::spawn(async move {
+                        fut.await;
+                        Ok(())
+                    }));
+                }
+                Ok(Self {
+                    workers,
+                    server: Some((server_stop, server)),
+                })
+            }
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        for w in self.workers {
+            w.await.context("a bench worker panicked")??;
+        }
+        if let Some((stop, server)) = self.server {
+            let _ = stop.send(true);
+            server
+                .await
+                .context("the engine's server panicked")?
+                .context("the engine's server failed")?;
+        }
+        Ok(())
+    }
+}
+
+/// The store path's worker: claims a batch, then moves the whole batch on
+/// one step at a time, each step's writes in one `apply_batch`.
+struct StoreWorker {
+    store: CountingStore<Db>,
+    owner: WorkerId,
+    batch: u32,
+    poll: Duration,
+    clock: TokioClock,
+    wake: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+}
+
+impl StoreWorker {
+    async fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            if *self.stop.borrow() {
+                return Ok(());
+            }
+            let claim = StoreOp::Claim {
+                owner: self.owner.clone(),
+                max: self.batch,
+                lease_ms: LEASE_MS,
+                now_ms: self.clock.now_ms(),
+            };
+            let runs = match self.store.apply(claim).await {
+                Ok(StoreReply::Claimed(runs)) => runs,
+                Ok(other) => bail!("{}: a claim was answered {other:?}", self.owner),
+                Err(e) => {
+                    tracing::warn!(worker_id = %self.owner, error = %e, "claim failed; retrying");
+                    tokio::time::sleep(self.poll).await;
+                    continue;
+                }
+            };
+            if runs.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = self.stop.changed() => {}
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.poll) => {}
+                }
+                continue;
+            }
+            self.advance_all(runs).await?;
+        }
+    }
+
+    async fn advance_all(&self, mut held: Vec<ClaimedRun>) -> anyhow::Result<()> {
+        while !held.is_empty() {
+            let now_ms = self.clock.now_ms();
+            let ops: Vec<StoreOp> = held.iter().map(|r| next_write(r, now_ms)).collect();
+            let replies = match self.store.apply_batch(ops).await {
+                Ok(replies) => replies,
+                Err(e) => {
+                    // Every write is safe to repeat; the leases outlast this.
+                    tracing::warn!(worker_id = %self.owner, error = %e, "batch write failed; retrying");
+                    tokio::time::sleep(self.poll).await;
+                    continue;
+                }
+            };
+            let mut still = Vec::with_capacity(held.len());
+            for (mut run, reply) in held.into_iter().zip(replies) {
+                match reply {
+                    StoreReply::Advanced {
+                        cursor,
+                        released: false,
+                    } => {
+                        run.cursor = cursor;
+                        still.push(run);
+                    }
+                    StoreReply::Advanced { released: true, .. } | StoreReply::Completed => {}
+                    other => bail!(
+                        "{}: the write for run {} step {} was answered {other:?}",
+                        self.owner,
+                        run.id,
+                        run.cursor
+                    ),
+                }
+            }
+            held = still;
+        }
+        Ok(())
+    }
+}
+
+/// The write that records `run`'s current step as sent.
+fn next_write(run: &ClaimedRun, now_ms: u64) -> StoreOp {
+    let step = run.cursor;
+    let last = run.steps.len() as u32 - 1;
+    if step >= last {
+        StoreOp::Complete {
+            run: run.id,
+            epoch: run.epoch,
+            step,
+            now_ms,
+        }
+    } else {
+        let delay = run.steps[step as usize + 1].delay_ms;
+        StoreOp::Advance {
+            run: run.id,
+            epoch: run.epoch,
+            step,
+            delay_ms: (delay > 0).then_some(delay),
+            now_ms,
+        }
+    }
+}
+
+/// Checks, from the store itself, that every run completed with every step
+/// sent exactly once, and that the bench saw each message sent once.
+async fn verify(db: &Db, args: &BenchArgs, tally: &Tally) -> anyhow::Result<()> {
+    let duplicates = tally.duplicates.load(Ordering::Relaxed);
+    if duplicates > 0 {
+        bail!("{duplicates} messages were recorded sent more than once");
+    }
+    let ids: Vec<RunId> = tally.index.keys().copied().collect();
+    let problems = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut checks = tokio::task::JoinSet::new();
+    for part in ids.chunks(ids.len().div_ceil(VERIFY_CONCURRENCY)) {
+        let (db, part, problems) = (db.clone(), part.to_vec(), problems.clone());
+        let (steps, path) = (args.steps, args.path);
+        checks.spawn(async move {
+            for id in part {
+                if let Some(p) = check_run(&db, id, steps, path).await {
+                    problems.lock().expect("problems lock").push(p);
+                }
+            }
+        });
+    }
+    while let Some(done) = checks.join_next().await {
+        done.context("a check panicked")?;
+    }
+    let problems = problems.lock().expect("problems lock");
+    if !problems.is_empty() {
+        bail!(
+            "{} of {} runs are wrong; the first: {}",
+            problems.len(),
+            ids.len(),
+            problems[..problems.len().min(5)].join("; ")
+        );
+    }
+    let unsent = tally
+        .sent_us
+        .iter()
+        .filter(|s| s.load(Ordering::Relaxed) == 0)
+        .count();
+    if unsent > 0 {
+        bail!("{unsent} messages were never recorded sent");
+    }
+    println!(
+        "bench: verified {} runs completed, each of their {} steps sent exactly once",
+        ids.len(),
+        args.steps
+    );
+    Ok(())
+}
+
+async fn check_run(db: &Db, id: RunId, steps: u32, path: BenchPath) -> Option<String> {
+    let view = match db.apply(StoreOp::GetRun { run: id }).await {
+        Ok(StoreReply::Run(view)) => view,
+        Ok(other) => return Some(format!("run {id}: GetRun answered {other:?}")),
+        Err(e) => return Some(format!("run {id}: {e}")),
+    };
+    if view.status != RunStatus::Completed || view.cursor != steps {
+        return Some(format!(
+            "run {id} is {} at step {} of {steps}",
+            view.status.as_str(),
+            view.cursor
+        ));
+    }
+    if path == BenchPath::Full {
+        for step in 0..steps as usize {
+            match view.deliveries.get(step).cloned().flatten() {
+                Some(d) if d.state == DeliveryState::Sent && d.attempts == 1 => {}
+                Some(d) => {
+                    return Some(format!(
+                        "run {id} step {step}: ledger says {} after {} attempts",
+                        d.state.as_str(),
+                        d.attempts
+                    ))
+                }
+                None => return Some(format!("run {id} step {step}: no ledger row")),
+            }
+        }
+    }
+    None
+}
+
+/// The process's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,138 @@
+//! `oncesend bench`, the real binary: both paths drain a small workload on
+//! `memory:`, verify it, and end with a RESULT line whose fields agree with
+//! the flags; bad flags are refused with a message that says what is wrong.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oncesend"))
+        .arg("bench")
+        .args(args)
+        .env("DATABASE_URL", "memory:")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run oncesend bench")
+}
+
+/// The last line's `key=value` fields; fails unless it is a RESULT line.
+fn result_fields(out: &Output) -> BTreeMap<String, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let rest = last
+        .strip_prefix("RESULT ")
+        .unwrap_or_else(|| panic!("last line is not a RESULT line: {stdout}"));
+    rest.split(' ')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("key=value");
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn number(fields: &BTreeMap<String, String>, key: &str) -> f64 {
+    fields[key]
+        .parse()
+        .unwrap_or_else(|e| panic!("{key}={} is not a number: {e}", fields[key]))
+}
+
+fn small_workload(path: &str, extra: &[&str]) -> BTreeMap<String, String> {
+    let mut args = vec![
+        "--runs",
+        "200",
+        "--steps",
+        "3",
+        "--conversations",
+        "40",
+        "--workers",
+        "2",
+        "--batch",
+        "20",
+        "--path",
+        path,
+    ];
+    args.extend_from_slice(extra);
+    let out = bench(&args);
+    assert!(
+        out.status.success(),
+        "bench --path {path} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fields = result_fields(&out);
+    for key in [
+        "path",
+        "db",
+        "runs",
+        "steps",
+        "workers",
+        "msgs_per_s",
+        "p50_ms",
+        "p99_ms",
+        "txn_per_msg",
+    ] {
+        assert!(fields.contains_key(key), "RESULT lacks {key}: {fields:?}");
+    }
+    assert_eq!(fields["path"], path);
+    assert_eq!(fields["db"], "memory");
+    assert_eq!(fields["runs"], "200");
+    assert_eq!(fields["steps"], "3");
+    assert_eq!(fields["workers"], "2");
+    assert!(number(&fields, "msgs_per_s") > 0.0, "{fields:?}");
+    assert!(number(&fields, "txn_per_msg") > 0.0, "{fields:?}");
+    let (p50, p99, max) = (
+        number(&fields, "p50_ms"),
+        number(&fields, "p99_ms"),
+        number(&fields, "max_ms"),
+    );
+    assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{fields:?}");
+    assert!(number(&fields, "peak_rss_mb") > 0.0, "{fields:?}");
+    fields
+}
+
+#[test]
+fn store_path_drains_and_reports() {
+    let fields = small_workload("store", &[]);
+    // One claim per batch of up to 20 runs and one write batch per step:
+    // far fewer transactions than messages.
+    assert!(number(&fields, "txn_per_msg") < 0.5, "{fields:?}");
+}
+
+#[test]
+fn full_path_drains_through_the_engine() {
+    let fields = small_workload("full", &[]);
+    // Each message begins and finishes in the ledger and moves its run on.
+    assert!(number(&fields, "txn_per_msg") >= 3.0, "{fields:?}");
+}
+
+#[test]
+fn open_loop_rate_and_delays_drain_too() {
+    small_workload("store", &["--rate", "2000", "--delay-ms", "5"]);
+}
+
+#[test]
+fn bad_flags_say_what_is_wrong() {
+    for (args, says) in [
+        (&["--path", "nope"][..], "nope"),
+        (&["--steps", "0"][..], "--steps"),
+        (&["--runs", "0"][..], "--runs"),
+        (&["--batch", "1001"][..], "--batch"),
+    ] {
+        let out = bench(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("RESULT"),
+            "{args:?}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_oncesend"))
+        .args(["bench", "--runs", "10"])
+        .env("DATABASE_URL", "mysql://nowhere/db")
+        .output()
+        .expect("run oncesend bench");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("memory:"), "{stderr}");
+}
