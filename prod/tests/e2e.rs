@@ -15,14 +15,7 @@ async fn three_hundred_runs(database_url: String) {
     let (_up, url) = start_up(
         &[
             FAST,
-            &[
-                "--workers",
-                "2",
-                "--batch",
-                "50",
-                "--concurrency",
-                "200",
-            ],
+            &["--workers", "2", "--batch", "50", "--concurrency", "200"],
         ]
         .concat(),
         &[cloud_env(&mock), vec![("DATABASE_URL", database_url)]].concat(),

@@ -48,9 +48,7 @@ async fn holds_runs(w: &Proc) {
 /// SIGTERMs `w` and returns the totals of its last words.
 async fn stop(mut w: Proc) -> serde_json::Value {
     w.signal("TERM");
-    let status = w
-        .exit_within(Duration::from_millis(LEASE_MS + 1_000))
-        .await;
+    let status = w.exit_within(Duration::from_millis(LEASE_MS + 1_000)).await;
     assert_eq!(status.code(), Some(0), "{}", w.logs.dump());
     let logs = w.logs.clone();
     eventually("the worker's last line", Duration::from_secs(5), || {
@@ -102,9 +100,7 @@ async fn processors(db: TestDb, trouble: Trouble) {
             holds_runs(&w).await;
             let t0 = Instant::now();
             w.signal("TERM");
-            let status = w
-                .exit_within(Duration::from_millis(LEASE_MS + 2_000))
-                .await;
+            let status = w.exit_within(Duration::from_millis(LEASE_MS + 2_000)).await;
             let took = t0.elapsed();
             assert_eq!(status.code(), Some(0), "{}", w.logs.dump());
             assert!(

@@ -462,21 +462,14 @@ pub fn spawn_daemon(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
     let logs = Logs::capture(child.stderr.take().unwrap());
     Proc { child, name, logs }
 }
 
 /// Starts `oncesend-worker` on `database_url` against the engine at
 /// `engine_url`, with short leases, and waits until it works.
-pub async fn start_worker(
-    engine_url: &str,
-    database_url: &str,
-    id: &str,
-    extra: &[&str],
-) -> Proc {
+pub async fn start_worker(engine_url: &str, database_url: &str, id: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
         "--engine-url",
         engine_url,
@@ -520,8 +513,7 @@ pub enum TestDb {
 impl TestDb {
     /// A fresh SQLite file.
     pub fn sqlite(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("oncesend-{name}-{}.db", std::process::id()));
+        let path = std::env::temp_dir().join(format!("oncesend-{name}-{}.db", std::process::id()));
         remove_sqlite(&path);
         TestDb::Sqlite(path)
     }
@@ -659,7 +651,10 @@ impl Api {
             .request(hyper::Method::GET, path, &[], None)
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        (status.as_u16(), String::from_utf8_lossy(&bytes).into_owned())
+        (
+            status.as_u16(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
