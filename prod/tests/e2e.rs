@@ -37,7 +37,7 @@ async fn three_hundred_runs(database_url: String) {
     assert_eq!(s, 200, "{j}");
     assert_eq!(j["run_id"].as_str().unwrap(), accepted[7].run.to_string());
 
-    all_finished(&api, Duration::from_secs(90)).await;
+    all_finished(&api, accepted.len(), Duration::from_secs(90)).await;
     let outcome = check_exactly_once(&api, &mock, &accepted).await;
     assert!(
         !outcome.dropped.is_empty(),

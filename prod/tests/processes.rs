@@ -121,7 +121,7 @@ async fn processors(db: TestDb, trouble: Trouble) {
     }
 
     // The others finish everything, worker B's runs included.
-    all_finished(&api, Duration::from_secs(45)).await;
+    all_finished(&api, accepted.len(), Duration::from_secs(45)).await;
     let outcome = check_exactly_once(&api, &mock, &accepted).await;
     assert_eq!(outcome.finals.len(), 120);
 

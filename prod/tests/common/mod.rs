@@ -769,10 +769,13 @@ pub async fn count(api: &Api, status: &str) -> usize {
     j["runs"].as_array().unwrap().len()
 }
 
-/// Waits until no run is pending or leased.
-pub async fn all_finished(api: &Api, deadline: Duration) {
+/// Waits until all `runs` runs are completed, failed or cancelled. (Counting
+/// pending and leased runs instead would race: a run released for a retry
+/// can move from leased to pending between the two counts.)
+pub async fn all_finished(api: &Api, runs: usize, deadline: Duration) {
     eventually("every run to finish", deadline, || async {
-        count(api, "pending").await + count(api, "leased").await == 0
+        count(api, "completed").await + count(api, "failed").await + count(api, "cancelled").await
+            == runs
     })
     .await;
 }
