@@ -10,7 +10,8 @@ mod common;
 
 use common::*;
 use std::os::unix::process::ExitStatusExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Lease of every processor here, in ms (`FAST` and `start_worker`).
 const LEASE_MS: u64 = 3_000;
