@@ -120,7 +120,19 @@ pub async fn run_worker_woken<S: Store, E: EngineClient>(
                 }
             }
         }
-        *stats.lock().expect("stats lock") = worker.stats();
+        let now = worker.stats();
+        let before = std::mem::replace(&mut *stats.lock().expect("stats lock"), now);
+        if now.claimed > before.claimed {
+            tracing::debug!(
+                worker_id = %worker_id,
+                claimed = now.claimed - before.claimed,
+                rescued = now.rescued - before.rescued,
+                held = worker.held(),
+                claimed_total = now.claimed,
+                rescued_total = now.rescued,
+                "claimed runs"
+            );
+        }
         if worker.is_idle() {
             break;
         }
@@ -138,7 +150,18 @@ pub async fn run_worker_woken<S: Store, E: EngineClient>(
             }
         }
     }
-    tracing::info!(worker_id = %worker_id, "worker stopped: nothing held");
+    let s = worker.stats();
+    tracing::info!(
+        worker_id = %worker_id,
+        claimed = s.claimed,
+        rescued = s.rescued,
+        sent = s.sent,
+        completed = s.completed,
+        failed = s.failed,
+        fenced = s.fenced,
+        lease_lost = s.lease_lost,
+        "worker stopped: nothing held"
+    );
 }
 
 async fn notified(wakeups: Option<&tokio::sync::Notify>) {

@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use oncesend::net::{HttpClient, TcpConnector};
-use oncesend_core::DeliveryKey;
-use std::collections::BTreeMap;
+use oncesend_core::check::{check, Accepted, FinalRun, History, ProviderCall};
+use oncesend_core::{DeliveryKey, Recipient, RunId, RunStatus, TenantId};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,8 @@ type Decide = Arc<dyn Fn(&DeliveryKey, u32) -> Fault + Send + Sync>;
 
 #[derive(Default)]
 struct MockState {
+    /// How long to think before answering, in ms.
+    latency_ms: u64,
     calls: Vec<Call>,
     attempts: BTreeMap<DeliveryKey, u32>,
     shape_errors: Vec<String>,
@@ -101,6 +104,12 @@ impl MockCloudApi {
 
     pub fn shape_errors(&self) -> Vec<String> {
         self.state.lock().unwrap().shape_errors.clone()
+    }
+
+    /// Makes every later answer (or drop) wait `latency` after the request
+    /// was read, so that workers hold their runs for a while.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().unwrap().latency_ms = latency.as_millis() as u64;
     }
 }
 
@@ -215,8 +224,13 @@ async fn serve_conn(sock: TcpStream, state: Arc<Mutex<MockState>>, decide: Decid
                         fault,
                         message_id: message_id.clone(),
                     });
-                    (fault, message_id)
+                    (fault, message_id, s.latency_ms)
                 };
+                let (fault, message_id, latency_ms) = fault;
+                if latency_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+                }
+                let fault = (fault, message_id);
                 match fault {
                     (Fault::Accept, Some(id)) => (
                         200,
@@ -250,6 +264,52 @@ async fn serve_conn(sock: TcpStream, state: Arc<Mutex<MockState>>, decide: Decid
 pub struct Proc {
     pub child: Child,
     pub name: &'static str,
+    /// Its stderr, when captured.
+    pub logs: Logs,
+}
+
+/// The JSON log lines a child wrote to stderr (other lines are kept as
+/// strings).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<serde_json::Value>>>);
+
+impl Logs {
+    /// Collects `stderr` in the background.
+    fn capture(stderr: tokio::process::ChildStderr) -> Self {
+        let logs = Logs::default();
+        let keep = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let v = serde_json::from_str::<serde_json::Value>(&line)
+                    .unwrap_or(serde_json::Value::String(line));
+                keep.0.lock().unwrap().push(v);
+            }
+        });
+        logs
+    }
+
+    /// The lines whose message is `message`.
+    pub fn with_message(&self, message: &str) -> Vec<serde_json::Value> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v.pointer("/fields/message").and_then(|m| m.as_str()) == Some(message))
+            .cloned()
+            .collect()
+    }
+
+    /// Everything, for a failure message.
+    pub fn dump(&self) -> String {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 impl Drop for Proc {
@@ -261,6 +321,23 @@ impl Drop for Proc {
 impl Proc {
     pub fn pid(&self) -> i32 {
         self.child.id().expect("running") as i32
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "{} did not exit within {within:?}; its log:\n{}",
+                self.name,
+                self.logs.dump()
+            ),
+        }
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn signal(&self, sig: &str) {
@@ -318,6 +395,7 @@ pub async fn start_up(args: &[&str], env: &[(&'static str, String)]) -> (Proc, S
         Proc {
             child,
             name: "oncesend up",
+            logs: Logs::default(),
         },
         url,
     )
@@ -358,9 +436,161 @@ pub async fn start_engine(args: &[&str], env: &[(&'static str, String)]) -> (Pro
         Proc {
             child,
             name: "oncesend-engine",
+            logs: Logs::default(),
         },
         url,
     )
+}
+
+/// Starts a daemon binary with JSON logs captured (debug for oncesend's
+/// own targets), without waiting for anything.
+pub fn spawn_daemon(
+    name: &'static str,
+    bin: &str,
+    args: &[&str],
+    env: &[(&'static str, String)],
+) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("ONCESEND_TOKEN")
+        .env("ONCESEND_LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn,oncesend=debug,oncesend_core=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let logs = Logs::capture(child.stderr.take().unwrap());
+    Proc { child, name, logs }
+}
+
+/// Starts `oncesend-worker` on `database_url` against the engine at
+/// `engine_url`, with short leases, and waits until it works.
+pub async fn start_worker(engine_url: &str, database_url: &str, id: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--engine-url",
+        engine_url,
+        "--worker-id",
+        id,
+        "--lease-ms",
+        "3000",
+        "--send-timeout-ms",
+        "1000",
+        "--poll-ms",
+        "20",
+    ];
+    args.extend_from_slice(extra);
+    let mut p = spawn_daemon(
+        "oncesend-worker",
+        env!("CARGO_BIN_EXE_oncesend-worker"),
+        &args,
+        &[("DATABASE_URL", database_url.to_string())],
+    );
+    let logs = p.logs.clone();
+    eventually("the worker to start", Duration::from_secs(30), || {
+        let started = !logs.with_message("worker started").is_empty();
+        async move { started }
+    })
+    .await;
+    assert!(p.running(), "{}", p.logs.dump());
+    p
+}
+
+/// A database of its own for one test: a fresh SQLite file, or a fresh
+/// PostgreSQL database on `TEST_DATABASE_URL`'s server.
+pub enum TestDb {
+    Sqlite(std::path::PathBuf),
+    Postgres {
+        admin: sqlx::PgPool,
+        name: String,
+        url: String,
+    },
+}
+
+impl TestDb {
+    /// A fresh SQLite file.
+    pub fn sqlite(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("oncesend-{name}-{}.db", std::process::id()));
+        remove_sqlite(&path);
+        TestDb::Sqlite(path)
+    }
+
+    /// A fresh PostgreSQL database, or `None` (with a note) when
+    /// `TEST_DATABASE_URL` is unset. Panics, failing the test, when it is
+    /// set and the server does not answer.
+    pub async fn postgres(name: &str) -> Option<Self> {
+        let admin_url = match std::env::var("TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                eprintln!("TEST_DATABASE_URL is not set: the PostgreSQL variant of this test does not run");
+                return None;
+            }
+        };
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("TEST_DATABASE_URL is set but PostgreSQL does not answer: {e}")
+            });
+        let name = format!("oncesend_{name}_{}", std::process::id());
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::raw_sql(&sql)
+                .execute(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        let url = with_database(&admin_url, &name);
+        Some(TestDb::Postgres { admin, name, url })
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite(path) => format!("sqlite://{}?mode=rwc", path.display()),
+            TestDb::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// Removes the database (after its processes are gone).
+    pub async fn remove(self) {
+        match self {
+            TestDb::Sqlite(path) => remove_sqlite(&path),
+            TestDb::Postgres { admin, name, .. } => {
+                let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
+            }
+        }
+    }
+}
+
+fn remove_sqlite(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// `postgres://user@host:port/db?query` with `db` replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (head, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let authority_start = head.find("://").map_or(0, |i| i + 3);
+    let base = match head[authority_start..].find('/') {
+        Some(slash) => &head[..authority_start + slash],
+        None => head,
+    };
+    format!("{base}/{name}{query}")
 }
 
 /// A JSON client for the API.
@@ -414,6 +644,19 @@ impl Api {
         (s, j)
     }
 
+    /// A GET whose answer is text (`/metrics`).
+    pub async fn text(&self, path: &str) -> (u16, String) {
+        let (status, _, bytes) = self
+            .http
+            .request(hyper::Method::GET, path, &[], None)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (
+            status.as_u16(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let (s, _, j) = self.raw("GET", path, &[], None).await;
         (s, j)
@@ -436,5 +679,212 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stable pick per key, so faults land on ~5% of keys each.
+fn bucket(key: &DeliveryKey) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.to_string().bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    h % 100
+}
+
+/// The mock's answers: throttling, pair-rate refusals, server errors on
+/// the first attempts of some keys, and a dropped reply on ~2% of keys.
+pub fn faults(key: &DeliveryKey, attempt: u32) -> Fault {
+    match (bucket(key), attempt) {
+        (0..=4, 1) => Fault::Throttle,
+        (5..=9, 1) => Fault::PairRate,
+        (10..=14, 1 | 2) => Fault::ServerError,
+        (15..=16, _) => Fault::Drop,
+        _ => Fault::Accept,
+    }
+}
+
+/// Flags for `oncesend up` that keep tests fast: no pacing, short leases
+/// and timeouts.
+pub const FAST: &[&str] = &[
+    "--recipient-gap-ms",
+    "0",
+    "--rate-per-sec",
+    "100000",
+    "--send-timeout-ms",
+    "1000",
+    "--lease-ms",
+    "3000",
+    "--poll-ms",
+    "20",
+];
+
+/// Creates the three-step flow `onboarding`.
+pub async fn put_flow(api: &Api) {
+    let (s, j) = api
+        .json(
+            "PUT",
+            "/v1/flows/onboarding",
+            serde_json::json!({"steps": [
+                {"text": "Hi {{name}}", "delay_ms": 0},
+                {"text": "Your code is {{code}}", "delay_ms": 0},
+                {"text": "Bye {{name}}", "delay_ms": 0},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{j}");
+}
+
+/// Triggers `runs` runs of `onboarding` over `recipients` recipients, each
+/// with its own Idempotency-Key.
+pub async fn trigger(api: &Api, runs: u32, recipients: u32) -> Vec<Accepted> {
+    let mut accepted = Vec::new();
+    for i in 0..runs {
+        let to = format!("+55119{:08}", 10_000 + i % recipients);
+        let body = serde_json::json!({"to": to, "vars": {"name": format!("n{i}"), "code": i}});
+        let (s, _, j) = api
+            .raw(
+                "POST",
+                "/v1/flows/onboarding/runs",
+                &[("idempotency-key", format!("trigger-{i}"))],
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await;
+        assert_eq!(s, 201, "{j}");
+        accepted.push(Accepted {
+            run: j["run_id"].as_str().unwrap().parse().unwrap(),
+            tenant: TenantId::default_tenant(),
+            to: Recipient::parse(&to).unwrap(),
+            steps: 3,
+        });
+    }
+    accepted
+}
+
+/// How many runs have `status`.
+pub async fn count(api: &Api, status: &str) -> usize {
+    let (s, j) = api
+        .get(&format!("/v1/runs?status={status}&limit=1000"))
+        .await;
+    assert_eq!(s, 200, "{j}");
+    j["runs"].as_array().unwrap().len()
+}
+
+/// Waits until all `runs` runs are completed, failed or cancelled. (Counting
+/// pending and leased runs instead would race: a run released for a retry
+/// can move from leased to pending between the two counts.)
+pub async fn all_finished(api: &Api, runs: usize, deadline: Duration) {
+    eventually("every run to finish", deadline, || async {
+        count(api, "completed").await + count(api, "failed").await + count(api, "cancelled").await
+            == runs
+    })
+    .await;
+}
+
+/// What the run API and the mock say once every run has finished.
+pub struct Outcome {
+    pub finals: BTreeMap<RunId, FinalRun>,
+    /// Requests that may have delivered a message, in arrival order.
+    pub deliveries: Vec<Call>,
+    /// Keys whose reply the mock dropped.
+    pub dropped: BTreeSet<DeliveryKey>,
+}
+
+/// Reads every run back and holds the history to the checker: each step
+/// reached the mock at most once and in order, nothing was lost, a step is
+/// `unknown` exactly where the mock dropped its reply, every other run
+/// completed, and the run API names each message id the mock gave out.
+pub async fn check_exactly_once(api: &Api, mock: &MockCloudApi, accepted: &[Accepted]) -> Outcome {
+    let mut finals = BTreeMap::new();
+    let mut unknown_keys = BTreeSet::new();
+    let mut sent_ids = BTreeMap::new();
+    for a in accepted {
+        let (s, v) = api.get(&format!("/v1/runs/{}", a.run)).await;
+        assert_eq!(s, 200, "{v}");
+        let status = RunStatus::parse(v["status"].as_str().unwrap()).unwrap();
+        let mut unknown_steps = Vec::new();
+        for step in v["steps"].as_array().unwrap() {
+            let index = step["index"].as_u64().unwrap() as u32;
+            let key = DeliveryKey {
+                run: a.run,
+                step: index,
+            };
+            match step["status"].as_str().unwrap() {
+                "unknown" => {
+                    unknown_steps.push(index);
+                    unknown_keys.insert(key);
+                }
+                "sent" => {
+                    sent_ids.insert(
+                        key,
+                        step["provider_message_id"].as_str().unwrap().to_string(),
+                    );
+                }
+                other => assert!(
+                    other == "pending" && status == RunStatus::Failed,
+                    "run {} step {index} is {other}: {v}",
+                    a.run
+                ),
+            }
+        }
+        finals.insert(
+            a.run,
+            FinalRun {
+                status,
+                cursor: v["cursor"].as_u64().unwrap() as u32,
+                reason: v["reason"].as_str().map(str::to_string),
+                unknown_steps,
+            },
+        );
+    }
+    let deliveries = mock.deliveries();
+    assert!(mock.shape_errors().is_empty(), "{:?}", mock.shape_errors());
+    let history = History {
+        accepted: accepted.to_vec(),
+        calls: deliveries
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ProviderCall {
+                key: c.key,
+                at_ms: i as u64,
+            })
+            .collect(),
+        finals: finals.clone(),
+    };
+    let report = check(&history);
+    assert!(report.is_clean(), "{report}");
+    // At most one delivery per key, dropped replies included.
+    let mut seen = BTreeSet::new();
+    for c in &deliveries {
+        assert!(seen.insert(c.key), "{} reached the provider twice", c.key);
+    }
+
+    let dropped: BTreeSet<DeliveryKey> = deliveries
+        .iter()
+        .filter(|c| c.fault == Fault::Drop)
+        .map(|c| c.key)
+        .collect();
+    assert_eq!(unknown_keys, dropped);
+    for a in accepted {
+        let f = &finals[&a.run];
+        if f.unknown_steps.is_empty() {
+            assert_eq!(f.status, RunStatus::Completed, "{f:?}");
+        } else {
+            assert_eq!(f.status, RunStatus::Failed, "{f:?}");
+            assert!(f.reason.as_deref().unwrap().contains("unknown"), "{f:?}");
+        }
+    }
+    for c in deliveries.iter().filter(|c| c.fault == Fault::Accept) {
+        assert_eq!(sent_ids.get(&c.key), c.message_id.as_ref(), "{}", c.key);
+    }
+    assert_eq!(sent_ids.len(), deliveries.len() - dropped.len());
+    // Each message went to its own run's recipient.
+    let to: BTreeMap<RunId, &str> = accepted.iter().map(|a| (a.run, a.to.as_str())).collect();
+    for c in &deliveries {
+        assert_eq!(c.to, to[&c.key.run]);
+    }
+    Outcome {
+        finals,
+        deliveries,
+        dropped,
     }
 }
