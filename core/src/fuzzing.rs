@@ -110,7 +110,7 @@ fn delivery(view: &RunView, step: u32) -> Option<&DeliveryRecord> {
 /// [`MemStore`], with DESIGN.md's invariants checked after every op: at
 /// most one live lease per run and per conversation, epochs only grow, the
 /// cursor never moves back, a finished run never changes, and a delivery
-/// the provider has is never begun again nor moved back.
+/// the provider has is never begun again nor made sendable again.
 pub fn store_ops(data: &[u8]) {
     let mut r = ByteReader::new(data);
     let mut store = MemStore::new();
@@ -161,7 +161,10 @@ pub fn store_ops(data: &[u8]) {
                         book.runs.push(id);
                         book.conv.insert(id, conv);
                     }
-                    StoreReply::Enqueued { run, created: false } => {
+                    StoreReply::Enqueued {
+                        run,
+                        created: false,
+                    } => {
                         assert!(key < 16, "only a repeated trigger key dedupes");
                         assert!(book.runs.contains(&run), "dedupe named an unknown run");
                     }
@@ -191,7 +194,10 @@ pub fn store_ops(data: &[u8]) {
                     assert!(!book.terminal.contains_key(&c.id), "a finished run claimed");
                     assert!(c.cursor >= book.cursor.get(&c.id).copied().unwrap_or(0));
                     let conv = book.conv[&c.id];
-                    assert!(convs.insert(conv), "two runs of one conversation in a claim");
+                    assert!(
+                        convs.insert(conv),
+                        "two runs of one conversation in a claim"
+                    );
                     let seq = book.runs.iter().position(|x| *x == c.id);
                     for (other_seq, other) in book.runs.iter().enumerate() {
                         if *other == c.id || book.conv[other] != conv {
@@ -213,7 +219,9 @@ pub fn store_ops(data: &[u8]) {
                 }
             }
             3 => {
-                let Some(id) = pick(&book, r.u8()) else { continue };
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
                 let epoch = epoch_for(&book, id, r.u8());
                 let lease_ms = 1 + r.below(60) as u64;
                 match store.apply(StoreOp::Heartbeat {
@@ -232,7 +240,9 @@ pub fn store_ops(data: &[u8]) {
                 }
             }
             4 => {
-                let Some(id) = pick(&book, r.u8()) else { continue };
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
                 let epoch = epoch_for(&book, id, r.u8());
                 let skew = r.below(4) as i64 - 1;
                 let delay_ms = r.bool().then(|| r.below(40) as u64);
@@ -258,7 +268,9 @@ pub fn store_ops(data: &[u8]) {
                 }
             }
             5 => {
-                let Some(id) = pick(&book, r.u8()) else { continue };
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
                 let epoch = epoch_for(&book, id, r.u8());
                 let v = get_run(&mut store, id);
                 let step = (v.steps.len() as u32 - 1).saturating_sub(r.below(2) as u32);
@@ -278,7 +290,9 @@ pub fn store_ops(data: &[u8]) {
                 }
             }
             6 => {
-                let Some(id) = pick(&book, r.u8()) else { continue };
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
                 let epoch = epoch_for(&book, id, r.u8());
                 let retry_ms = r.bool().then(|| r.below(40) as u64);
                 match store.apply(StoreOp::Fail {
@@ -298,7 +312,9 @@ pub fn store_ops(data: &[u8]) {
                 }
             }
             7 => {
-                let Some(id) = pick(&book, r.u8()) else { continue };
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
                 let epoch = epoch_for(&book, id, r.u8());
                 let after_ms = r.below(20) as u64;
                 match store.apply(StoreOp::Release {
@@ -316,8 +332,13 @@ pub fn store_ops(data: &[u8]) {
                 }
             }
             8 => {
-                let Some(id) = pick(&book, r.u8()) else { continue };
-                match store.apply(StoreOp::Cancel { run: id, now_ms: now }) {
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
+                match store.apply(StoreOp::Cancel {
+                    run: id,
+                    now_ms: now,
+                }) {
                     StoreReply::Cancelled => {
                         assert!(!book.terminal.contains_key(&id), "a finished run cancelled");
                         book.live_until.remove(&id);
@@ -329,7 +350,9 @@ pub fn store_ops(data: &[u8]) {
                 }
             }
             9 => {
-                let Some(id) = pick(&book, r.u8()) else { continue };
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
                 let epoch = epoch_for(&book, id, r.u8());
                 let v = get_run(&mut store, id);
                 let step = v.cursor.saturating_sub(r.below(2) as u32);
@@ -346,7 +369,10 @@ pub fn store_ops(data: &[u8]) {
                         assert_eq!(Some(&epoch), book.epoch.get(&id), "stale epoch began");
                         assert!(!book.sent.contains(&key), "{key} begun after it was sent");
                         assert!(
-                            matches!(before, None | Some(DeliveryState::Failed { retryable: true })),
+                            matches!(
+                                before,
+                                None | Some(DeliveryState::Failed { retryable: true })
+                            ),
                             "{key} begun again from {before:?}"
                         );
                         let until = book.live_until.get(&id).copied().unwrap_or(0);
@@ -364,7 +390,9 @@ pub fn store_ops(data: &[u8]) {
                 }
             }
             10 => {
-                let Some(id) = pick(&book, r.u8()) else { continue };
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
                 let step = r.below(5) as u32;
                 let key = DeliveryKey { run: id, step };
                 let outcome = match r.below(4) {
@@ -402,7 +430,9 @@ pub fn store_ops(data: &[u8]) {
                 }
             }
             _ => {
-                let Some(id) = pick(&book, r.u8()) else { continue };
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
                 let key = DeliveryKey {
                     run: id,
                     step: r.below(5) as u32,
@@ -435,7 +465,11 @@ fn check_book(store: &mut MemStore, book: &mut Book, now: u64) {
     for id in book.runs.clone() {
         let v = get_run(store, id);
         let last = book.cursor.get(&id).copied().unwrap_or(0);
-        assert!(v.cursor >= last, "cursor of {id} moved back from {last} to {}", v.cursor);
+        assert!(
+            v.cursor >= last,
+            "cursor of {id} moved back from {last} to {}",
+            v.cursor
+        );
         assert!(v.cursor as usize <= v.steps.len());
         assert_eq!(
             v.epoch,
@@ -463,7 +497,14 @@ fn check_book(store: &mut MemStore, book: &mut Book, now: u64) {
         }
         for d in v.deliveries.iter().flatten() {
             if book.sent.contains(&d.key) {
-                assert!(d.state.is_sent(), "{} moved back to {:?}", d.key, d.state);
+                // A provider that had the message may still report that it
+                // failed to deliver it; never may it become sendable again.
+                assert!(
+                    d.state.is_sent() || d.state == DeliveryState::Failed { retryable: false },
+                    "{} moved back to {:?}",
+                    d.key,
+                    d.state
+                );
             } else if d.state.is_sent() {
                 book.sent.insert(d.key);
             }
@@ -494,7 +535,10 @@ pub fn template(data: &[u8]) {
     assert_eq!(t.source(), source);
     assert_eq!(Template::parse(t.source()).as_ref(), Ok(&t));
     let json = serde_json::to_string(&t).expect("a template serializes");
-    assert_eq!(serde_json::from_str::<Template>(&json).ok().as_ref(), Some(&t));
+    assert_eq!(
+        serde_json::from_str::<Template>(&json).ok().as_ref(),
+        Some(&t)
+    );
 
     let names = t.vars();
     for n in &names {
@@ -512,8 +556,10 @@ pub fn template(data: &[u8]) {
         Ok(text) => {
             assert!(text.len() <= MAX_TEXT_BYTES);
             // Values go in as they are, never expanded again.
-            let empty: BTreeMap<String, String> =
-                names.iter().map(|n| (n.to_string(), String::new())).collect();
+            let empty: BTreeMap<String, String> = names
+                .iter()
+                .map(|n| (n.to_string(), String::new()))
+                .collect();
             let literal = t.render(&empty).expect("shorter text renders too");
             assert!(text.len() >= literal.len());
         }

@@ -138,7 +138,11 @@ pub fn cloud_api_response(data: &[u8]) {
         .get(..8)
         .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
     let class = classify_cloud_api(raw_status, code);
-    assert_ne!(class, RetryClass::Unknown, "an answer that came back is known");
+    assert_ne!(
+        class,
+        RetryClass::Unknown,
+        "an answer that came back is known"
+    );
     if code.is_some_and(|c| CLOUD_API_RETRYABLE_CODES.contains(&c)) || raw_status >= 500 {
         assert_eq!(class, RetryClass::Retryable);
     }
@@ -155,7 +159,10 @@ pub fn cloud_api_response(data: &[u8]) {
         } => {
             assert!(status.is_success(), "{status} taken as sent");
             let id = json.as_ref().and_then(|j| j.pointer("/messages/0/id"));
-            assert_eq!(id.and_then(|v| v.as_str()), Some(provider_message_id.as_str()));
+            assert_eq!(
+                id.and_then(|v| v.as_str()),
+                Some(provider_message_id.as_str())
+            );
         }
         DeliveryOutcome::Unknown { .. } => assert!(status.is_success()),
         DeliveryOutcome::Failed {
@@ -184,7 +191,11 @@ pub fn cloud_api_response(data: &[u8]) {
         let given = header
             .and_then(|h| h.strip_prefix("sha256="))
             .map(|h| h.trim().to_ascii_lowercase());
-        assert_eq!(given.as_deref(), good.strip_prefix("sha256="), "a forged signature passed");
+        assert_eq!(
+            given.as_deref(),
+            good.strip_prefix("sha256="),
+            "a forged signature passed"
+        );
     }
     let mut tampered = body.to_vec();
     tampered.push(b' ');

@@ -106,5 +106,8 @@ pub fn sim_schedule(data: &[u8]) {
         r.liveness,
         r.unexplained_unknown
     );
-    assert_eq!(r.runs, config.runs as u64, "every trigger was accepted once");
+    assert_eq!(
+        r.runs, config.runs as u64,
+        "every trigger was accepted once"
+    );
 }

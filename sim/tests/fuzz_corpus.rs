@@ -6,7 +6,9 @@ use std::path::Path;
 /// Runs `target` on every file of `fuzz/corpus/<name>/`; fails when the
 /// corpus is missing or empty, so a moved directory cannot pass silently.
 fn replay(name: &str, target: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(name);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {} is missing: {e}", dir.display()))
         .map(|e| e.expect("a corpus entry").path())
