@@ -13,6 +13,8 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod net;
 pub mod provider;
 pub mod store;

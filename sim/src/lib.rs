@@ -7,6 +7,8 @@
 
 pub mod db;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod legacy;
 pub mod net;
 pub mod provider;

@@ -192,7 +192,13 @@ fn parse_json<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     max_body: usize,
 ) -> Result<T, Problem> {
-    let body = body.map_err(|e| {
+    parse_json_body(&read_body(body, max_body)?)
+}
+
+/// The request body, or 413 past the size limit and 400 when it could not
+/// be read.
+fn read_body(body: Result<Bytes, BytesRejection>, max_body: usize) -> Result<Bytes, Problem> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -202,11 +208,16 @@ fn parse_json<T: DeserializeOwned>(
         } else {
             Problem::bad_request(format!("could not read the request body: {e}"))
         }
-    })?;
+    })
+}
+
+/// Parses a body that was read whole: 400 when it is empty or not JSON,
+/// 422 for JSON of the wrong shape.
+pub fn parse_json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     if body.is_empty() {
         return Err(Problem::bad_request("expected a JSON body, got nothing"));
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => Problem::invalid(format!("{e}")),
@@ -245,15 +256,32 @@ struct FlowBody {
     steps: Vec<FlowStep>,
 }
 
+/// A `PUT /v1/flows/{flow}` body, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRequest {
+    /// The flow's tenant (not yet looked up).
+    pub tenant: TenantId,
+    /// The flow, within its bounds.
+    pub flow: Flow,
+}
+
+/// Parses and checks the body of `PUT /v1/flows/{id}`, exactly as the
+/// handler does before it looks the tenant up.
+pub fn parse_flow_body(id: FlowId, body: &[u8]) -> Result<FlowRequest, Problem> {
+    let body: FlowBody = parse_json_body(body)?;
+    let tenant = TenantId::new(body.tenant).map_err(|e| Problem::invalid(e.to_string()))?;
+    let flow = Flow::new(id, body.steps).map_err(|e| Problem::invalid(e.to_string()))?;
+    Ok(FlowRequest { tenant, flow })
+}
+
 async fn put_flow<S: Store>(
     State(st): State<AppState<S>>,
     Path(flow): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let id = FlowId::new(flow).map_err(|e| Problem::invalid(e.to_string()))?;
-    let body: FlowBody = parse_json(body, st.config.max_body_bytes)?;
-    let tenant = TenantId::new(body.tenant).map_err(|e| Problem::invalid(e.to_string()))?;
-    let flow = Flow::new(id.clone(), body.steps).map_err(|e| Problem::invalid(e.to_string()))?;
+    let body = read_body(body, st.config.max_body_bytes)?;
+    let FlowRequest { tenant, flow } = parse_flow_body(id.clone(), &body)?;
     tenant_exists(&st, &tenant).await?;
     let steps = flow.steps.len();
     match store_reply(st.store.apply(StoreOp::PutFlow { tenant, flow }).await)? {
@@ -284,19 +312,38 @@ struct TriggerBody {
     vars: BTreeMap<String, serde_json::Value>,
 }
 
-async fn trigger<S: Store>(
-    State(st): State<AppState<S>>,
-    Path(flow): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, Problem> {
-    let flow_id = FlowId::new(flow).map_err(|e| Problem::invalid(e.to_string()))?;
-    let body: TriggerBody = parse_json(body, st.config.max_body_bytes)?;
+/// A `POST /v1/flows/{flow}/runs` body, checked up to its variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerRequest {
+    /// The run's tenant (not yet looked up).
+    pub tenant: TenantId,
+    /// The recipient.
+    pub to: Recipient,
+    /// The variables as sent; [`trigger_vars`] checks them, after the
+    /// tenant is known to exist.
+    pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+/// Parses and checks the body of a trigger, exactly as the handler does
+/// before it looks the tenant up.
+pub fn parse_trigger_body(body: &[u8]) -> Result<TriggerRequest, Problem> {
+    let body: TriggerBody = parse_json_body(body)?;
     let tenant = TenantId::new(body.tenant).map_err(|e| Problem::invalid(e.to_string()))?;
     let to = Recipient::parse(&body.to).map_err(|e| Problem::invalid(format!("to: {e}")))?;
-    tenant_exists(&st, &tenant).await?;
-    let mut vars = BTreeMap::new();
-    for (k, v) in body.vars {
+    Ok(TriggerRequest {
+        tenant,
+        to,
+        vars: body.vars,
+    })
+}
+
+/// A trigger's variables as template text: strings as they are, numbers
+/// and booleans as JSON writes them; anything else is 422.
+pub fn trigger_vars(
+    vars: BTreeMap<String, serde_json::Value>,
+) -> Result<BTreeMap<String, String>, Problem> {
+    let mut out = BTreeMap::new();
+    for (k, v) in vars {
         let v = match v {
             serde_json::Value::String(s) => s,
             serde_json::Value::Number(n) => n.to_string(),
@@ -307,8 +354,22 @@ async fn trigger<S: Store>(
                 )))
             }
         };
-        vars.insert(k, v);
+        out.insert(k, v);
     }
+    Ok(out)
+}
+
+async fn trigger<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(flow): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let flow_id = FlowId::new(flow).map_err(|e| Problem::invalid(e.to_string()))?;
+    let body = read_body(body, st.config.max_body_bytes)?;
+    let TriggerRequest { tenant, to, vars } = parse_trigger_body(&body)?;
+    tenant_exists(&st, &tenant).await?;
+    let vars = trigger_vars(vars)?;
     let trigger_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(

@@ -68,14 +68,21 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 /// One status out of a webhook payload.
-struct Status {
-    key: Option<DeliveryKey>,
-    status: Option<ReceiptStatus>,
-    id: Option<String>,
-    reason: Option<String>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The delivery it names, when `biz_opaque_callback_data` is one of ours.
+    pub key: Option<DeliveryKey>,
+    /// The status, when it is one we track.
+    pub status: Option<ReceiptStatus>,
+    /// The provider's message id.
+    pub id: Option<String>,
+    /// The provider's first error, worded for the ledger.
+    pub reason: Option<String>,
 }
 
-fn statuses(payload: &serde_json::Value) -> Vec<Status> {
+/// Every status in a webhook payload, in order; parts of another shape
+/// are skipped.
+pub fn statuses(payload: &serde_json::Value) -> Vec<Status> {
     fn arr(v: Option<&serde_json::Value>) -> &[serde_json::Value] {
         v.and_then(|v| v.as_array()).map_or(&[], Vec::as_slice)
     }

@@ -1,7 +1,7 @@
 //! Providers: where messages finally go. The engine driver calls one per
 //! delivery that the core's engine machine has begun.
 
-mod cloud_api;
+pub(crate) mod cloud_api;
 mod log;
 mod tenants;
 
