@@ -1,27 +1,10 @@
 //! Replays the checked-in fuzz corpora of the core's targets (seeds and
 //! every crash ever found), so `cargo test` covers them without libFuzzer.
 
-use std::path::Path;
+#[path = "../../fuzz/replay.rs"]
+mod corpus;
 
-/// Runs `target` on every file of `fuzz/corpus/<name>/`; fails when the
-/// corpus is missing or empty, so a moved directory cannot pass silently.
-fn replay(name: &str, target: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(name);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {} is missing: {e}", dir.display()))
-        .map(|e| e.expect("a corpus entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "corpus {} is empty", dir.display());
-    for file in files {
-        let data = std::fs::read(&file).expect("a readable corpus file");
-        eprintln!("{name}: {}", file.display());
-        target(&data);
-    }
-}
+use corpus::replay;
 
 #[test]
 fn store_ops_corpus_holds_the_invariants() {
