@@ -36,7 +36,9 @@ pub use pacing::{Pacer, PacingConfig, TokenBucket};
 pub use receipt::ReceiptStatus;
 pub use recipient::{Recipient, RecipientError};
 pub use retry::{RetryClass, RetryPolicy};
-pub use send::{DeliveryOutcome, OutboundMessage, SendRequest, SendResponse};
+pub use send::{
+    DeliveryOutcome, OutboundMessage, SendBatch, SendBatchResponse, SendRequest, SendResponse,
+};
 pub use store::{
     ClaimedRun, DeliveryRecord, DeliveryState, Guards, Lease, MemStore, NewRun, PlannedStep,
     QueueStats, RunStatus, RunView, StoreOp, StoreReply, StoreUnavailable,

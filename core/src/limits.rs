@@ -31,3 +31,5 @@ pub fn clip_reason(reason: &str) -> String {
     }
     reason[..end].to_string()
 }
+/// Most sends in one `POST /v1/messages/batch`.
+pub const MAX_SEND_BATCH: usize = 1000;

@@ -95,3 +95,21 @@ pub enum SendResponse {
         retry_after_ms: u64,
     },
 }
+
+/// Several sends in one request (`POST /v1/messages/batch`): the worker
+/// sends the steps of many runs at once, each decided on its own exactly as
+/// if it had come alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBatch {
+    /// At most [`crate::limits::MAX_SEND_BATCH`] requests.
+    pub messages: Vec<SendRequest>,
+}
+
+/// The engine's answer to a [`SendBatch`]: one response per request, in
+/// the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendBatchResponse {
+    /// `results[i]` answers `messages[i]`.
+    pub results: Vec<SendResponse>,
+}

@@ -26,20 +26,22 @@
 //! - throughput is messages over the time from the first message being
 //!   available to a worker (the workers' start, or the first enqueue under
 //!   `--rate`) to the last one sent;
-//! - transactions are the `Store::apply` and `Store::apply_batch` calls the
-//!   workers and the engine make (each is one transaction in the SQL
-//!   stores); enqueueing and the final check are not counted;
+//! - transactions are those the SQL store committed during the drain, less
+//!   the enqueues' own (in memory: the `Store::apply` and
+//!   `Store::apply_batch` calls the workers and the engine make); the
+//!   final check is not counted;
 //! - peak memory is the process's `VmHWM`.
 
 use crate::api::{self, ApiConfig, AppState};
 use crate::clock::TokioClock;
+use crate::coalesce::CoalesceOptions;
 use crate::daemon;
 use crate::db::{self, Db};
 use crate::engine::EngineHandle;
 use crate::net::{HttpClient, TcpConnector};
 use crate::provider::NullProvider;
 use crate::store::Store;
-use crate::worker::{run_worker_woken, HttpEngineClient};
+use crate::worker::{run_worker_woken, BatchedHttpEngineClient, HttpEngineClient};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use oncesend_core::store::StoreUnavailable;
@@ -123,6 +125,10 @@ pub struct BenchArgs {
     /// Runs a `full`-path worker holds at once (default: twice --batch).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: Option<u32>,
+    /// `full` path: most sends a worker gathers into one
+    /// `POST /v1/messages/batch`; 1 sends each alone to `POST /v1/messages`.
+    #[arg(long, default_value_t = crate::worker::SEND_BATCH.max_batch as u32, value_parser = clap::value_parser!(u32).range(1..=oncesend_core::limits::MAX_SEND_BATCH as i64))]
+    pub send_batch: u32,
     /// How long an idle worker waits before claiming again, in ms, when no
     /// enqueue wakes it first.
     #[arg(long, default_value_t = 50)]
@@ -194,6 +200,8 @@ struct Tally {
     sent: AtomicU64,
     duplicates: AtomicU64,
     transactions: AtomicU64,
+    /// Enqueue transactions during the drain (under `--rate`).
+    enqueue_transactions: AtomicU64,
     progress: Notify,
 }
 
@@ -284,7 +292,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .context("bench needs a database it can load (DATABASE_URL; memory: works anywhere)")?;
     let total_msgs = u64::from(args.runs) * u64::from(args.steps);
     println!(
-        "bench: path={} db={} ({}) runs={} steps={} conversations={} workers={} batch={}{}",
+        "bench: path={} db={} ({}) runs={} steps={} conversations={} workers={} batch={} send_batch={}{}",
         args.path.name(),
         db.kind(),
         db::redact(&args.database_url),
@@ -293,6 +301,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         args.conversations,
         args.workers,
         args.batch,
+        args.send_batch,
         match args.rate {
             Some(r) => format!(" rate={r}/s"),
             None => String::new(),
@@ -315,6 +324,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         sent: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         transactions: AtomicU64::new(0),
+        enqueue_transactions: AtomicU64::new(0),
         progress: Notify::new(),
     });
     let counted = CountingStore {
@@ -329,6 +339,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         println!("bench: {} runs enqueued; draining", args.runs);
     }
     let start_us = tally.now_us();
+    let txn_start = db.transactions();
     let (stop_tx, stop_rx) = watch::channel(false);
     let drain = Drain::start(args, &counted, &clock, &wakeups, stop_rx).await?;
     let enqueuer = args.rate.map(|rate| {
@@ -339,6 +350,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
 
     let outcome = wait_for_all(&tally, total_msgs, Duration::from_secs(args.stall_secs)).await;
     let end_us = tally.now_us();
+    let txn_end = db.transactions();
     let _ = stop_tx.send(true);
     if let Some(e) = enqueuer {
         e.await.context("the enqueuer panicked")??;
@@ -380,7 +392,13 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         max_ms: pct(1.0),
-        txn_per_msg: tally.transactions.load(Ordering::Relaxed) as f64 / total_msgs as f64,
+        txn_per_msg: match (txn_start, txn_end) {
+            (Some(a), Some(b)) => b
+                .saturating_sub(a)
+                .saturating_sub(tally.enqueue_transactions.load(Ordering::Relaxed))
+                as f64,
+            _ => tally.transactions.load(Ordering::Relaxed) as f64,
+        } / total_msgs as f64,
         peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
         drain_secs,
     })
@@ -439,6 +457,7 @@ async fn enqueue_chunk(
         .apply_batch(ops)
         .await
         .context("cannot enqueue the bench's runs")?;
+    tally.enqueue_transactions.fetch_add(1, Ordering::Relaxed);
     for (run, reply) in chunk.iter().zip(replies) {
         match reply {
             StoreReply::Enqueued { created: true, .. } => {}
@@ -599,21 +618,32 @@ impl Drain {
                         Duration::from_millis(SEND_TIMEOUT_MS),
                     );
                     let mut stop = stop.clone();
-                    let fut = run_worker_woken(
-                        worker,
-                        store.clone(),
-                        HttpEngineClient::new(http),
-                        clock.clone(),
-                        async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        },
-                        Arc::new(Mutex::new(Default::default())),
-                        Some(wake.clone()),
-                    );
-                    workers.push(tokio::spawn(async move {
-                        fut.await;
-                        Ok(())
-                    }));
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    let stats = Arc::new(Mutex::new(Default::default()));
+                    let wake = Some(wake.clone());
+                    let store = store.clone();
+                    let clock = clock.clone();
+                    workers.push(if args.send_batch > 1 {
+                        let options = CoalesceOptions {
+                            max_batch: args.send_batch as usize,
+                            ..crate::worker::SEND_BATCH
+                        };
+                        let engine = BatchedHttpEngineClient::new(http, options);
+                        tokio::spawn(async move {
+                            run_worker_woken(worker, store, engine, clock, stopped, stats, wake)
+                                .await;
+                            Ok(())
+                        })
+                    } else {
+                        let engine = HttpEngineClient::new(http);
+                        tokio::spawn(async move {
+                            run_worker_woken(worker, store, engine, clock, stopped, stats, wake)
+                                .await;
+                            Ok(())
+                        })
+                    });
                 }
                 Ok(Self {
                     workers,

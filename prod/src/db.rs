@@ -5,6 +5,8 @@
 //! cannot be shared by two processes and is lost when the process exits.
 
 use crate::clock::TokioClock;
+use crate::coalesce::CoalesceOptions;
+use crate::store::group::GroupCommit;
 use crate::store::sql::{Backend, SqlClock, SqlOptions, SqlStore};
 use crate::store::{MemoryStore, Store};
 use oncesend_core::store::StoreUnavailable;
@@ -68,8 +70,24 @@ pub fn redact(url: &str) -> String {
 pub enum Db {
     /// In this process only.
     Memory(MemoryStore),
-    /// SQLite or PostgreSQL.
-    Sql(SqlStore),
+    /// SQLite or PostgreSQL, with concurrent writes group-committed.
+    Sql(GroupCommit<SqlStore>),
+}
+
+/// Most writes in one group-committed transaction.
+pub const GROUP_MAX_BATCH: usize = 512;
+
+/// How the SQL stores group concurrent writes: SQLite has one writer, so
+/// one transaction at a time gathers the most; PostgreSQL overlaps a few
+/// so one batch's commit flush does not leave the server idle.
+pub fn group_options(backend: Backend) -> CoalesceOptions {
+    CoalesceOptions {
+        max_batch: GROUP_MAX_BATCH,
+        in_flight: match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 3,
+        },
+    }
 }
 
 impl Db {
@@ -101,7 +119,8 @@ impl Db {
             url: redact(url),
             why: e.0,
         })?;
-        Ok(Db::Sql(store))
+        let group = group_options(store.backend());
+        Ok(Db::Sql(GroupCommit::new(store, group)))
     }
 
     /// Opens the database, waiting for it with a log line per attempt when
@@ -149,7 +168,7 @@ impl Db {
     pub fn kind(&self) -> &'static str {
         match self {
             Db::Memory(_) => "memory",
-            Db::Sql(s) => s.backend().name(),
+            Db::Sql(s) => s.inner().backend().name(),
         }
     }
 
@@ -157,7 +176,7 @@ impl Db {
     pub fn wakeups(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         match self {
             Db::Memory(_) => None,
-            Db::Sql(s) => Some(s.wakeups()),
+            Db::Sql(s) => Some(s.inner().wakeups()),
         }
     }
 
@@ -165,7 +184,7 @@ impl Db {
     pub async fn migrate(&self) -> Result<(), StoreUnavailable> {
         match self {
             Db::Memory(_) => Ok(()),
-            Db::Sql(s) => s.migrate().await,
+            Db::Sql(s) => s.inner().migrate().await,
         }
     }
 
@@ -173,7 +192,16 @@ impl Db {
     pub async fn ping(&self) -> Result<(), StoreUnavailable> {
         match self {
             Db::Memory(_) => Ok(()),
-            Db::Sql(s) => s.ping().await,
+            Db::Sql(s) => s.inner().ping().await,
+        }
+    }
+
+    /// Transactions the SQL store has committed so far (`None` in memory,
+    /// where every call is its own).
+    pub fn transactions(&self) -> Option<u64> {
+        match self {
+            Db::Memory(_) => None,
+            Db::Sql(s) => Some(s.inner().transactions()),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! so `cargo test` replays `fuzz/corpus/<target>/` without libFuzzer.
 
 use crate::api::webhook::{sign, signature_ok, statuses};
-use crate::api::{parse_flow_body, parse_trigger_body, trigger_vars, Problem};
+use crate::api::{parse_flow_body, parse_send_batch, parse_trigger_body, trigger_vars, Problem};
 use crate::provider::cloud_api::outcome;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
@@ -75,6 +75,18 @@ pub fn api_json(data: &[u8]) {
             match trigger_vars(req.vars) {
                 Ok(vars) => plan(req.tenant, req.to, vars),
                 Err(p) => refused(p),
+            }
+        }
+        Err(p) => refused(p),
+    }
+    match parse_send_batch(data) {
+        Ok(batch) => {
+            let n = batch.messages.len();
+            assert!((1..=oncesend_core::limits::MAX_SEND_BATCH).contains(&n));
+            let again = serde_json::to_vec(&batch).expect("a batch serializes");
+            match parse_send_batch(&again) {
+                Ok(back) => assert_eq!(back, batch, "send batch did not round-trip"),
+                Err(p) => panic!("a written-back send batch was refused: {}", p.detail),
             }
         }
         Err(p) => refused(p),

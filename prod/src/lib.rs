@@ -9,6 +9,7 @@
 pub mod api;
 pub mod bench;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod daemon;
 pub mod db;

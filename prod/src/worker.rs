@@ -3,12 +3,15 @@
 //! It decides nothing itself.
 
 use crate::clock::TokioClock;
+use crate::coalesce::{CoalesceOptions, Coalescer};
 use crate::engine::EngineHandle;
 use crate::net::{Connector, HttpClient, HttpError};
 use crate::store::Store;
 use hyper::{Method, StatusCode};
 use oncesend_core::worker::{EngineUnreachable, WorkerStats};
-use oncesend_core::{SendRequest, SendResponse, Worker, WorkerEffect, WorkerEvent};
+use oncesend_core::{
+    SendBatchResponse, SendRequest, SendResponse, Worker, WorkerEffect, WorkerEvent,
+};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -67,6 +70,115 @@ impl<C: Connector> EngineClient for HttpEngineClient<C> {
                 String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
             ))),
         }
+    }
+}
+
+/// How a worker daemon gathers its sends: up to 256 a batch (split by
+/// body size), four requests at once.
+pub const SEND_BATCH: CoalesceOptions = CoalesceOptions {
+    max_batch: 256,
+    in_flight: 4,
+};
+
+/// Request bodies a [`BatchedHttpEngineClient`] aims to stay under: well
+/// within the API's default 64 KiB limit.
+pub const SEND_BATCH_BODY_BUDGET: usize = 32 * 1024;
+
+/// The engine over HTTP, many sends to a request: concurrent
+/// [`EngineClient::send`] calls are gathered (see [`crate::coalesce`]) and
+/// go out together as `POST /v1/messages/batch`, split so each body stays
+/// under [`SEND_BATCH_BODY_BUDGET`]. To the worker machine each send is
+/// still its own call with its own answer; when a request fails, every send
+/// in it fails as it would have alone (`EngineUnreachable`, retried).
+#[derive(Clone)]
+pub struct BatchedHttpEngineClient {
+    calls: Coalescer<SendRequest, Result<SendResponse, EngineUnreachable>>,
+}
+
+impl BatchedHttpEngineClient {
+    /// Gathers up to `options.max_batch` sends a request, with at most
+    /// `options.in_flight` requests at once. Must be called on a tokio
+    /// runtime.
+    pub fn new<C: Connector>(http: HttpClient<C>, options: CoalesceOptions) -> Self {
+        let calls = Coalescer::spawn(options, move |requests: Vec<SendRequest>| {
+            let http = http.clone();
+            async move {
+                let mut chunks: Vec<(Vec<u8>, usize)> = Vec::new();
+                let mut body = Vec::new();
+                let mut count = 0;
+                for request in &requests {
+                    let item = serde_json::to_vec(request).expect("a send request serializes");
+                    if count > 0 && body.len() + item.len() + 2 > SEND_BATCH_BODY_BUDGET {
+                        body.extend_from_slice(b"]}");
+                        chunks.push((std::mem::take(&mut body), count));
+                        count = 0;
+                    }
+                    body.extend_from_slice(if count == 0 { b"{\"messages\":[" } else { b"," });
+                    body.extend_from_slice(&item);
+                    count += 1;
+                }
+                body.extend_from_slice(b"]}");
+                chunks.push((body, count));
+                let posts = chunks
+                    .into_iter()
+                    .map(|(body, count)| post_batch(&http, body, count));
+                futures_util::future::join_all(posts)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            }
+        });
+        Self { calls }
+    }
+}
+
+async fn post_batch<C: Connector>(
+    http: &HttpClient<C>,
+    body: Vec<u8>,
+    count: usize,
+) -> Vec<Result<SendResponse, EngineUnreachable>> {
+    let outcome = async {
+        let (status, _, bytes) = http
+            .request(Method::POST, "/v1/messages/batch", &[], Some(body))
+            .await
+            .map_err(|e| match e {
+                HttpError::Connect(e) => EngineUnreachable(format!("cannot connect: {e}")),
+                HttpError::Exchange(e) => EngineUnreachable(e),
+            })?;
+        if status != StatusCode::OK {
+            return Err(EngineUnreachable(format!(
+                "engine answered {status} to a batch of {count}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            )));
+        }
+        let answer: SendBatchResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            EngineUnreachable(format!(
+                "engine answered a batch with a body that is not a batch response: {e}"
+            ))
+        })?;
+        if answer.results.len() != count {
+            return Err(EngineUnreachable(format!(
+                "engine answered {} results to a batch of {count}",
+                answer.results.len()
+            )));
+        }
+        Ok(answer.results)
+    }
+    .await;
+    match outcome {
+        Ok(results) => results.into_iter().map(Ok).collect(),
+        Err(e) => vec![Err(e); count],
+    }
+}
+
+impl EngineClient for BatchedHttpEngineClient {
+    async fn send(&self, request: SendRequest) -> Result<SendResponse, EngineUnreachable> {
+        self.calls.call(request).await.unwrap_or_else(|| {
+            Err(EngineUnreachable(
+                "the send's batch was dropped before it answered".to_string(),
+            ))
+        })
     }
 }
 

@@ -61,6 +61,11 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
         r#"{{"key":"{run_id}:0","epoch":1,"tenant":"default","to":"+5511913390707","text":"x"}}"#
     )
     .into_bytes();
+    let batch_body = format!(
+        r#"{{"messages":[{}]}}"#,
+        String::from_utf8_lossy(&send_body)
+    )
+    .into_bytes();
     let key_header = vec![("idempotency-key", format!("{run_id}:0"))];
     let guarded: Vec<(&str, String, Option<Vec<u8>>)> = vec![
         ("PUT", "/v1/flows/welcome".into(), Some(flow_body.clone())),
@@ -73,6 +78,11 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
         ("GET", "/v1/runs".into(), None),
         ("POST", format!("/v1/runs/{run_id}/cancel"), None),
         ("POST", "/v1/messages".into(), Some(send_body.clone())),
+        (
+            "POST",
+            "/v1/messages/batch".into(),
+            Some(batch_body.clone()),
+        ),
         (
             "PUT",
             "/v1/tenants/acme".into(),
@@ -99,6 +109,7 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
         ("PUT", "/v1/flows/welcome"),
         ("POST", "/v1/flows/welcome/runs"),
         ("POST", "/v1/messages"),
+        ("POST", "/v1/messages/batch"),
         ("PUT", "/v1/tenants/acme"),
     ];
     let huge = {
@@ -135,6 +146,44 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
             "JSON body",
         );
     }
+    // A batch of sends: empty, too many, and one bad message spoil it all.
+    assert_problem(
+        "empty batch",
+        api.raw(
+            "POST",
+            "/v1/messages/batch",
+            &[],
+            Some(br#"{"messages":[]}"#.to_vec()),
+        )
+        .await,
+        422,
+        "at least one",
+    );
+    let many = format!(
+        r#"{{"messages":[{}]}}"#,
+        vec![String::from_utf8_lossy(&send_body).to_string(); 1001].join(",")
+    );
+    let (s, _, j) = api
+        .raw("POST", "/v1/messages/batch", &[], Some(many.into_bytes()))
+        .await;
+    // 1001 messages of this size are over the 64 KiB body limit.
+    assert_eq!(s, 413, "{j}");
+    let bad_phone = format!(
+        r#"{{"messages":[{},{{"key":"{run_id}:1","epoch":1,"tenant":"default","to":"12","text":"x"}}]}}"#,
+        String::from_utf8_lossy(&send_body)
+    );
+    assert_problem(
+        "bad phone in a batch",
+        api.raw(
+            "POST",
+            "/v1/messages/batch",
+            &[],
+            Some(bad_phone.into_bytes()),
+        )
+        .await,
+        422,
+        "messages[1]",
+    );
     // Unknown fields inside a step and beside the provider are refused too.
     assert_problem(
         "step field",

@@ -23,7 +23,7 @@ use oncesend_core::rng::SplitMix64;
 use oncesend_core::worker::WorkerStats;
 use oncesend_core::{
     plan_run, Flow, FlowId, FlowStep, ProviderSettings, Recipient, RunId, RunStatus, RunView,
-    SendRequest, SendResponse, StoreOp, StoreReply, Tenant, TenantId,
+    SendBatch, SendBatchResponse, SendRequest, SendResponse, StoreOp, StoreReply, Tenant, TenantId,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -132,6 +132,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .route("/v1/runs/{id}", get(get_run::<S>))
         .route("/v1/runs/{id}/cancel", post(cancel::<S>))
         .route("/v1/messages", post(send_message::<S>))
+        .route("/v1/messages/batch", post(send_batch::<S>))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -634,6 +635,58 @@ async fn send_message<S: Store>(
     Ok(r)
 }
 
+/// Checks a `POST /v1/messages/batch` body: 400/422 as for any body, and
+/// 422 when it holds no message or more than the limit.
+pub fn parse_send_batch(body: &[u8]) -> Result<SendBatch, Problem> {
+    let batch: SendBatch = match parse_json_body(body) {
+        Ok(batch) => batch,
+        Err(problem) => return Err(locate_bad_message(body).unwrap_or(problem)),
+    };
+    let max = oncesend_core::limits::MAX_SEND_BATCH;
+    if batch.messages.is_empty() {
+        return Err(Problem::invalid(
+            "\"messages\" is empty; send at least one message",
+        ));
+    }
+    if batch.messages.len() > max {
+        return Err(Problem::invalid(format!(
+            "\"messages\" holds {} messages; send at most {max} per request",
+            batch.messages.len()
+        )));
+    }
+    Ok(batch)
+}
+
+/// For a batch that did not parse: the first message that is wrong, by
+/// index, when the batch's outer shape is right.
+fn locate_bad_message(body: &[u8]) -> Option<Problem> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Loose {
+        messages: Vec<serde_json::Value>,
+    }
+    let loose: Loose = serde_json::from_slice(body).ok()?;
+    loose.messages.into_iter().enumerate().find_map(|(i, m)| {
+        serde_json::from_value::<SendRequest>(m)
+            .err()
+            .map(|e| Problem::invalid(format!("messages[{i}]: {e}")))
+    })
+}
+
+/// Sends many steps at once. Each is handed to the engine on its own, all
+/// concurrently, and answered in order; the batch itself always answers
+/// 200 once it is well formed, and each result says what became of its
+/// message (a `busy` or `fenced` result is that message's alone).
+async fn send_batch<S: Store>(
+    State(st): State<AppState<S>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let batch = parse_send_batch(&read_body(body, st.config.max_body_bytes)?)?;
+    let sends = batch.messages.into_iter().map(|m| st.engine.send(m));
+    let results = futures_util::future::join_all(sends).await;
+    Ok((StatusCode::OK, Json(SendBatchResponse { results })).into_response())
+}
+
 async fn readyz<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Problem> {
     let now_ms = st.clock.now_ms();
     match store_reply(st.store.apply(StoreOp::Stats { now_ms }).await)? {
@@ -735,4 +788,52 @@ async fn metrics<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Pr
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(step: u32) -> serde_json::Value {
+        serde_json::json!({
+            "key": format!("01a223cc-8d84-7a53-b07a-5027eed1b529:{step}"),
+            "epoch": 1,
+            "tenant": "default",
+            "to": "+5511913390707",
+            "text": "hi",
+        })
+    }
+
+    fn body(messages: Vec<serde_json::Value>) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "messages": messages })).unwrap()
+    }
+
+    #[test]
+    fn a_send_batch_holds_one_to_the_limit() {
+        let max = oncesend_core::limits::MAX_SEND_BATCH;
+        let full = parse_send_batch(&body((0..max as u32).map(message).collect())).unwrap();
+        assert_eq!(full.messages.len(), max);
+        assert_eq!(full.messages[7].key.step, 7);
+        let over = parse_send_batch(&body((0..=max as u32).map(message).collect())).unwrap_err();
+        assert_eq!(over.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(over.detail.contains("at most 1000"), "{}", over.detail);
+        let empty = parse_send_batch(&body(vec![])).unwrap_err();
+        assert!(empty.detail.contains("at least one"), "{}", empty.detail);
+    }
+
+    #[test]
+    fn a_bad_message_in_a_batch_is_named_by_its_index() {
+        let mut bad = message(2);
+        bad["to"] = "12".into();
+        let e = parse_send_batch(&body(vec![message(0), message(1), bad])).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.detail.starts_with("messages[2]: "), "{}", e.detail);
+        let mut extra = message(0);
+        extra["bogus"] = 1.into();
+        let e = parse_send_batch(&body(vec![extra])).unwrap_err();
+        assert!(e.detail.starts_with("messages[0]: "), "{}", e.detail);
+        assert!(e.detail.contains("bogus"), "{}", e.detail);
+        let e = parse_send_batch(br#"{"messages":[],"x":1}"#).unwrap_err();
+        assert!(e.detail.contains('x'), "{}", e.detail);
+    }
 }

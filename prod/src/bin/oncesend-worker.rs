@@ -7,7 +7,7 @@ use oncesend::config::{DbArgs, LogArgs, WorkerArgs};
 use oncesend::daemon;
 use oncesend::db::Db;
 use oncesend::net::{HttpClient, HttpUrl, TcpConnector};
-use oncesend::worker::{run_worker_woken, HttpEngineClient};
+use oncesend::worker::{run_worker_woken, BatchedHttpEngineClient, SEND_BATCH};
 use oncesend_core::Worker;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -74,7 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     run_worker_woken(
         worker,
         db,
-        HttpEngineClient::new(http),
+        BatchedHttpEngineClient::new(http, SEND_BATCH),
         clock,
         daemon::stopped(flag),
         stats,

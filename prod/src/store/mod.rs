@@ -3,6 +3,7 @@
 //! Every backend applies [`StoreOp`]s and answers [`StoreReply`]s exactly as
 //! the core's `MemStore` does; the differential tests hold them to it.
 
+pub mod group;
 pub mod sql;
 
 use oncesend_core::store::StoreUnavailable;
