@@ -520,6 +520,108 @@ fn delivery_from_row(row: &AnyRow) -> Tx<DeliveryRecord> {
     })
 }
 
+/// PostgreSQL's row statements take their rows as one JSON parameter, so
+/// each has one text whatever the batch size: prepared once per connection,
+/// never re-parsed or re-planned for a new size. The id lists go through
+/// `= ANY(ARRAY(…))`, an index condition, so the plan stays an index probe
+/// per row however the planner sizes the table.
+fn hex_ids<'a>(ids: impl Iterator<Item = &'a RunId>) -> String {
+    let ids: Vec<String> = ids.map(|id| hex::encode(id.0.as_bytes())).collect();
+    serde_json::to_string(&ids).expect("ids serialize")
+}
+
+const PG_IDS: &str = "ARRAY(SELECT decode(x, 'hex') FROM json_array_elements_text($1::json) AS x)";
+
+static PG_LOAD_RUNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY({PG_IDS}) ORDER BY id")
+});
+static PG_LOAD_RUNS_LOCKED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} FOR UPDATE", &*PG_LOAD_RUNS));
+
+const PG_LOAD_DELIVERIES: &str = "SELECT run_id, step, state, deadline_ms, retryable, epoch, \
+     attempts, provider_message_id, last_error FROM deliveries \
+     WHERE run_id = ANY(ARRAY(SELECT decode(x, 'hex') FROM json_array_elements_text($1::json) AS x)) \
+     ORDER BY run_id, step";
+const PG_LOAD_DELIVERIES_LOCKED: &str = "SELECT run_id, step, state, deadline_ms, retryable, \
+     epoch, attempts, provider_message_id, last_error FROM deliveries \
+     WHERE run_id = ANY(ARRAY(SELECT decode(x, 'hex') FROM json_array_elements_text($1::json) AS x)) \
+     ORDER BY run_id, step FOR UPDATE";
+
+/// One run's write-back, as `json_to_recordset` reads it.
+#[derive(serde::Serialize)]
+struct RunWrite {
+    id: String,
+    read_epoch: i64,
+    status: &'static str,
+    next_step: i64,
+    run_at_ms: i64,
+    attempts: i64,
+    epoch: i64,
+    lease_owner: Option<String>,
+    lease_until_ms: Option<i64>,
+    reason: Option<String>,
+    finished_at_ms: Option<i64>,
+}
+
+const PG_WRITE_RUNS: &str = "UPDATE runs SET status = v.status, next_step = v.next_step, \
+         run_at_ms = v.run_at_ms, attempts = v.attempts, epoch = v.epoch, \
+         lease_owner = v.lease_owner, lease_until_ms = v.lease_until_ms, \
+         reason = v.reason, finished_at_ms = v.finished_at_ms, \
+         is_head = (runs.is_head AND v.status IN ('pending', 'leased')) \
+     FROM json_to_recordset($1::json) AS v (id text, read_epoch bigint, status text, \
+         next_step integer, run_at_ms bigint, attempts integer, epoch bigint, \
+         lease_owner text, lease_until_ms bigint, reason text, finished_at_ms bigint) \
+     WHERE runs.id = decode(v.id, 'hex') AND runs.epoch = v.read_epoch \
+       AND runs.id = ANY(ARRAY(SELECT decode(x->>'id', 'hex') FROM json_array_elements($1::json) AS x))";
+
+/// Makes the oldest waiting run of each listed conversation its head,
+/// where it has none; answers how many it meant to promote and how many it
+/// did. The update finds its rows by primary key: the re-check is written
+/// so it cannot use `runs_waiting`, whose leading columns are not `seq`.
+const PG_PROMOTE: &str = "WITH wanted AS ( \
+         SELECT (SELECT w.seq FROM runs w \
+                 WHERE w.tenant = c.tenant AND w.recipient = c.recipient \
+                   AND w.status = 'pending' AND NOT w.is_head \
+                 ORDER BY w.seq LIMIT 1) AS seq \
+         FROM json_to_recordset($1::json) AS c (tenant text, recipient text) \
+         WHERE NOT EXISTS (SELECT 1 FROM runs h \
+                           WHERE h.tenant = c.tenant AND h.recipient = c.recipient \
+                             AND h.is_head)), \
+     promoted AS ( \
+         UPDATE runs SET is_head = TRUE \
+         WHERE coalesce(status, '') = 'pending' AND is_head IS NOT TRUE \
+           AND seq = ANY(ARRAY(SELECT seq FROM wanted WHERE seq IS NOT NULL)) \
+         RETURNING 1) \
+     SELECT (SELECT COUNT(*) FROM wanted WHERE seq IS NOT NULL), \
+            (SELECT COUNT(*) FROM promoted)";
+
+/// One ledger row's upsert, as `json_to_recordset` reads it.
+#[derive(serde::Serialize)]
+struct DeliveryWrite {
+    run_id: String,
+    step: i64,
+    state: &'static str,
+    deadline_ms: Option<i64>,
+    retryable: Option<i64>,
+    epoch: i64,
+    attempts: i64,
+    provider_message_id: Option<String>,
+    last_error: Option<String>,
+}
+
+const PG_WRITE_DELIVERIES: &str = "INSERT INTO deliveries (run_id, step, state, deadline_ms, \
+         retryable, epoch, attempts, provider_message_id, last_error) \
+     SELECT decode(v.run_id, 'hex'), v.step, v.state, v.deadline_ms, v.retryable, v.epoch, \
+         v.attempts, v.provider_message_id, v.last_error \
+     FROM json_to_recordset($1::json) AS v (run_id text, step integer, state text, \
+         deadline_ms bigint, retryable integer, epoch bigint, attempts integer, \
+         provider_message_id text, last_error text) \
+     ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state, \
+         deadline_ms = excluded.deadline_ms, retryable = excluded.retryable, \
+         epoch = excluded.epoch, attempts = excluded.attempts, \
+         provider_message_id = excluded.provider_message_id, \
+         last_error = excluded.last_error";
+
 /// One transaction's worth of ops.
 struct Batch<'c> {
     conn: &'c mut AnyConnection,
@@ -868,6 +970,22 @@ impl Batch<'_> {
         lock: bool,
     ) -> Tx<BTreeMap<RunId, RunRecord>> {
         let mut out = BTreeMap::new();
+        if self.backend == Backend::Postgres {
+            let sql = if lock {
+                &*PG_LOAD_RUNS_LOCKED
+            } else {
+                &*PG_LOAD_RUNS
+            };
+            let rows = sqlx::query(sql)
+                .bind(hex_ids(ids.iter()))
+                .fetch_all(&mut *self.conn)
+                .await?;
+            for row in rows {
+                let record = run_from_row(&row)?;
+                out.insert(record.id, record);
+            }
+            return Ok(out);
+        }
         let ids: Vec<&RunId> = ids.iter().collect();
         for chunk in ids.chunks(CHUNK) {
             let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -895,6 +1013,22 @@ impl Batch<'_> {
         lock: bool,
     ) -> Tx<BTreeMap<DeliveryKey, DeliveryRecord>> {
         let mut out = BTreeMap::new();
+        if self.backend == Backend::Postgres {
+            let sql = if lock {
+                PG_LOAD_DELIVERIES_LOCKED
+            } else {
+                PG_LOAD_DELIVERIES
+            };
+            let rows = sqlx::query(sql)
+                .bind(hex_ids(runs.iter()))
+                .fetch_all(&mut *self.conn)
+                .await?;
+            for row in rows {
+                let record = delivery_from_row(&row)?;
+                out.insert(record.key, record);
+            }
+            return Ok(out);
+        }
         let ids: Vec<&RunId> = runs.iter().collect();
         for chunk in ids.chunks(CHUNK) {
             let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -1009,6 +1143,41 @@ impl Batch<'_> {
     /// with. A run that became terminal stops being its conversation's head.
     async fn write_runs(&mut self, before: &[RunRecord], after: &[RunRecord]) -> Tx<()> {
         const WIDTH: usize = 11;
+        if self.backend == Backend::Postgres {
+            if after.is_empty() {
+                return Ok(());
+            }
+            let rows: Vec<RunWrite> = before
+                .iter()
+                .zip(after)
+                .map(|(o, n)| RunWrite {
+                    id: hex::encode(n.id.0.as_bytes()),
+                    read_epoch: db(o.epoch),
+                    status: n.status.as_str(),
+                    next_step: n.cursor as i64,
+                    run_at_ms: db(n.run_at_ms),
+                    attempts: n.attempts as i64,
+                    epoch: db(n.epoch),
+                    lease_owner: n.lease.as_ref().map(|l| l.owner.as_str().to_string()),
+                    lease_until_ms: n.lease.as_ref().map(|l| db(l.until_ms)),
+                    reason: n.reason.clone(),
+                    finished_at_ms: n.finished_at_ms.map(db),
+                })
+                .collect();
+            let json = serde_json::to_string(&rows).expect("run writes serialize");
+            let written = sqlx::query(PG_WRITE_RUNS)
+                .bind(json)
+                .execute(&mut *self.conn)
+                .await?
+                .rows_affected();
+            if written != after.len() as u64 {
+                return Err(TxError::Retry(format!(
+                    "{written} of {} runs matched the epoch they were read with",
+                    after.len()
+                )));
+            }
+            return Ok(());
+        }
         for (old, new) in before.chunks(CHUNK).zip(after.chunks(CHUNK)) {
             let sql = format!(
                 "WITH v (id, read_epoch, status, next_step, run_at_ms, attempts, epoch, \
@@ -1049,6 +1218,38 @@ impl Batch<'_> {
 
     async fn write_deliveries(&mut self, rows: &[&DeliveryRecord]) -> Tx<()> {
         const WIDTH: usize = 9;
+        if self.backend == Backend::Postgres {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let rows: Vec<DeliveryWrite> = rows
+                .iter()
+                .map(|rec| {
+                    let (deadline_ms, retryable) = match rec.state {
+                        DeliveryState::Sending { deadline_ms } => (Some(db(deadline_ms)), None),
+                        DeliveryState::Failed { retryable } => (None, Some(retryable as i64)),
+                        _ => (None, None),
+                    };
+                    DeliveryWrite {
+                        run_id: hex::encode(rec.key.run.0.as_bytes()),
+                        step: rec.key.step as i64,
+                        state: rec.state.as_str(),
+                        deadline_ms,
+                        retryable,
+                        epoch: db(rec.epoch),
+                        attempts: rec.attempts as i64,
+                        provider_message_id: rec.provider_message_id.clone(),
+                        last_error: rec.last_error.clone(),
+                    }
+                })
+                .collect();
+            let json = serde_json::to_string(&rows).expect("delivery writes serialize");
+            sqlx::query(PG_WRITE_DELIVERIES)
+                .bind(json)
+                .execute(&mut *self.conn)
+                .await?;
+            return Ok(());
+        }
         for chunk in rows.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES {} \
@@ -1085,6 +1286,47 @@ impl Batch<'_> {
     /// Makes the oldest waiting run of each conversation its head, where
     /// the conversation has none.
     async fn promote(&mut self, conversations: &BTreeSet<(TenantId, Recipient)>) -> Tx<()> {
+        if self.backend == Backend::Postgres {
+            #[derive(serde::Serialize)]
+            struct Conversation<'a> {
+                tenant: &'a str,
+                recipient: &'a str,
+            }
+            let json = serde_json::to_string(
+                &conversations
+                    .iter()
+                    .map(|(tenant, to)| Conversation {
+                        tenant: tenant.as_str(),
+                        recipient: to.as_str(),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .expect("conversations serialize");
+            // Under read committed, a waiting run cancelled or promoted
+            // elsewhere while this ran is skipped without promoting the one
+            // after it; the statement counts what it meant to promote, and
+            // when it fell short, a fresh pass (a new snapshot) looks again.
+            for pass in 0.. {
+                let row = sqlx::query(PG_PROMOTE)
+                    .bind(json.clone())
+                    .fetch_one(&mut *self.conn)
+                    .await?;
+                let wanted: i64 = row.try_get(0)?;
+                let promoted: i64 = row.try_get(1)?;
+                if promoted > 0 {
+                    self.notify = true;
+                }
+                if promoted >= wanted {
+                    return Ok(());
+                }
+                if pass >= 4 {
+                    return Err(TxError::Retry(format!(
+                        "{} conversations still have no head",
+                        wanted - promoted
+                    )));
+                }
+            }
+        }
         let all: Vec<&(TenantId, Recipient)> = conversations.iter().collect();
         for chunk in all.chunks(CHUNK) {
             let values = tuples(chunk.len(), 2);
@@ -1100,45 +1342,13 @@ impl Batch<'_> {
                          SELECT 1 FROM runs h \
                          WHERE h.tenant = c.tenant AND h.recipient = c.recipient AND h.is_head))"
             );
-            // Under PostgreSQL's read committed, a waiting run cancelled
-            // while this ran is skipped without promoting the one after
-            // it; look again until every conversation has a head or
-            // nothing waiting. SQLite's one writer never needs a second
-            // pass.
-            let headless = format!(
-                "WITH c (tenant, recipient) AS (VALUES {values}) \
-                 SELECT COUNT(*) FROM c \
-                 WHERE NOT EXISTS (SELECT 1 FROM runs h \
-                                   WHERE h.tenant = c.tenant AND h.recipient = c.recipient \
-                                     AND h.is_head) \
-                   AND EXISTS (SELECT 1 FROM runs w \
-                               WHERE w.tenant = c.tenant AND w.recipient = c.recipient \
-                                 AND w.status = 'pending' AND NOT w.is_head)"
-            );
-            for pass in 0.. {
-                let mut q = sqlx::query(&promote);
-                for (tenant, to) in chunk {
-                    q = q.bind(tenant.as_str()).bind(to.as_str());
-                }
-                if q.execute(&mut *self.conn).await?.rows_affected() > 0 {
-                    self.notify = true;
-                }
-                if self.backend == Backend::Sqlite {
-                    break;
-                }
-                let mut q = sqlx::query(&headless);
-                for (tenant, to) in chunk {
-                    q = q.bind(tenant.as_str()).bind(to.as_str());
-                }
-                let left: i64 = q.fetch_one(&mut *self.conn).await?.try_get(0)?;
-                if left == 0 {
-                    break;
-                }
-                if pass >= 4 {
-                    return Err(TxError::Retry(format!(
-                        "{left} conversations still have no head"
-                    )));
-                }
+            // SQLite's one writer sees no concurrent change: one pass.
+            let mut q = sqlx::query(&promote);
+            for (tenant, to) in chunk {
+                q = q.bind(tenant.as_str()).bind(to.as_str());
+            }
+            if q.execute(&mut *self.conn).await?.rows_affected() > 0 {
+                self.notify = true;
             }
         }
         Ok(())
