@@ -37,7 +37,7 @@ use sqlx::{AnyConnection, AnyPool};
 use sqlx::{Connection, Executor, Row};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, LazyLock, Once};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -520,34 +520,71 @@ fn delivery_from_row(row: &AnyRow) -> Tx<DeliveryRecord> {
     })
 }
 
-/// PostgreSQL's row statements take their rows as one JSON parameter, so
-/// each has one text whatever the batch size: prepared once per connection,
-/// never re-parsed or re-planned for a new size. The id lists go through
-/// `= ANY(ARRAY(…))`, an index condition, so the plan stays an index probe
-/// per row however the planner sizes the table.
+/// The row statements take their rows as one JSON parameter, so each has
+/// one text whatever the batch size: prepared once per connection, never
+/// re-parsed or re-planned for a new size, and one bind instead of
+/// thousands. In PostgreSQL the id lists go through `= ANY(ARRAY(…))`, an
+/// index condition, so the plan stays an index probe per row however the
+/// planner sizes the table (a join against a `VALUES` list of 200 rows was
+/// planned as a sequential scan of `runs`).
 fn hex_ids<'a>(ids: impl Iterator<Item = &'a RunId>) -> String {
     let ids: Vec<String> = ids.map(|id| hex::encode(id.0.as_bytes())).collect();
     serde_json::to_string(&ids).expect("ids serialize")
 }
 
-const PG_IDS: &str = "ARRAY(SELECT decode(x, 'hex') FROM json_array_elements_text($1::json) AS x)";
+/// One backend's row statements.
+struct RowSql {
+    load_runs: String,
+    load_runs_locked: String,
+    load_deliveries: String,
+    load_deliveries_locked: String,
+    write_runs: &'static str,
+    write_deliveries: String,
+    promote: &'static str,
+}
 
-static PG_LOAD_RUNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY({PG_IDS}) ORDER BY id")
-});
-static PG_LOAD_RUNS_LOCKED: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{} FOR UPDATE", &*PG_LOAD_RUNS));
+fn row_sql(backend: Backend) -> &'static RowSql {
+    static POSTGRES: LazyLock<RowSql> = LazyLock::new(|| {
+        let ids = "ARRAY(SELECT decode(x, 'hex') FROM json_array_elements_text($1::json) AS x)";
+        let runs = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY({ids}) ORDER BY id");
+        let deliveries = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE run_id = ANY({ids}) \
+             ORDER BY run_id, step"
+        );
+        RowSql {
+            load_runs_locked: format!("{runs} FOR UPDATE"),
+            load_runs: runs,
+            load_deliveries_locked: format!("{deliveries} FOR UPDATE"),
+            load_deliveries: deliveries,
+            write_runs: PG_WRITE_RUNS,
+            write_deliveries: format!("{PG_WRITE_DELIVERIES}{UPSERT_DELIVERY}"),
+            promote: PG_PROMOTE,
+        }
+    });
+    static SQLITE: LazyLock<RowSql> = LazyLock::new(|| {
+        let ids = "SELECT unhex(value) FROM json_each($1)";
+        let runs = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({ids}) ORDER BY id");
+        let deliveries = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE run_id IN ({ids}) \
+             ORDER BY run_id, step"
+        );
+        RowSql {
+            load_runs_locked: runs.clone(),
+            load_runs: runs,
+            load_deliveries_locked: deliveries.clone(),
+            load_deliveries: deliveries,
+            write_runs: SQLITE_WRITE_RUNS,
+            write_deliveries: format!("{SQLITE_WRITE_DELIVERIES}{UPSERT_DELIVERY}"),
+            promote: SQLITE_PROMOTE,
+        }
+    });
+    match backend {
+        Backend::Postgres => &POSTGRES,
+        Backend::Sqlite => &SQLITE,
+    }
+}
 
-const PG_LOAD_DELIVERIES: &str = "SELECT run_id, step, state, deadline_ms, retryable, epoch, \
-     attempts, provider_message_id, last_error FROM deliveries \
-     WHERE run_id = ANY(ARRAY(SELECT decode(x, 'hex') FROM json_array_elements_text($1::json) AS x)) \
-     ORDER BY run_id, step";
-const PG_LOAD_DELIVERIES_LOCKED: &str = "SELECT run_id, step, state, deadline_ms, retryable, \
-     epoch, attempts, provider_message_id, last_error FROM deliveries \
-     WHERE run_id = ANY(ARRAY(SELECT decode(x, 'hex') FROM json_array_elements_text($1::json) AS x)) \
-     ORDER BY run_id, step FOR UPDATE";
-
-/// One run's write-back, as `json_to_recordset` reads it.
+/// One run's write-back, as the statements read it.
 #[derive(serde::Serialize)]
 struct RunWrite {
     id: String,
@@ -563,6 +600,7 @@ struct RunWrite {
     finished_at_ms: Option<i64>,
 }
 
+/// Writes runs back where their epoch is still the one they were read with.
 const PG_WRITE_RUNS: &str = "UPDATE runs SET status = v.status, next_step = v.next_step, \
          run_at_ms = v.run_at_ms, attempts = v.attempts, epoch = v.epoch, \
          lease_owner = v.lease_owner, lease_until_ms = v.lease_until_ms, \
@@ -573,6 +611,55 @@ const PG_WRITE_RUNS: &str = "UPDATE runs SET status = v.status, next_step = v.ne
          lease_owner text, lease_until_ms bigint, reason text, finished_at_ms bigint) \
      WHERE runs.id = decode(v.id, 'hex') AND runs.epoch = v.read_epoch \
        AND runs.id = ANY(ARRAY(SELECT decode(x->>'id', 'hex') FROM json_array_elements($1::json) AS x))";
+
+const SQLITE_WRITE_RUNS: &str = "UPDATE runs SET status = v.status, next_step = v.next_step, \
+         run_at_ms = v.run_at_ms, attempts = v.attempts, epoch = v.epoch, \
+         lease_owner = v.lease_owner, lease_until_ms = v.lease_until_ms, \
+         reason = v.reason, finished_at_ms = v.finished_at_ms, \
+         is_head = (runs.is_head AND v.status IN ('pending', 'leased')) \
+     FROM (SELECT unhex(value->>'id') AS id, value->>'read_epoch' AS read_epoch, \
+             value->>'status' AS status, value->>'next_step' AS next_step, \
+             value->>'run_at_ms' AS run_at_ms, value->>'attempts' AS attempts, \
+             value->>'epoch' AS epoch, value->>'lease_owner' AS lease_owner, \
+             value->>'lease_until_ms' AS lease_until_ms, value->>'reason' AS reason, \
+             value->>'finished_at_ms' AS finished_at_ms \
+           FROM json_each($1)) AS v \
+     WHERE runs.id = v.id AND runs.epoch = v.read_epoch";
+
+/// One ledger row's upsert, as the statements read it.
+#[derive(serde::Serialize)]
+struct DeliveryWrite {
+    run_id: String,
+    step: i64,
+    state: &'static str,
+    deadline_ms: Option<i64>,
+    retryable: Option<i64>,
+    epoch: i64,
+    attempts: i64,
+    provider_message_id: Option<String>,
+    last_error: Option<String>,
+}
+
+const UPSERT_DELIVERY: &str = " ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state, \
+         deadline_ms = excluded.deadline_ms, retryable = excluded.retryable, \
+         epoch = excluded.epoch, attempts = excluded.attempts, \
+         provider_message_id = excluded.provider_message_id, \
+         last_error = excluded.last_error";
+
+const PG_WRITE_DELIVERIES: &str = "INSERT INTO deliveries (run_id, step, state, deadline_ms, \
+         retryable, epoch, attempts, provider_message_id, last_error) \
+     SELECT decode(v.run_id, 'hex'), v.step, v.state, v.deadline_ms, v.retryable, v.epoch, \
+         v.attempts, v.provider_message_id, v.last_error \
+     FROM json_to_recordset($1::json) AS v (run_id text, step integer, state text, \
+         deadline_ms bigint, retryable integer, epoch bigint, attempts integer, \
+         provider_message_id text, last_error text)";
+
+const SQLITE_WRITE_DELIVERIES: &str = "INSERT INTO deliveries (run_id, step, state, \
+         deadline_ms, retryable, epoch, attempts, provider_message_id, last_error) \
+     SELECT unhex(value->>'run_id'), value->>'step', value->>'state', value->>'deadline_ms', \
+         value->>'retryable', value->>'epoch', value->>'attempts', \
+         value->>'provider_message_id', value->>'last_error' \
+     FROM json_each($1) WHERE true";
 
 /// Makes the oldest waiting run of each listed conversation its head,
 /// where it has none; answers how many it meant to promote and how many it
@@ -595,32 +682,19 @@ const PG_PROMOTE: &str = "WITH wanted AS ( \
      SELECT (SELECT COUNT(*) FROM wanted WHERE seq IS NOT NULL), \
             (SELECT COUNT(*) FROM promoted)";
 
-/// One ledger row's upsert, as `json_to_recordset` reads it.
-#[derive(serde::Serialize)]
-struct DeliveryWrite {
-    run_id: String,
-    step: i64,
-    state: &'static str,
-    deadline_ms: Option<i64>,
-    retryable: Option<i64>,
-    epoch: i64,
-    attempts: i64,
-    provider_message_id: Option<String>,
-    last_error: Option<String>,
-}
-
-const PG_WRITE_DELIVERIES: &str = "INSERT INTO deliveries (run_id, step, state, deadline_ms, \
-         retryable, epoch, attempts, provider_message_id, last_error) \
-     SELECT decode(v.run_id, 'hex'), v.step, v.state, v.deadline_ms, v.retryable, v.epoch, \
-         v.attempts, v.provider_message_id, v.last_error \
-     FROM json_to_recordset($1::json) AS v (run_id text, step integer, state text, \
-         deadline_ms bigint, retryable integer, epoch bigint, attempts integer, \
-         provider_message_id text, last_error text) \
-     ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state, \
-         deadline_ms = excluded.deadline_ms, retryable = excluded.retryable, \
-         epoch = excluded.epoch, attempts = excluded.attempts, \
-         provider_message_id = excluded.provider_message_id, \
-         last_error = excluded.last_error";
+/// The same for SQLite, whose one writer needs no re-check: everything it
+/// meant to promote, it did.
+const SQLITE_PROMOTE: &str = "UPDATE runs SET is_head = TRUE \
+     WHERE status = 'pending' AND NOT is_head AND seq IN ( \
+         SELECT (SELECT w.seq FROM runs w \
+                 WHERE w.tenant = c.tenant AND w.recipient = c.recipient \
+                   AND w.status = 'pending' AND NOT w.is_head \
+                 ORDER BY w.seq LIMIT 1) \
+         FROM (SELECT value->>'tenant' AS tenant, value->>'recipient' AS recipient \
+               FROM json_each($1)) AS c \
+         WHERE NOT EXISTS (SELECT 1 FROM runs h \
+                           WHERE h.tenant = c.tenant AND h.recipient = c.recipient \
+                             AND h.is_head))";
 
 /// One transaction's worth of ops.
 struct Batch<'c> {
@@ -653,13 +727,6 @@ fn delivery_key(op: &StoreOp) -> Option<DeliveryKey> {
 }
 
 impl Batch<'_> {
-    fn lock(&self) -> &'static str {
-        match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        }
-    }
-
     async fn apply_all(&mut self, ops: Vec<StoreOp>) -> Tx<Vec<StoreReply>> {
         let mut replies = Vec::with_capacity(ops.len());
         let mut ops = ops.into_iter().peekable();
@@ -963,89 +1030,55 @@ impl Batch<'_> {
         ))
     }
 
-    /// Loads runs by id, locked for the rest of the transaction.
+    /// Loads runs by id, locked for the rest of the transaction when
+    /// `lock` (SQLite's one writer already holds the database).
     async fn load_runs(
         &mut self,
         ids: &BTreeSet<RunId>,
         lock: bool,
     ) -> Tx<BTreeMap<RunId, RunRecord>> {
         let mut out = BTreeMap::new();
-        if self.backend == Backend::Postgres {
-            let sql = if lock {
-                &*PG_LOAD_RUNS_LOCKED
-            } else {
-                &*PG_LOAD_RUNS
-            };
-            let rows = sqlx::query(sql)
-                .bind(hex_ids(ids.iter()))
-                .fetch_all(&mut *self.conn)
-                .await?;
-            for row in rows {
-                let record = run_from_row(&row)?;
-                out.insert(record.id, record);
-            }
+        if ids.is_empty() {
             return Ok(out);
         }
-        let ids: Vec<&RunId> = ids.iter().collect();
-        for chunk in ids.chunks(CHUNK) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({}) ORDER BY id{}",
-                marks.join(", "),
-                if lock { self.lock() } else { "" }
-            );
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id.0.as_bytes().to_vec());
-            }
-            for row in q.fetch_all(&mut *self.conn).await? {
-                let record = run_from_row(&row)?;
-                out.insert(record.id, record);
-            }
+        let sql = row_sql(self.backend);
+        let rows = sqlx::query(if lock {
+            &sql.load_runs_locked
+        } else {
+            &sql.load_runs
+        })
+        .bind(hex_ids(ids.iter()))
+        .fetch_all(&mut *self.conn)
+        .await?;
+        for row in rows {
+            let record = run_from_row(&row)?;
+            out.insert(record.id, record);
         }
         Ok(out)
     }
 
-    /// Loads the ledger rows of these runs, locked.
+    /// Loads the ledger rows of these runs, locked when `lock`.
     async fn load_deliveries(
         &mut self,
         runs: &BTreeSet<RunId>,
         lock: bool,
     ) -> Tx<BTreeMap<DeliveryKey, DeliveryRecord>> {
         let mut out = BTreeMap::new();
-        if self.backend == Backend::Postgres {
-            let sql = if lock {
-                PG_LOAD_DELIVERIES_LOCKED
-            } else {
-                PG_LOAD_DELIVERIES
-            };
-            let rows = sqlx::query(sql)
-                .bind(hex_ids(runs.iter()))
-                .fetch_all(&mut *self.conn)
-                .await?;
-            for row in rows {
-                let record = delivery_from_row(&row)?;
-                out.insert(record.key, record);
-            }
+        if runs.is_empty() {
             return Ok(out);
         }
-        let ids: Vec<&RunId> = runs.iter().collect();
-        for chunk in ids.chunks(CHUNK) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE run_id IN ({}) \
-                 ORDER BY run_id, step{}",
-                marks.join(", "),
-                if lock { self.lock() } else { "" }
-            );
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id.0.as_bytes().to_vec());
-            }
-            for row in q.fetch_all(&mut *self.conn).await? {
-                let record = delivery_from_row(&row)?;
-                out.insert(record.key, record);
-            }
+        let sql = row_sql(self.backend);
+        let rows = sqlx::query(if lock {
+            &sql.load_deliveries_locked
+        } else {
+            &sql.load_deliveries
+        })
+        .bind(hex_ids(runs.iter()))
+        .fetch_all(&mut *self.conn)
+        .await?;
+        for row in rows {
+            let record = delivery_from_row(&row)?;
+            out.insert(record.key, record);
         }
         Ok(out)
     }
@@ -1142,213 +1175,127 @@ impl Batch<'_> {
     /// Writes changed runs back, each conditional on the epoch it was read
     /// with. A run that became terminal stops being its conversation's head.
     async fn write_runs(&mut self, before: &[RunRecord], after: &[RunRecord]) -> Tx<()> {
-        const WIDTH: usize = 11;
-        if self.backend == Backend::Postgres {
-            if after.is_empty() {
-                return Ok(());
-            }
-            let rows: Vec<RunWrite> = before
-                .iter()
-                .zip(after)
-                .map(|(o, n)| RunWrite {
-                    id: hex::encode(n.id.0.as_bytes()),
-                    read_epoch: db(o.epoch),
-                    status: n.status.as_str(),
-                    next_step: n.cursor as i64,
-                    run_at_ms: db(n.run_at_ms),
-                    attempts: n.attempts as i64,
-                    epoch: db(n.epoch),
-                    lease_owner: n.lease.as_ref().map(|l| l.owner.as_str().to_string()),
-                    lease_until_ms: n.lease.as_ref().map(|l| db(l.until_ms)),
-                    reason: n.reason.clone(),
-                    finished_at_ms: n.finished_at_ms.map(db),
-                })
-                .collect();
-            let json = serde_json::to_string(&rows).expect("run writes serialize");
-            let written = sqlx::query(PG_WRITE_RUNS)
-                .bind(json)
-                .execute(&mut *self.conn)
-                .await?
-                .rows_affected();
-            if written != after.len() as u64 {
-                return Err(TxError::Retry(format!(
-                    "{written} of {} runs matched the epoch they were read with",
-                    after.len()
-                )));
-            }
+        if after.is_empty() {
             return Ok(());
         }
-        for (old, new) in before.chunks(CHUNK).zip(after.chunks(CHUNK)) {
-            let sql = format!(
-                "WITH v (id, read_epoch, status, next_step, run_at_ms, attempts, epoch, \
-                         lease_owner, lease_until_ms, reason, finished_at_ms) AS (VALUES {}) \
-                 UPDATE runs SET status = v.status, next_step = v.next_step, \
-                     run_at_ms = v.run_at_ms, attempts = v.attempts, epoch = v.epoch, \
-                     lease_owner = v.lease_owner, lease_until_ms = v.lease_until_ms, \
-                     reason = v.reason, finished_at_ms = v.finished_at_ms, \
-                     is_head = (runs.is_head AND v.status IN ('pending', 'leased')) \
-                 FROM v WHERE runs.id = v.id AND runs.epoch = v.read_epoch",
-                tuples(new.len(), WIDTH)
-            );
-            let mut q = sqlx::query(&sql);
-            for (o, n) in old.iter().zip(new) {
-                q = q
-                    .bind(n.id.0.as_bytes().to_vec())
-                    .bind(db(o.epoch))
-                    .bind(n.status.as_str())
-                    .bind(n.cursor as i64)
-                    .bind(db(n.run_at_ms))
-                    .bind(n.attempts as i64)
-                    .bind(db(n.epoch))
-                    .bind(n.lease.as_ref().map(|l| l.owner.as_str().to_string()))
-                    .bind(n.lease.as_ref().map(|l| db(l.until_ms)))
-                    .bind(n.reason.clone())
-                    .bind(n.finished_at_ms.map(db));
-            }
-            let written = q.execute(&mut *self.conn).await?.rows_affected();
-            if written != new.len() as u64 {
-                return Err(TxError::Retry(format!(
-                    "{written} of {} runs matched the epoch they were read with",
-                    new.len()
-                )));
-            }
+        let rows: Vec<RunWrite> = before
+            .iter()
+            .zip(after)
+            .map(|(o, n)| RunWrite {
+                id: hex::encode(n.id.0.as_bytes()),
+                read_epoch: db(o.epoch),
+                status: n.status.as_str(),
+                next_step: n.cursor as i64,
+                run_at_ms: db(n.run_at_ms),
+                attempts: n.attempts as i64,
+                epoch: db(n.epoch),
+                lease_owner: n.lease.as_ref().map(|l| l.owner.as_str().to_string()),
+                lease_until_ms: n.lease.as_ref().map(|l| db(l.until_ms)),
+                reason: n.reason.clone(),
+                finished_at_ms: n.finished_at_ms.map(db),
+            })
+            .collect();
+        let json = serde_json::to_string(&rows).expect("run writes serialize");
+        let written = sqlx::query(row_sql(self.backend).write_runs)
+            .bind(json)
+            .execute(&mut *self.conn)
+            .await?
+            .rows_affected();
+        if written != after.len() as u64 {
+            return Err(TxError::Retry(format!(
+                "{written} of {} runs matched the epoch they were read with",
+                after.len()
+            )));
         }
         Ok(())
     }
 
+    /// Inserts or updates ledger rows.
     async fn write_deliveries(&mut self, rows: &[&DeliveryRecord]) -> Tx<()> {
-        const WIDTH: usize = 9;
-        if self.backend == Backend::Postgres {
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let rows: Vec<DeliveryWrite> = rows
-                .iter()
-                .map(|rec| {
-                    let (deadline_ms, retryable) = match rec.state {
-                        DeliveryState::Sending { deadline_ms } => (Some(db(deadline_ms)), None),
-                        DeliveryState::Failed { retryable } => (None, Some(retryable as i64)),
-                        _ => (None, None),
-                    };
-                    DeliveryWrite {
-                        run_id: hex::encode(rec.key.run.0.as_bytes()),
-                        step: rec.key.step as i64,
-                        state: rec.state.as_str(),
-                        deadline_ms,
-                        retryable,
-                        epoch: db(rec.epoch),
-                        attempts: rec.attempts as i64,
-                        provider_message_id: rec.provider_message_id.clone(),
-                        last_error: rec.last_error.clone(),
-                    }
-                })
-                .collect();
-            let json = serde_json::to_string(&rows).expect("delivery writes serialize");
-            sqlx::query(PG_WRITE_DELIVERIES)
-                .bind(json)
-                .execute(&mut *self.conn)
-                .await?;
+        if rows.is_empty() {
             return Ok(());
         }
-        for chunk in rows.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES {} \
-                 ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state, \
-                     deadline_ms = excluded.deadline_ms, retryable = excluded.retryable, \
-                     epoch = excluded.epoch, attempts = excluded.attempts, \
-                     provider_message_id = excluded.provider_message_id, \
-                     last_error = excluded.last_error",
-                tuples(chunk.len(), WIDTH)
-            );
-            let mut q = sqlx::query(&sql);
-            for rec in chunk {
-                let (deadline, retryable) = match rec.state {
+        let rows: Vec<DeliveryWrite> = rows
+            .iter()
+            .map(|rec| {
+                let (deadline_ms, retryable) = match rec.state {
                     DeliveryState::Sending { deadline_ms } => (Some(db(deadline_ms)), None),
                     DeliveryState::Failed { retryable } => (None, Some(retryable as i64)),
                     _ => (None, None),
                 };
-                q = q
-                    .bind(rec.key.run.0.as_bytes().to_vec())
-                    .bind(rec.key.step as i64)
-                    .bind(rec.state.as_str())
-                    .bind(deadline)
-                    .bind(retryable)
-                    .bind(db(rec.epoch))
-                    .bind(rec.attempts as i64)
-                    .bind(rec.provider_message_id.clone())
-                    .bind(rec.last_error.clone());
-            }
-            q.execute(&mut *self.conn).await?;
-        }
+                DeliveryWrite {
+                    run_id: hex::encode(rec.key.run.0.as_bytes()),
+                    step: rec.key.step as i64,
+                    state: rec.state.as_str(),
+                    deadline_ms,
+                    retryable,
+                    epoch: db(rec.epoch),
+                    attempts: rec.attempts as i64,
+                    provider_message_id: rec.provider_message_id.clone(),
+                    last_error: rec.last_error.clone(),
+                }
+            })
+            .collect();
+        let json = serde_json::to_string(&rows).expect("delivery writes serialize");
+        sqlx::query(&row_sql(self.backend).write_deliveries)
+            .bind(json)
+            .execute(&mut *self.conn)
+            .await?;
         Ok(())
     }
 
     /// Makes the oldest waiting run of each conversation its head, where
     /// the conversation has none.
     async fn promote(&mut self, conversations: &BTreeSet<(TenantId, Recipient)>) -> Tx<()> {
-        if self.backend == Backend::Postgres {
-            #[derive(serde::Serialize)]
-            struct Conversation<'a> {
-                tenant: &'a str,
-                recipient: &'a str,
-            }
-            let json = serde_json::to_string(
-                &conversations
-                    .iter()
-                    .map(|(tenant, to)| Conversation {
-                        tenant: tenant.as_str(),
-                        recipient: to.as_str(),
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .expect("conversations serialize");
-            // Under read committed, a waiting run cancelled or promoted
-            // elsewhere while this ran is skipped without promoting the one
-            // after it; the statement counts what it meant to promote, and
-            // when it fell short, a fresh pass (a new snapshot) looks again.
-            for pass in 0.. {
-                let row = sqlx::query(PG_PROMOTE)
-                    .bind(json.clone())
-                    .fetch_one(&mut *self.conn)
-                    .await?;
-                let wanted: i64 = row.try_get(0)?;
-                let promoted: i64 = row.try_get(1)?;
-                if promoted > 0 {
-                    self.notify = true;
-                }
-                if promoted >= wanted {
-                    return Ok(());
-                }
-                if pass >= 4 {
-                    return Err(TxError::Retry(format!(
-                        "{} conversations still have no head",
-                        wanted - promoted
-                    )));
-                }
-            }
+        #[derive(serde::Serialize)]
+        struct Conversation<'a> {
+            tenant: &'a str,
+            recipient: &'a str,
         }
-        let all: Vec<&(TenantId, Recipient)> = conversations.iter().collect();
-        for chunk in all.chunks(CHUNK) {
-            let values = tuples(chunk.len(), 2);
-            let promote = format!(
-                "WITH c (tenant, recipient) AS (VALUES {values}) \
-                 UPDATE runs SET is_head = TRUE \
-                 WHERE status = 'pending' AND NOT is_head AND seq IN ( \
-                     SELECT (SELECT w.seq FROM runs w \
-                             WHERE w.tenant = c.tenant AND w.recipient = c.recipient \
-                               AND w.status = 'pending' AND NOT w.is_head \
-                             ORDER BY w.seq LIMIT 1) \
-                     FROM c WHERE NOT EXISTS ( \
-                         SELECT 1 FROM runs h \
-                         WHERE h.tenant = c.tenant AND h.recipient = c.recipient AND h.is_head))"
-            );
-            // SQLite's one writer sees no concurrent change: one pass.
-            let mut q = sqlx::query(&promote);
-            for (tenant, to) in chunk {
-                q = q.bind(tenant.as_str()).bind(to.as_str());
-            }
-            if q.execute(&mut *self.conn).await?.rows_affected() > 0 {
+        let json = serde_json::to_string(
+            &conversations
+                .iter()
+                .map(|(tenant, to)| Conversation {
+                    tenant: tenant.as_str(),
+                    recipient: to.as_str(),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .expect("conversations serialize");
+        // Under PostgreSQL's read committed, a waiting run cancelled or
+        // promoted elsewhere while this ran is skipped without promoting the
+        // one after it; the statement counts what it meant to promote, and
+        // when it fell short, a fresh pass (a new snapshot) looks again.
+        // SQLite's one writer sees no concurrent change: one pass does.
+        if self.backend == Backend::Sqlite {
+            let promoted = sqlx::query(row_sql(self.backend).promote)
+                .bind(json)
+                .execute(&mut *self.conn)
+                .await?
+                .rows_affected();
+            if promoted > 0 {
                 self.notify = true;
+            }
+            return Ok(());
+        }
+        for pass in 0.. {
+            let row = sqlx::query(row_sql(self.backend).promote)
+                .bind(json.clone())
+                .fetch_one(&mut *self.conn)
+                .await?;
+            let wanted: i64 = row.try_get(0)?;
+            let promoted: i64 = row.try_get(1)?;
+            if promoted > 0 {
+                self.notify = true;
+            }
+            if promoted >= wanted {
+                break;
+            }
+            if pass >= 4 {
+                return Err(TxError::Retry(format!(
+                    "{} conversations still have no head",
+                    wanted - promoted
+                )));
             }
         }
         Ok(())
