@@ -200,8 +200,6 @@ struct Tally {
     sent: AtomicU64,
     duplicates: AtomicU64,
     transactions: AtomicU64,
-    /// Enqueue transactions during the drain (under `--rate`).
-    enqueue_transactions: AtomicU64,
     progress: Notify,
 }
 
@@ -324,7 +322,6 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         sent: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         transactions: AtomicU64::new(0),
-        enqueue_transactions: AtomicU64::new(0),
         progress: Notify::new(),
     });
     let counted = CountingStore {
@@ -340,6 +337,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     }
     let start_us = tally.now_us();
     let txn_start = db.transactions();
+    let enqueue_txn_start = db.enqueue_transactions();
     let (stop_tx, stop_rx) = watch::channel(false);
     let drain = Drain::start(args, &counted, &clock, &wakeups, stop_rx).await?;
     let enqueuer = args.rate.map(|rate| {
@@ -351,6 +349,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let outcome = wait_for_all(&tally, total_msgs, Duration::from_secs(args.stall_secs)).await;
     let end_us = tally.now_us();
     let txn_end = db.transactions();
+    let enqueue_txn_end = db.enqueue_transactions();
     let _ = stop_tx.send(true);
     if let Some(e) = enqueuer {
         e.await.context("the enqueuer panicked")??;
@@ -395,7 +394,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         txn_per_msg: match (txn_start, txn_end) {
             (Some(a), Some(b)) => b
                 .saturating_sub(a)
-                .saturating_sub(tally.enqueue_transactions.load(Ordering::Relaxed))
+                .saturating_sub(enqueue_txn_end.saturating_sub(enqueue_txn_start))
                 as f64,
             _ => tally.transactions.load(Ordering::Relaxed) as f64,
         } / total_msgs as f64,
@@ -457,7 +456,6 @@ async fn enqueue_chunk(
         .apply_batch(ops)
         .await
         .context("cannot enqueue the bench's runs")?;
-    tally.enqueue_transactions.fetch_add(1, Ordering::Relaxed);
     for (run, reply) in chunk.iter().zip(replies) {
         match reply {
             StoreReply::Enqueued { created: true, .. } => {}
@@ -484,12 +482,14 @@ async fn enqueue_all(
 }
 
 /// Open loop: run `i` is due `i / rate` seconds after the start, whatever
-/// the workers are doing; every millisecond, whatever is due goes in.
+/// the workers are doing; every millisecond, whatever is due goes in, each
+/// run as its own `Store::apply` as the trigger API does it (the store's
+/// group commit gathers the concurrent ones into shared transactions).
 async fn enqueue_at(
     db: &Db,
     runs: Vec<NewRun>,
     rate: u32,
-    tally: &Tally,
+    tally: &Arc<Tally>,
     wakeups: &[Arc<Notify>],
     clock: &TokioClock,
 ) -> anyhow::Result<()> {
@@ -497,13 +497,36 @@ async fn enqueue_at(
     let mut next = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pending = tokio::task::JoinSet::new();
+    let wakeups: Arc<[Arc<Notify>]> = wakeups.into();
     while next < runs.len() {
         tick.tick().await;
         let due = ((start.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1).min(runs.len());
-        for chunk in runs[next..due].chunks(ENQUEUE_CHUNK) {
-            enqueue_chunk(db, chunk, tally, wakeups, clock).await?;
+        for run in &runs[next..due] {
+            let (db, tally, wakeups) = (db.clone(), tally.clone(), wakeups.clone());
+            let (run, now_ms) = (run.clone(), clock.now_ms());
+            tally.enqueued_us[tally.index[&run.id] as usize]
+                .store(tally.now_us(), Ordering::Relaxed);
+            pending.spawn(async move {
+                let id = run.id;
+                match db.apply(StoreOp::Enqueue { run, now_ms }).await {
+                    Ok(StoreReply::Enqueued { created: true, .. }) => {}
+                    Ok(other) => bail!("enqueueing run {id} was answered {other:?}"),
+                    Err(e) => bail!("cannot enqueue run {id}: {e}"),
+                }
+                for w in wakeups.iter() {
+                    w.notify_one();
+                }
+                Ok(())
+            });
         }
         next = due.max(next);
+        while let Some(done) = pending.try_join_next() {
+            done.context("an enqueue panicked")??;
+        }
+    }
+    while let Some(done) = pending.join_next().await {
+        done.context("an enqueue panicked")??;
     }
     Ok(())
 }

@@ -196,6 +196,15 @@ impl Db {
         }
     }
 
+    /// Transactions the enqueue lane of the group commit has begun so far
+    /// (0 in memory).
+    pub fn enqueue_transactions(&self) -> u64 {
+        match self {
+            Db::Memory(_) => 0,
+            Db::Sql(s) => s.enqueue_batches(),
+        }
+    }
+
     /// Transactions the SQL store has committed so far (`None` in memory,
     /// where every call is its own).
     pub fn transactions(&self) -> Option<u64> {

@@ -21,6 +21,8 @@ use super::Store;
 use crate::coalesce::{CoalesceOptions, Coalescer};
 use oncesend_core::store::{rules, StoreUnavailable};
 use oncesend_core::{StoreOp, StoreReply};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 type Lane = Coalescer<StoreOp, Result<StoreReply, StoreUnavailable>>;
 
@@ -30,6 +32,7 @@ pub struct GroupCommit<S> {
     inner: S,
     rows: Lane,
     enqueues: Lane,
+    enqueue_batches: Arc<AtomicU64>,
 }
 
 /// Whether `op` is a write to one run or one ledger row.
@@ -49,9 +52,13 @@ impl<S: Store> GroupCommit<S> {
     /// transaction and `options.in_flight` transactions at once per lane.
     /// Must be called on a tokio runtime.
     pub fn new(inner: S, options: CoalesceOptions) -> Self {
-        let lane = |inner: S| {
+        let enqueue_batches = Arc::new(AtomicU64::new(0));
+        let lane = |inner: S, count: Option<Arc<AtomicU64>>| {
             Coalescer::spawn(options, move |ops: Vec<StoreOp>| {
                 let inner = inner.clone();
+                if let Some(count) = &count {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
                 async move {
                     let n = ops.len();
                     match inner.apply_batch(ops).await {
@@ -62,10 +69,16 @@ impl<S: Store> GroupCommit<S> {
             })
         };
         Self {
-            rows: lane(inner.clone()),
-            enqueues: lane(inner.clone()),
+            rows: lane(inner.clone(), None),
+            enqueues: lane(inner.clone(), Some(enqueue_batches.clone())),
+            enqueue_batches,
             inner,
         }
+    }
+
+    /// Batches the enqueue lane has handed to the store so far.
+    pub fn enqueue_batches(&self) -> u64 {
+        self.enqueue_batches.load(Ordering::Relaxed)
     }
 
     /// The store underneath.

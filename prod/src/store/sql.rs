@@ -541,6 +541,11 @@ struct RowSql {
     write_runs: &'static str,
     write_deliveries: String,
     promote: &'static str,
+    find_trigger_keys: &'static str,
+    find_runs: String,
+    lock_heads: &'static str,
+    insert_runs: &'static str,
+    insert_trigger_keys: &'static str,
 }
 
 fn row_sql(backend: Backend) -> &'static RowSql {
@@ -559,6 +564,26 @@ fn row_sql(backend: Backend) -> &'static RowSql {
             write_runs: PG_WRITE_RUNS,
             write_deliveries: format!("{PG_WRITE_DELIVERIES}{UPSERT_DELIVERY}"),
             promote: PG_PROMOTE,
+            find_trigger_keys: "SELECT t.tenant, t.key, t.run_id FROM trigger_keys t \
+                 JOIN json_to_recordset($1::json) AS k (tenant text, key text) \
+                   ON t.tenant = k.tenant AND t.key = k.key",
+            find_runs: format!("SELECT id FROM runs WHERE id = ANY({ids})"),
+            lock_heads: "SELECT tenant, recipient FROM runs \
+                 WHERE is_head AND (tenant, recipient) IN ( \
+                     SELECT c.tenant, c.recipient \
+                     FROM json_to_recordset($1::json) AS c (tenant text, recipient text)) \
+                 ORDER BY id FOR SHARE OF runs",
+            insert_runs: "INSERT INTO runs (id, tenant, flow, recipient, steps, step_count, \
+                     next_step, status, is_head, run_at_ms, attempts, epoch, trigger_key, \
+                     created_at_ms) \
+                 SELECT decode(x->>'id', 'hex'), x->>'tenant', x->>'flow', x->>'recipient', \
+                     x->>'steps', (x->>'step_count')::integer, 0, 'pending', \
+                     (x->>'is_head')::boolean, (x->>'run_at_ms')::bigint, 0, 0, \
+                     x->>'trigger_key', (x->>'created_at_ms')::bigint \
+                 FROM json_array_elements($1::json) WITH ORDINALITY AS e (x, n) ORDER BY n",
+            insert_trigger_keys: "INSERT INTO trigger_keys (tenant, key, run_id) \
+                 SELECT k.tenant, k.key, decode(k.run_id, 'hex') \
+                 FROM json_to_recordset($1::json) AS k (tenant text, key text, run_id text)",
         }
     });
     static SQLITE: LazyLock<RowSql> = LazyLock::new(|| {
@@ -576,12 +601,53 @@ fn row_sql(backend: Backend) -> &'static RowSql {
             write_runs: SQLITE_WRITE_RUNS,
             write_deliveries: format!("{SQLITE_WRITE_DELIVERIES}{UPSERT_DELIVERY}"),
             promote: SQLITE_PROMOTE,
+            find_trigger_keys: "SELECT t.tenant, t.key, t.run_id FROM json_each($1) AS k \
+                 JOIN trigger_keys t \
+                   ON t.tenant = k.value->>'tenant' AND t.key = k.value->>'key'",
+            find_runs: format!("SELECT id FROM runs WHERE id IN ({ids})"),
+            lock_heads: "SELECT tenant, recipient FROM runs \
+                 WHERE is_head AND (tenant, recipient) IN ( \
+                     SELECT value->>'tenant', value->>'recipient' FROM json_each($1))",
+            insert_runs: "INSERT INTO runs (id, tenant, flow, recipient, steps, step_count, \
+                     next_step, status, is_head, run_at_ms, attempts, epoch, trigger_key, \
+                     created_at_ms) \
+                 SELECT unhex(value->>'id'), value->>'tenant', value->>'flow', \
+                     value->>'recipient', value->>'steps', value->>'step_count', 0, 'pending', \
+                     value->>'is_head', value->>'run_at_ms', 0, 0, value->>'trigger_key', \
+                     value->>'created_at_ms' \
+                 FROM json_each($1) ORDER BY key",
+            insert_trigger_keys: "INSERT INTO trigger_keys (tenant, key, run_id) \
+                 SELECT value->>'tenant', value->>'key', unhex(value->>'run_id') \
+                 FROM json_each($1)",
         }
     });
     match backend {
         Backend::Postgres => &POSTGRES,
         Backend::Sqlite => &SQLITE,
     }
+}
+
+/// A trigger key, as the statements read it (`run_id` empty in lookups).
+#[derive(serde::Serialize)]
+struct TriggerKeyRow {
+    tenant: String,
+    key: String,
+    run_id: String,
+}
+
+/// A new run, as the insert reads it.
+#[derive(serde::Serialize)]
+struct RunInsert {
+    id: String,
+    tenant: String,
+    flow: String,
+    recipient: String,
+    steps: String,
+    step_count: i64,
+    is_head: bool,
+    run_at_ms: i64,
+    trigger_key: Option<String>,
+    created_at_ms: i64,
 }
 
 /// One run's write-back, as the statements read it.
@@ -716,6 +782,10 @@ fn is_row_op(op: &StoreOp) -> bool {
         )
 }
 
+fn is_enqueue(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Enqueue { .. })
+}
+
 fn delivery_key(op: &StoreOp) -> Option<DeliveryKey> {
     match op {
         StoreOp::BeginDelivery { key, .. }
@@ -737,6 +807,12 @@ impl Batch<'_> {
                     segment.push(next);
                 }
                 replies.extend(self.rows(segment).await?);
+            } else if is_enqueue(&op) {
+                let mut segment = vec![op];
+                while let Some(next) = ops.next_if(is_enqueue) {
+                    segment.push(next);
+                }
+                replies.extend(self.enqueue(segment).await?);
             } else {
                 replies.push(self.one(op).await?);
             }
@@ -779,7 +855,6 @@ impl Batch<'_> {
                     None => Ok(StoreReply::NotFound),
                 }
             }
-            StoreOp::Enqueue { run, now_ms } => self.enqueue(run, now_ms).await,
             StoreOp::Claim {
                 owner,
                 max,
@@ -840,86 +915,156 @@ impl Batch<'_> {
         Ok(StoreReply::TenantPut { created: !existed })
     }
 
-    async fn enqueue(&mut self, run: NewRun, now_ms: u64) -> Tx<StoreReply> {
-        assert!(!run.steps.is_empty(), "a run has at least one step");
-        if let Some(key) = &run.trigger_key {
-            let existing =
-                sqlx::query("SELECT run_id FROM trigger_keys WHERE tenant = $1 AND key = $2")
-                    .bind(run.tenant.as_str())
-                    .bind(key.as_str())
-                    .fetch_optional(&mut *self.conn)
-                    .await?;
-            if let Some(row) = existing {
-                let id: Vec<u8> = row.try_get(0)?;
-                return Ok(StoreReply::Enqueued {
-                    run: run_id(&id)?,
-                    created: false,
+    /// Enqueues a run of consecutive `Enqueue` ops set-wise: one read of
+    /// the trigger keys, one of the ids, one that locks the conversations'
+    /// heads, then each op decided in order (a later op sees the runs and
+    /// keys of the earlier ones), one insert of the runs and one of the keys.
+    ///
+    /// Every transaction here locks runs in id order (the holders' writes
+    /// too), so two of them wait for each other at worst, never in a cycle.
+    ///
+    /// The heads are locked `FOR SHARE` against a concurrent finish: either
+    /// the finish commits first (and this sees its promotion, or no head and
+    /// makes its run the head) or this commits first (and the finish's
+    /// promotion sees these runs).
+    async fn enqueue(&mut self, ops: Vec<StoreOp>) -> Tx<Vec<StoreReply>> {
+        let runs: Vec<(NewRun, u64)> = ops
+            .into_iter()
+            .map(|op| match op {
+                StoreOp::Enqueue { run, now_ms } => {
+                    assert!(!run.steps.is_empty(), "a run has at least one step");
+                    (run, now_ms)
+                }
+                other => unreachable!("{} is not an enqueue", other.name()),
+            })
+            .collect();
+        let sql = row_sql(self.backend);
+
+        let keys: Vec<TriggerKeyRow> = runs
+            .iter()
+            .filter_map(|(run, _)| {
+                run.trigger_key.as_ref().map(|key| TriggerKeyRow {
+                    tenant: run.tenant.as_str().to_string(),
+                    key: key.as_str().to_string(),
+                    run_id: String::new(),
+                })
+            })
+            .collect();
+        let mut known: BTreeMap<(String, String), RunId> = BTreeMap::new();
+        if !keys.is_empty() {
+            let json = serde_json::to_string(&keys).expect("keys serialize");
+            for row in sqlx::query(sql.find_trigger_keys)
+                .bind(json)
+                .fetch_all(&mut *self.conn)
+                .await?
+            {
+                let id: Vec<u8> = row.try_get(2)?;
+                known.insert((row.try_get(0)?, row.try_get(1)?), run_id(&id)?);
+            }
+        }
+
+        let mut taken = BTreeSet::new();
+        for row in sqlx::query(&sql.find_runs)
+            .bind(hex_ids(runs.iter().map(|(run, _)| &run.id)))
+            .fetch_all(&mut *self.conn)
+            .await?
+        {
+            let id: Vec<u8> = row.try_get(0)?;
+            taken.insert(run_id(&id)?);
+        }
+
+        #[derive(serde::Serialize)]
+        struct Conversation<'a> {
+            tenant: &'a str,
+            recipient: &'a str,
+        }
+        let conversations: BTreeSet<(&str, &str)> = runs
+            .iter()
+            .map(|(run, _)| (run.tenant.as_str(), run.to.as_str()))
+            .collect();
+        let json = serde_json::to_string(
+            &conversations
+                .iter()
+                .map(|(tenant, recipient)| Conversation { tenant, recipient })
+                .collect::<Vec<_>>(),
+        )
+        .expect("conversations serialize");
+        let mut headed: BTreeSet<(String, String)> = BTreeSet::new();
+        for row in sqlx::query(sql.lock_heads)
+            .bind(json)
+            .fetch_all(&mut *self.conn)
+            .await?
+        {
+            headed.insert((row.try_get(0)?, row.try_get(1)?));
+        }
+
+        let mut replies = Vec::with_capacity(runs.len());
+        let mut inserts = Vec::new();
+        let mut new_keys = Vec::new();
+        for (run, now_ms) in runs {
+            let tenant = run.tenant.as_str().to_string();
+            if let Some(key) = &run.trigger_key {
+                if let Some(existing) = known.get(&(tenant.clone(), key.as_str().to_string())) {
+                    replies.push(StoreReply::Enqueued {
+                        run: *existing,
+                        created: false,
+                    });
+                    continue;
+                }
+            }
+            if taken.contains(&run.id) {
+                replies.push(StoreReply::Conflict {
+                    reason: format!("run {} already exists", run.id),
+                });
+                continue;
+            }
+            let is_head = headed.insert((tenant.clone(), run.to.as_str().to_string()));
+            if is_head {
+                self.notify = true;
+            }
+            let record = RunRecord::new(run, 0, now_ms);
+            let id = hex::encode(record.id.0.as_bytes());
+            taken.insert(record.id);
+            if let Some(key) = &record.trigger_key {
+                known.insert((tenant.clone(), key.clone()), record.id);
+                new_keys.push(TriggerKeyRow {
+                    tenant: tenant.clone(),
+                    key: key.clone(),
+                    run_id: id.clone(),
                 });
             }
-        }
-        let id = run.id.0.as_bytes().to_vec();
-        let taken = sqlx::query("SELECT 1 FROM runs WHERE id = $1")
-            .bind(id.clone())
-            .fetch_optional(&mut *self.conn)
-            .await?
-            .is_some();
-        if taken {
-            return Ok(StoreReply::Conflict {
-                reason: format!("run {} already exists", run.id),
+            inserts.push(RunInsert {
+                id,
+                tenant,
+                flow: record.flow.as_str().to_string(),
+                recipient: record.to.as_str().to_string(),
+                steps: serde_json::to_string(&record.steps).expect("steps serialize"),
+                step_count: record.steps.len() as i64,
+                is_head,
+                run_at_ms: db(record.run_at_ms),
+                trigger_key: record.trigger_key.clone(),
+                created_at_ms: db(now_ms),
+            });
+            replies.push(StoreReply::Enqueued {
+                run: record.id,
+                created: true,
             });
         }
-        // Lock the conversation's head, if any, against a concurrent finish:
-        // either the finish commits first (and this sees its promotion, or
-        // no head and becomes it) or this commits first (and the finish's
-        // promotion sees this run).
-        let head_sql = match self.backend {
-            Backend::Postgres => {
-                "SELECT seq FROM runs WHERE tenant = $1 AND recipient = $2 AND is_head FOR SHARE"
-            }
-            Backend::Sqlite => {
-                "SELECT seq FROM runs WHERE tenant = $1 AND recipient = $2 AND is_head"
-            }
-        };
-        let has_head = sqlx::query(head_sql)
-            .bind(run.tenant.as_str())
-            .bind(run.to.as_str())
-            .fetch_optional(&mut *self.conn)
-            .await?
-            .is_some();
-        let record = RunRecord::new(run, 0, now_ms);
-        let steps = serde_json::to_string(&record.steps).expect("steps serialize");
-        sqlx::query(
-            "INSERT INTO runs (id, tenant, flow, recipient, steps, step_count, next_step, status, \
-             is_head, run_at_ms, attempts, epoch, trigger_key, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, 'pending', $7, $8, 0, 0, $9, $10)",
-        )
-        .bind(id.clone())
-        .bind(record.tenant.as_str())
-        .bind(record.flow.as_str())
-        .bind(record.to.as_str())
-        .bind(steps)
-        .bind(record.steps.len() as i64)
-        .bind(!has_head)
-        .bind(db(record.run_at_ms))
-        .bind(record.trigger_key.clone())
-        .bind(db(now_ms))
-        .execute(&mut *self.conn)
-        .await?;
-        if let Some(key) = &record.trigger_key {
-            sqlx::query("INSERT INTO trigger_keys (tenant, key, run_id) VALUES ($1, $2, $3)")
-                .bind(record.tenant.as_str())
-                .bind(key.as_str())
-                .bind(id)
+        if !inserts.is_empty() {
+            let json = serde_json::to_string(&inserts).expect("runs serialize");
+            sqlx::query(sql.insert_runs)
+                .bind(json)
                 .execute(&mut *self.conn)
                 .await?;
         }
-        if !has_head {
-            self.notify = true;
+        if !new_keys.is_empty() {
+            let json = serde_json::to_string(&new_keys).expect("keys serialize");
+            sqlx::query(sql.insert_trigger_keys)
+                .bind(json)
+                .execute(&mut *self.conn)
+                .await?;
         }
-        Ok(StoreReply::Enqueued {
-            run: record.id,
-            created: true,
-        })
+        Ok(replies)
     }
 
     async fn claim(
