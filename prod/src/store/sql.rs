@@ -211,6 +211,13 @@ impl SqlStore {
                             }
                         }
                         Backend::Postgres => {
+                            // Plan every execution for the parameters and
+                            // table sizes of now: a plan cached while the
+                            // tables were small (a fresh deployment) would
+                            // scan them whole once they have grown, until an
+                            // autovacuum analyze invalidated it.
+                            conn.execute("SET plan_cache_mode = force_custom_plan")
+                                .await?;
                             if let Some(schema) = schema {
                                 let set = format!("SET search_path TO {schema}");
                                 conn.execute(set.as_str()).await?;
