@@ -12,9 +12,11 @@
 //!   `apply_batch` per step: one claim transaction per batch and one write
 //!   transaction per batch and step.
 //! - `full`: the real worker driver (`run_worker_woken` and the core's
-//!   `Worker`) sending through `HttpEngineClient` to the engine's HTTP API
-//!   on loopback, with the ledger's `BeginDelivery`/`FinishDelivery` in the
-//!   path and the `null` provider at the end.
+//!   `Worker`) sending through `BatchedHttpEngineClient` (as the worker
+//!   daemon does; `--send-batch 1` sends each alone through
+//!   `HttpEngineClient`) to the engine's HTTP API on loopback, with the
+//!   ledger's `BeginDelivery`/`FinishDelivery` in the path and the `null`
+//!   provider at the end.
 //!
 //! How it measures:
 //! - a message is one step of one run;
