@@ -35,7 +35,8 @@ pub struct GroupCommit<S> {
     enqueue_batches: Arc<AtomicU64>,
 }
 
-/// Whether `op` is a write to one run or one ledger row.
+/// Whether `op` is a write to one run or one ledger row: what this module
+/// groups, and what the SQL store decides row by row with the core's rules.
 pub fn is_row_write(op: &StoreOp) -> bool {
     rules::is_run_op(op).is_some()
         || matches!(

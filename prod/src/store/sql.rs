@@ -25,6 +25,7 @@
 //! - **Batches.** Consecutive per-row ops of one [`Store::apply_batch`] call
 //!   are applied with one read and one write per table, in one transaction.
 
+use crate::store::group::is_row_write;
 use crate::store::Store;
 use oncesend_core::store::rules::{self, RunRecord};
 use oncesend_core::store::{QueueStats, StoreUnavailable};
@@ -777,18 +778,6 @@ struct Batch<'c> {
     notify: bool,
 }
 
-/// Ops decided row by row with the core's rules, batched together.
-fn is_row_op(op: &StoreOp) -> bool {
-    rules::is_run_op(op).is_some()
-        || matches!(
-            op,
-            StoreOp::BeginDelivery { .. }
-                | StoreOp::FinishDelivery { .. }
-                | StoreOp::ResolveUnknown { .. }
-                | StoreOp::RecordReceipt { .. }
-        )
-}
-
 fn is_enqueue(op: &StoreOp) -> bool {
     matches!(op, StoreOp::Enqueue { .. })
 }
@@ -808,9 +797,9 @@ impl Batch<'_> {
         let mut replies = Vec::with_capacity(ops.len());
         let mut ops = ops.into_iter().peekable();
         while let Some(op) = ops.next() {
-            if is_row_op(&op) {
+            if is_row_write(&op) {
                 let mut segment = vec![op];
-                while let Some(next) = ops.next_if(is_row_op) {
+                while let Some(next) = ops.next_if(is_row_write) {
                     segment.push(next);
                 }
                 replies.extend(self.rows(segment).await?);
