@@ -12,7 +12,7 @@ use crate::retry::RetryPolicy;
 use crate::rng::SplitMix64;
 use crate::send::{SendRequest, SendResponse};
 use crate::store::{ClaimedRun, StoreOp, StoreReply, StoreUnavailable};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Waits the engine asks for up to this long are waited out with the lease
 /// held; longer ones give the lease up until then.
@@ -179,6 +179,24 @@ struct Held {
     next_heartbeat_ms: u64,
     /// Consecutive failures to reach the engine or store for this step.
     transient: u32,
+    /// The time this run is filed under in [`Worker::timers`].
+    filed_ms: u64,
+}
+
+impl Held {
+    /// The earliest time something falls due for this run with no reply
+    /// arriving: its lease running out, its heartbeat, or its next send or
+    /// repeated write.
+    fn due_ms(&self) -> u64 {
+        let mut due = self.lease_until_ms;
+        if !self.heartbeat_in_flight {
+            due = due.min(self.next_heartbeat_ms);
+        }
+        match &self.stage {
+            Stage::Ready { at_ms } | Stage::WriteAgain { at_ms, .. } => due.min(*at_ms),
+            Stage::Sending | Stage::Writing { .. } => due,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -202,6 +220,11 @@ pub struct Worker {
     config: WorkerConfig,
     rng: SplitMix64,
     held: BTreeMap<RunId, Held>,
+    /// Every held run, by the time it next needs attention, so an event
+    /// looks only at the runs it concerns and the runs that fell due.
+    timers: BTreeSet<(u64, RunId)>,
+    /// Runs an event changed, to be looked at before it returns.
+    touched: Vec<RunId>,
     pending: BTreeMap<OpId, Pending>,
     next_op: OpId,
     claim_in_flight: bool,
@@ -221,6 +244,8 @@ impl Worker {
             config,
             rng: SplitMix64::new(seed),
             held: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            touched: Vec::new(),
             pending: BTreeMap::new(),
             next_op: 0,
             claim_in_flight: false,
@@ -260,22 +285,12 @@ impl Worker {
     /// When to call [`Worker::handle`] with [`WorkerEvent::Tick`] next, if
     /// no reply arrives first.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let mut next: Option<u64> = None;
-        let mut at = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
-        if self.may_claim() {
-            at(self.next_claim_ms);
+        let claim = self.may_claim().then_some(self.next_claim_ms);
+        let run = self.timers.first().map(|&(t, _)| t);
+        match (claim, run) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        for h in self.held.values() {
-            at(h.lease_until_ms);
-            if !h.heartbeat_in_flight {
-                at(h.next_heartbeat_ms);
-            }
-            match &h.stage {
-                Stage::Ready { at_ms } | Stage::WriteAgain { at_ms, .. } => at(*at_ms),
-                Stage::Sending | Stage::Writing { .. } => {}
-            }
-        }
-        next
     }
 
     /// Takes one event at local time `now_ms`, then does whatever is due.
@@ -295,11 +310,13 @@ impl Worker {
             }
             WorkerEvent::StoreReplied { op, reply } => {
                 if let Some(p) = self.pending.remove(&op) {
+                    self.touched.extend(p.run.map(|(id, _)| id));
                     self.on_store(p, reply, now_ms);
                 }
             }
             WorkerEvent::SendReplied { op, reply } => {
                 if let Some(p) = self.pending.remove(&op) {
+                    self.touched.extend(p.run.map(|(id, _)| id));
                     self.on_send(p, reply, now_ms);
                 }
             }
@@ -312,6 +329,50 @@ impl Worker {
             "poll_timeout {:?} is not after now {now_ms}",
             self.poll_timeout()
         );
+        #[cfg(debug_assertions)]
+        self.check_timers();
+    }
+
+    /// Every held run is filed once, under the time it is next due.
+    #[cfg(debug_assertions)]
+    fn check_timers(&self) {
+        assert_eq!(self.timers.len(), self.held.len(), "one timer per held run");
+        for (id, h) in &self.held {
+            assert_eq!(
+                h.filed_ms,
+                h.due_ms(),
+                "run {id} is filed under a stale time"
+            );
+            assert!(
+                self.timers.contains(&(h.filed_ms, *id)),
+                "run {id} is not filed"
+            );
+        }
+    }
+
+    /// Starts holding a claimed run, replacing any earlier hold of it.
+    fn hold(&mut self, held: Held) {
+        let id = held.run.id;
+        if let Some(old) = self.held.insert(id, held) {
+            self.timers.remove(&(old.filed_ms, id));
+        }
+        self.touched.push(id);
+    }
+
+    /// Stops holding a run.
+    fn unhold(&mut self, id: RunId) -> Option<Held> {
+        let h = self.held.remove(&id)?;
+        self.timers.remove(&(h.filed_ms, id));
+        Some(h)
+    }
+
+    /// Files a held run under the time it is next due.
+    fn refile(&mut self, id: RunId) {
+        if let Some(h) = self.held.get_mut(&id) {
+            self.timers.remove(&(h.filed_ms, id));
+            h.filed_ms = h.due_ms();
+            self.timers.insert((h.filed_ms, id));
+        }
     }
 
     fn may_claim(&self) -> bool {
@@ -350,15 +411,28 @@ impl Worker {
     }
 
     fn drop_run(&mut self, id: RunId, why: &'static str) {
-        if let Some(h) = self.held.remove(&id) {
+        if let Some(h) = self.unhold(id) {
             tracing::debug!(worker_id = %self.config.id, run_id = %id, step = h.run.cursor, epoch = h.run.epoch, why, "run let go");
         }
     }
 
     fn drive(&mut self, now_ms: u64) {
-        let ids: Vec<RunId> = self.held.keys().copied().collect();
+        // The runs this event changed and the runs now due, in id order;
+        // nothing is due for any other.
+        let mut ids = std::mem::take(&mut self.touched);
+        ids.extend(
+            self.timers
+                .iter()
+                .take_while(|&&(t, _)| t <= now_ms)
+                .map(|&(_, id)| id),
+        );
+        ids.sort_unstable();
+        ids.dedup();
         for id in ids {
-            self.drive_run(id, now_ms);
+            if self.held.contains_key(&id) {
+                self.drive_run(id, now_ms);
+                self.refile(id);
+            }
         }
         if self.may_claim() && now_ms >= self.next_claim_ms {
             let room = self.config.concurrency - self.held.len();
@@ -384,7 +458,7 @@ impl Worker {
             // claim the run at any moment, so we must not send for it.
             tracing::warn!(worker_id = %self.config.id, run_id = %id, step = h.run.cursor, epoch = h.run.epoch, "lease lapsed before it could be extended; no longer sending for this run");
             self.stats.lease_lost += 1;
-            self.held.remove(&id);
+            self.unhold(id);
             return;
         }
         let epoch = h.run.epoch;
@@ -485,17 +559,15 @@ impl Worker {
                     }
                     tracing::debug!(worker_id = %self.config.id, run_id = %run.id, step = run.cursor, epoch = run.epoch, "claimed");
                     let lease_until_ms = p.sent_at_ms + self.config.lease_ms;
-                    self.held.insert(
-                        run.id,
-                        Held {
-                            run,
-                            lease_until_ms,
-                            stage: Stage::Ready { at_ms: now_ms },
-                            heartbeat_in_flight: false,
-                            next_heartbeat_ms: p.sent_at_ms + self.config.lease_ms / 3,
-                            transient: 0,
-                        },
-                    );
+                    self.hold(Held {
+                        run,
+                        lease_until_ms,
+                        stage: Stage::Ready { at_ms: now_ms },
+                        heartbeat_in_flight: false,
+                        next_heartbeat_ms: p.sent_at_ms + self.config.lease_ms / 3,
+                        transient: 0,
+                        filed_ms: 0,
+                    });
                 }
                 self.next_claim_ms = if full {
                     now_ms
