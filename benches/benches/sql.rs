@@ -49,16 +49,7 @@ async fn open(url: &str, schema: Option<&str>) -> SqlStore {
     )
     .await
     .expect("connect");
-    if let Some(schema) = schema {
-        sqlx::raw_sql(&format!(
-            "DROP TABLE IF EXISTS {schema}.runs, {schema}.deliveries, {schema}.trigger_keys, \
-             {schema}.flows, {schema}.tenants, {schema}._sqlx_migrations CASCADE"
-        ))
-        .execute(store.pool())
-        .await
-        .expect("drop old tables");
-    }
-    store.migrate().await.expect("migrate");
+    store.recreate().await.expect("drop old tables and migrate");
     store
 }
 

@@ -290,6 +290,26 @@ impl SqlStore {
         )))
     }
 
+    /// Drops every table oncesend keeps (in the store's schema, when it has
+    /// one), then migrates afresh: an empty store. For tests and benchmarks
+    /// on a scratch database; never called by the daemons.
+    pub async fn recreate(&self) -> Result<(), StoreUnavailable> {
+        for table in [
+            "runs",
+            "deliveries",
+            "trigger_keys",
+            "flows",
+            "tenants",
+            "_sqlx_migrations",
+        ] {
+            sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}"))
+                .execute(&self.inner.pool)
+                .await
+                .map_err(unavailable)?;
+        }
+        self.migrate().await
+    }
+
     /// Answers when the database does.
     pub async fn ping(&self) -> Result<(), StoreUnavailable> {
         sqlx::query("SELECT 1")
@@ -1161,6 +1181,8 @@ impl Batch<'_> {
                     before.push(record);
                     after.push(leased);
                 }
+                let before: Vec<&RunRecord> = before.iter().collect();
+                let after: Vec<&RunRecord> = after.iter().collect();
                 self.write_runs(&before, &after).await?;
                 out
             }
@@ -1296,8 +1318,8 @@ impl Batch<'_> {
                     // Released for a delay or a retry: due again later.
                     self.notify = true;
                 }
-                old.push(before.clone());
-                new.push(after.clone());
+                old.push(before);
+                new.push(after);
             }
         }
         self.write_runs(&old, &new).await?;
@@ -1315,7 +1337,7 @@ impl Batch<'_> {
 
     /// Writes changed runs back, each conditional on the epoch it was read
     /// with. A run that became terminal stops being its conversation's head.
-    async fn write_runs(&mut self, before: &[RunRecord], after: &[RunRecord]) -> Tx<()> {
+    async fn write_runs(&mut self, before: &[&RunRecord], after: &[&RunRecord]) -> Tx<()> {
         if after.is_empty() {
             return Ok(());
         }

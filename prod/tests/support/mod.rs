@@ -34,15 +34,11 @@ pub async fn pg_store(url: &str, schema: &str, clock: SqlClock, connections: u32
     )
     .await
     .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is set but PostgreSQL does not answer: {e}"));
-    sqlx::raw_sql(&format!(
-        "DROP TABLE IF EXISTS {schema}.run_history; \
-         DROP TABLE IF EXISTS {schema}.runs, {schema}.deliveries, {schema}.trigger_keys, \
-         {schema}.flows, {schema}.tenants, {schema}._sqlx_migrations CASCADE"
-    ))
-    .execute(store.pool())
-    .await
-    .expect("drop old tables");
-    store.migrate().await.expect("migrate");
+    sqlx::raw_sql("DROP TABLE IF EXISTS run_history")
+        .execute(store.pool())
+        .await
+        .expect("drop the old history");
+    store.recreate().await.expect("drop old tables and migrate");
     store
 }
 
