@@ -1067,17 +1067,10 @@ impl Batch<'_> {
             });
         }
         if !inserts.is_empty() {
-            let json = serde_json::to_string(&inserts).expect("runs serialize");
-            sqlx::query(sql.insert_runs)
-                .bind(json)
-                .execute(&mut *self.conn)
-                .await?;
+            self.execute_json(sql.insert_runs, &inserts).await?;
         }
         if !new_keys.is_empty() {
-            let json = serde_json::to_string(&new_keys).expect("keys serialize");
-            sqlx::query(sql.insert_trigger_keys)
-                .bind(json)
-                .execute(&mut *self.conn)
+            self.execute_json(sql.insert_trigger_keys, &new_keys)
                 .await?;
         }
         Ok(replies)
@@ -1335,6 +1328,14 @@ impl Batch<'_> {
         Ok(replies)
     }
 
+    /// Runs a statement that takes its rows as one JSON parameter; answers
+    /// how many rows it changed.
+    async fn execute_json<T: serde::Serialize>(&mut self, sql: &str, rows: &[T]) -> Tx<u64> {
+        let json = serde_json::to_string(rows).expect("rows serialize to JSON");
+        let done = sqlx::query(sql).bind(json).execute(&mut *self.conn).await?;
+        Ok(done.rows_affected())
+    }
+
     /// Writes changed runs back, each conditional on the epoch it was read
     /// with. A run that became terminal stops being its conversation's head.
     async fn write_runs(&mut self, before: &[&RunRecord], after: &[&RunRecord]) -> Tx<()> {
@@ -1358,12 +1359,9 @@ impl Batch<'_> {
                 finished_at_ms: n.finished_at_ms.map(db),
             })
             .collect();
-        let json = serde_json::to_string(&rows).expect("run writes serialize");
-        let written = sqlx::query(row_sql(self.backend).write_runs)
-            .bind(json)
-            .execute(&mut *self.conn)
-            .await?
-            .rows_affected();
+        let written = self
+            .execute_json(row_sql(self.backend).write_runs, &rows)
+            .await?;
         if written != after.len() as u64 {
             return Err(TxError::Retry(format!(
                 "{written} of {} runs matched the epoch they were read with",
@@ -1399,10 +1397,7 @@ impl Batch<'_> {
                 }
             })
             .collect();
-        let json = serde_json::to_string(&rows).expect("delivery writes serialize");
-        sqlx::query(&row_sql(self.backend).write_deliveries)
-            .bind(json)
-            .execute(&mut *self.conn)
+        self.execute_json(&row_sql(self.backend).write_deliveries, &rows)
             .await?;
         Ok(())
     }
