@@ -67,15 +67,16 @@ impl Flow {
         if steps.is_empty() || steps.len() > MAX_STEPS {
             return Err(PlanError::StepCount(steps.len()));
         }
-        if let Some((step, s)) = steps
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.delay_ms > MAX_DELAY_MS)
-        {
-            return Err(PlanError::Delay {
-                step,
-                delay_ms: s.delay_ms,
-            });
+        for (step, s) in steps.iter().enumerate() {
+            if s.delay_ms > MAX_DELAY_MS {
+                return Err(PlanError::Delay {
+                    step,
+                    delay_ms: s.delay_ms,
+                });
+            }
+            s.text
+                .check_length()
+                .map_err(|source| PlanError::Render { step, source })?;
         }
         Ok(Self { id, steps })
     }
@@ -169,6 +170,21 @@ mod tests {
             Flow::new(id, vec![step("a", MAX_DELAY_MS + 1)]),
             Err(PlanError::Delay { step: 0, .. })
         ));
+    }
+
+    #[test]
+    fn a_text_too_long_for_any_message_is_refused_when_the_flow_is_put() {
+        let id = FlowId::new("f").unwrap();
+        let e = Flow::new(id.clone(), vec![step("ok", 0), step(&"a".repeat(5000), 0)]).unwrap_err();
+        assert_eq!(
+            e,
+            PlanError::Render {
+                step: 1,
+                source: TemplateError::TextTooLong { len: 5000 }
+            }
+        );
+        assert!(e.to_string().starts_with("step 1: text is 5000 characters"));
+        assert!(Flow::new(id, vec![step(&"a".repeat(4096), 0)]).is_ok());
     }
 
     #[test]

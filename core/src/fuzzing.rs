@@ -6,7 +6,7 @@
 //! and so they are compiled, linted and kept in step with the code they
 //! exercise. A broken invariant is a panic: that is what libFuzzer reports.
 
-use crate::limits::MAX_TEXT_BYTES;
+use crate::limits::MAX_TEXT_CHARS;
 use crate::store::{DeliveryRecord, DeliveryState, RunStatus, RunView};
 use crate::{
     DeliveryKey, DeliveryOutcome, FlowId, MemStore, NewRun, PlannedStep, ReceiptStatus, Recipient,
@@ -525,7 +525,7 @@ fn check_book(store: &mut MemStore, book: &mut Book, now: u64) {
 /// order of first use. Parsing never panics; a template that parses comes
 /// back the same from its source and from JSON; rendering with every
 /// variable present fails only when the text is over
-/// [`MAX_TEXT_BYTES`]; rendering with one missing names it.
+/// [`MAX_TEXT_CHARS`] characters; rendering with one missing names it.
 pub fn template(data: &[u8]) {
     let mut parts = data.split(|b| *b == 0);
     let source = String::from_utf8_lossy(parts.next().unwrap_or_default());
@@ -554,7 +554,7 @@ pub fn template(data: &[u8]) {
         .collect();
     match t.render(&values) {
         Ok(text) => {
-            assert!(text.len() <= MAX_TEXT_BYTES);
+            assert!(text.chars().count() <= MAX_TEXT_CHARS);
             // Values go in as they are, never expanded again.
             let empty: BTreeMap<String, String> = names
                 .iter()
@@ -563,7 +563,7 @@ pub fn template(data: &[u8]) {
             let literal = t.render(&empty).expect("shorter text renders too");
             assert!(text.len() >= literal.len());
         }
-        Err(TemplateError::TextTooLong { len }) => assert!(len > MAX_TEXT_BYTES),
+        Err(TemplateError::TextTooLong { len }) => assert!(len > MAX_TEXT_CHARS),
         Err(e) => panic!("rendering with every var present failed: {e}"),
     }
     if let Some(first) = names.first() {

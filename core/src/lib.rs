@@ -19,6 +19,7 @@ pub mod fuzzing;
 pub mod ids;
 pub mod limits;
 pub mod pacing;
+pub mod provider_error;
 pub mod receipt;
 pub mod recipient;
 pub mod retry;
@@ -33,9 +34,10 @@ pub use engine::{Engine, EngineConfig, EngineEffect, EngineEvent};
 pub use flow::{plan_run, Flow, FlowStep, PlanError};
 pub use ids::{DeliveryKey, FlowId, IdError, RunId, TenantId, WorkerId};
 pub use pacing::{Pacer, PacingConfig, TokenBucket};
+pub use provider_error::{classify_cloud_api, CloudApiError, ErrorClass};
 pub use receipt::ReceiptStatus;
 pub use recipient::{Recipient, RecipientError};
-pub use retry::{RetryClass, RetryPolicy};
+pub use retry::RetryPolicy;
 pub use send::{
     DeliveryOutcome, OutboundMessage, SendBatch, SendBatchResponse, SendRequest, SendResponse,
 };

@@ -3,10 +3,12 @@
 
 /// Most steps one flow may have.
 pub const MAX_STEPS: usize = 50;
-/// Most bytes of one rendered message text.
-pub const MAX_TEXT_BYTES: usize = 4096;
-/// Most bytes of one template's source text.
-pub const MAX_TEMPLATE_BYTES: usize = 8192;
+/// Most characters of one rendered message text, counted as the Cloud API
+/// counts them (Unicode scalar values, not bytes).
+pub const MAX_TEXT_CHARS: usize = 4096;
+/// Most bytes of one template's source text: room for a full message of
+/// [`MAX_TEXT_CHARS`] characters of up to four bytes each.
+pub const MAX_TEMPLATE_BYTES: usize = 4 * MAX_TEXT_CHARS;
 /// Most variables one trigger may carry.
 pub const MAX_VARS: usize = 64;
 /// Most bytes of one variable's value.

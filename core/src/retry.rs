@@ -1,36 +1,8 @@
-//! Retry policy: capped exponential backoff with full jitter, a bounded
-//! number of attempts, and the classification of provider failures.
+//! Retry policy: capped exponential backoff with full jitter and a bounded
+//! number of attempts. What a provider's failure means is the error table's
+//! ([`crate::provider_error`]).
 
 use serde::{Deserialize, Serialize};
-
-/// How a failed provider call should be treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RetryClass {
-    /// Trying again later may work.
-    Retryable,
-    /// It will never work; stop.
-    Permanent,
-    /// The request may have been delivered; never resend blindly.
-    Unknown,
-}
-
-/// Cloud API error codes that mean "later": throttling (130429, 80007, 4)
-/// and a temporary recipient-side pair-rate limit (131056).
-pub const CLOUD_API_RETRYABLE_CODES: [i64; 4] = [130429, 131056, 80007, 4];
-
-/// Classifies a WhatsApp Cloud API error reply. The JSON `error.code`
-/// decides first, because the API reports throttling under several HTTP
-/// statuses; then any 5xx is retryable and any other status permanent.
-pub fn classify_cloud_api(http_status: u16, error_code: Option<i64>) -> RetryClass {
-    if error_code.is_some_and(|c| CLOUD_API_RETRYABLE_CODES.contains(&c)) {
-        return RetryClass::Retryable;
-    }
-    if http_status >= 500 || http_status == 429 {
-        RetryClass::Retryable
-    } else {
-        RetryClass::Permanent
-    }
-}
 
 /// Backoff and attempt limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,19 +46,6 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cloud_api_codes_decide_before_http_status() {
-        assert_eq!(classify_cloud_api(400, Some(130429)), RetryClass::Retryable);
-        assert_eq!(classify_cloud_api(400, Some(131056)), RetryClass::Retryable);
-        assert_eq!(classify_cloud_api(400, Some(80007)), RetryClass::Retryable);
-        assert_eq!(classify_cloud_api(403, Some(4)), RetryClass::Retryable);
-        assert_eq!(classify_cloud_api(500, Some(1)), RetryClass::Retryable);
-        assert_eq!(classify_cloud_api(503, None), RetryClass::Retryable);
-        assert_eq!(classify_cloud_api(400, Some(131026)), RetryClass::Permanent);
-        assert_eq!(classify_cloud_api(401, Some(190)), RetryClass::Permanent);
-        assert_eq!(classify_cloud_api(404, None), RetryClass::Permanent);
-    }
 
     #[test]
     fn backoff_is_jittered_under_a_growing_capped_ceiling() {

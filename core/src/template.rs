@@ -1,7 +1,7 @@
 //! `{{var}}` templates: parsed once when a flow is stored, rendered for each
 //! run when it is triggered.
 
-use crate::limits::{MAX_TEMPLATE_BYTES, MAX_TEXT_BYTES};
+use crate::limits::{MAX_TEMPLATE_BYTES, MAX_TEXT_CHARS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -33,9 +33,9 @@ pub enum TemplateError {
         name: String,
     },
     /// The rendered text is longer than a message may be.
-    #[error("rendered text is {len} bytes; a message may be at most {MAX_TEXT_BYTES}")]
+    #[error("text is {len} characters; a message may be at most {MAX_TEXT_CHARS}")]
     TextTooLong {
-        /// Its length in bytes.
+        /// Its length in characters.
         len: usize,
     },
 }
@@ -117,19 +117,40 @@ impl Template {
     /// holding `{{x}}` is not expanded again.
     pub fn render(&self, vars: &BTreeMap<String, String>) -> Result<String, TemplateError> {
         let mut out = String::new();
+        let mut chars = 0;
         for p in &self.pieces {
-            match p {
-                Piece::Text(t) => out.push_str(t),
+            let piece = match p {
+                Piece::Text(t) => t,
                 Piece::Var(v) => match vars.get(v) {
-                    Some(value) => out.push_str(value),
+                    Some(value) => value,
                     None => return Err(TemplateError::MissingVar { name: v.clone() }),
                 },
-            }
-            if out.len() > MAX_TEXT_BYTES {
-                return Err(TemplateError::TextTooLong { len: out.len() });
+            };
+            out.push_str(piece);
+            chars += piece.chars().count();
+            if chars > MAX_TEXT_CHARS {
+                return Err(TemplateError::TextTooLong { len: chars });
             }
         }
         Ok(out)
+    }
+
+    /// Checks what is known before any variable is filled in: the literal
+    /// text alone must fit in a message, so a flow that could never send is
+    /// refused when it is put, not when a run is triggered.
+    pub fn check_length(&self) -> Result<(), TemplateError> {
+        let chars: usize = self
+            .pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.chars().count(),
+                Piece::Var(_) => 0,
+            })
+            .sum();
+        if chars > MAX_TEXT_CHARS {
+            return Err(TemplateError::TextTooLong { len: chars });
+        }
+        Ok(())
     }
 }
 
@@ -194,6 +215,32 @@ mod tests {
             Template::parse("{{a-b}}").unwrap_err(),
             TemplateError::BadName { .. }
         ));
+    }
+
+    #[test]
+    fn lengths_are_characters_not_bytes() {
+        // 4096 two-byte characters are 8192 bytes and still one message.
+        let wide = "é".repeat(MAX_TEXT_CHARS);
+        let t = Template::parse(&wide).unwrap();
+        assert_eq!(t.check_length(), Ok(()));
+        assert_eq!(t.render(&BTreeMap::new()).unwrap(), wide);
+        let t = Template::parse(&"a".repeat(MAX_TEXT_CHARS + 1)).unwrap();
+        assert_eq!(
+            t.check_length(),
+            Err(TemplateError::TextTooLong {
+                len: MAX_TEXT_CHARS + 1
+            })
+        );
+        // Variables count once rendered, not before.
+        let t = Template::parse(&format!("{}{{{{v}}}}", "a".repeat(MAX_TEXT_CHARS))).unwrap();
+        assert_eq!(t.check_length(), Ok(()));
+        assert!(t.render(&vars(&[("v", "")])).is_ok());
+        assert_eq!(
+            t.render(&vars(&[("v", "ü")])),
+            Err(TemplateError::TextTooLong {
+                len: MAX_TEXT_CHARS + 1
+            })
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@ use axum::response::IntoResponse;
 use oncesend_core::flow::Trigger;
 use oncesend_core::fuzzing::ByteReader;
 use oncesend_core::limits::MAX_STEPS;
-use oncesend_core::retry::{classify_cloud_api, RetryClass, CLOUD_API_RETRYABLE_CODES};
+use oncesend_core::provider_error::{
+    classify_cloud_api, ErrorClass, FAIL_STEP_CODES, MAX_RETRY_AFTER_MS, RETRY_CODES,
+    RETRY_LATER_MIN_MS,
+};
 use oncesend_core::{
     plan_run, DeliveryOutcome, Flow, FlowId, FlowStep, PlanError, RunId, Template,
 };
@@ -150,13 +153,14 @@ pub fn cloud_api_response(data: &[u8]) {
         .get(..8)
         .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
     let class = classify_cloud_api(raw_status, code);
-    assert_ne!(
-        class,
-        RetryClass::Unknown,
-        "an answer that came back is known"
-    );
-    if code.is_some_and(|c| CLOUD_API_RETRYABLE_CODES.contains(&c)) || raw_status >= 500 {
-        assert_eq!(class, RetryClass::Retryable);
+    if code.is_some_and(|c| RETRY_CODES.contains(&c)) {
+        assert_eq!(class, ErrorClass::Retry);
+    }
+    if raw_status >= 500 && class == ErrorClass::FailStep {
+        assert!(
+            code.is_some_and(|c| FAIL_STEP_CODES.contains(&c)),
+            "a 5xx failed the step without a code that says so"
+        );
     }
 
     let status = StatusCode::from_u16(100 + raw_status % 900).expect("100..=999");
@@ -188,9 +192,11 @@ pub fn cloud_api_response(data: &[u8]) {
                 .and_then(|j| j.pointer("/error/code"))
                 .and_then(|c| c.as_i64());
             let class = classify_cloud_api(status.as_u16(), code);
-            assert_eq!(retryable, class == RetryClass::Retryable);
+            assert_eq!(retryable, class != ErrorClass::FailStep);
             assert!(retryable || retry_after_ms.is_none());
-            assert!(retry_after_ms.is_none_or(|ms| ms <= 15 * 60 * 1000));
+            assert!(
+                retry_after_ms.is_none_or(|ms| ms <= MAX_RETRY_AFTER_MS.max(RETRY_LATER_MIN_MS))
+            );
         }
     }
 

@@ -234,6 +234,16 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
         422,
         "1 to 50 steps",
     );
+    // Lengths are characters, as the Cloud API counts them, and a text
+    // that could never be sent is refused when the flow is put.
+    let long = format!(r#"{{"steps":[{{"text":"{}"}}]}}"#, "a".repeat(5000));
+    assert_problem(
+        "5,000-character text",
+        api.raw("PUT", "/v1/flows/welcome", &[], Some(long.into_bytes()))
+            .await,
+        422,
+        "step 0: text is 5000 characters; a message may be at most 4096",
+    );
     assert_problem(
         "bad flow name",
         api.raw("PUT", "/v1/flows/we%20lcome", &[], Some(flow_body.clone()))

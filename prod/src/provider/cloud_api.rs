@@ -2,18 +2,15 @@
 //!
 //! One `POST {base}/{version}/{phone_number_id}/messages` per delivery, with
 //! the idempotency key as `biz_opaque_callback_data` so status webhooks can
-//! name the delivery they are about. What a failure means (retry, give up,
-//! or unknown) is the core's decision: [`classify_cloud_api`].
+//! name the delivery they are about. This module only parses the answer;
+//! what a failure means (retry, wait, give up) is the core's error table:
+//! [`CloudApiError::outcome`].
 
 use super::Provider;
 use crate::net::{HttpClient, HttpError, HttpUrl, TcpConnector};
 use hyper::{HeaderMap, Method, StatusCode};
-use oncesend_core::retry::{classify_cloud_api, RetryClass};
-use oncesend_core::{CloudApiSettings, DeliveryOutcome, OutboundMessage};
+use oncesend_core::{CloudApiError, CloudApiSettings, DeliveryOutcome, OutboundMessage};
 use std::time::Duration;
-
-/// Longest `Retry-After` honoured; a longer one is capped, not ignored.
-const MAX_RETRY_AFTER_MS: u64 = 15 * 60 * 1000;
 
 /// Sends through one Cloud API phone number.
 #[derive(Clone)]
@@ -64,7 +61,7 @@ fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()?;
-    Some(secs.saturating_mul(1000).min(MAX_RETRY_AFTER_MS))
+    Some(secs.saturating_mul(1000))
 }
 
 /// What a Cloud API answer means.
@@ -85,32 +82,7 @@ pub fn outcome(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Delivery
             },
         };
     }
-    let error = json.as_ref().and_then(|j| j.get("error"));
-    let code = error.and_then(|e| e.get("code")).and_then(|c| c.as_i64());
-    let message = error
-        .and_then(|e| e.get("message"))
-        .and_then(|m| m.as_str())
-        .unwrap_or("");
-    let reason = match code {
-        Some(code) => format!("Cloud API {status}, error {code}: {message}"),
-        None => format!(
-            "Cloud API {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        ),
-    };
-    match classify_cloud_api(status.as_u16(), code) {
-        RetryClass::Retryable => DeliveryOutcome::Failed {
-            retryable: true,
-            reason,
-            retry_after_ms: retry_after_ms(headers),
-        },
-        RetryClass::Permanent => DeliveryOutcome::Failed {
-            retryable: false,
-            reason,
-            retry_after_ms: None,
-        },
-        RetryClass::Unknown => DeliveryOutcome::Unknown { reason },
-    }
+    CloudApiError::parse(status.as_u16(), retry_after_ms(headers), body).outcome()
 }
 
 impl Provider for CloudApiProvider {
@@ -173,7 +145,26 @@ mod tests {
             outcome(StatusCode::BAD_REQUEST, &none, &err(131056)),
             DeliveryOutcome::Failed {
                 retryable: true,
-                retry_after_ms: None,
+                retry_after_ms: Some(6_000),
+                ..
+            }
+        ));
+        // A long Retry-After is capped, not ignored.
+        let mut long = HeaderMap::new();
+        long.insert(hyper::header::RETRY_AFTER, "86400".parse().unwrap());
+        assert!(matches!(
+            outcome(StatusCode::TOO_MANY_REQUESTS, &long, &err(130429)),
+            DeliveryOutcome::Failed {
+                retryable: true,
+                retry_after_ms: Some(900_000),
+                ..
+            }
+        ));
+        // An expired token does not fail the step outright.
+        assert!(matches!(
+            outcome(StatusCode::UNAUTHORIZED, &none, &err(190)),
+            DeliveryOutcome::Failed {
+                retryable: true,
                 ..
             }
         ));
