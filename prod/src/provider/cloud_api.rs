@@ -117,74 +117,82 @@ mod tests {
             .into_bytes()
     }
 
+    /// `(retryable, retry_after_ms)` of an answer the core reads as a failure.
+    fn failed(status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> (bool, Option<u64>) {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = retry_after {
+            headers.insert(hyper::header::RETRY_AFTER, v.parse().unwrap());
+        }
+        match outcome(status, &headers, body) {
+            DeliveryOutcome::Failed {
+                retryable,
+                retry_after_ms,
+                ..
+            } => (retryable, retry_after_ms),
+            other => panic!("{status} {:?}: {other:?}", String::from_utf8_lossy(body)),
+        }
+    }
+
     #[test]
     fn answers_are_classified_by_the_core() {
         let none = HeaderMap::new();
-        let ok = outcome(
-            StatusCode::OK,
-            &none,
-            br#"{"messaging_product":"whatsapp","messages":[{"id":"wamid.A"}]}"#,
-        );
         assert_eq!(
-            ok,
+            outcome(
+                StatusCode::OK,
+                &none,
+                br#"{"messaging_product":"whatsapp","messages":[{"id":"wamid.A"}]}"#,
+            ),
             DeliveryOutcome::Sent {
                 provider_message_id: "wamid.A".into()
             }
         );
-        let mut later = HeaderMap::new();
-        later.insert(hyper::header::RETRY_AFTER, "7".parse().unwrap());
-        assert!(matches!(
-            outcome(StatusCode::BAD_REQUEST, &later, &err(130429)),
-            DeliveryOutcome::Failed {
-                retryable: true,
-                retry_after_ms: Some(7000),
-                ..
-            }
-        ));
-        assert!(matches!(
-            outcome(StatusCode::BAD_REQUEST, &none, &err(131056)),
-            DeliveryOutcome::Failed {
-                retryable: true,
-                retry_after_ms: Some(6_000),
-                ..
-            }
-        ));
-        // A long Retry-After is capped, not ignored.
-        let mut long = HeaderMap::new();
-        long.insert(hyper::header::RETRY_AFTER, "86400".parse().unwrap());
-        assert!(matches!(
-            outcome(StatusCode::TOO_MANY_REQUESTS, &long, &err(130429)),
-            DeliveryOutcome::Failed {
-                retryable: true,
-                retry_after_ms: Some(900_000),
-                ..
-            }
-        ));
-        // An expired token does not fail the step outright.
-        assert!(matches!(
-            outcome(StatusCode::UNAUTHORIZED, &none, &err(190)),
-            DeliveryOutcome::Failed {
-                retryable: true,
-                ..
-            }
-        ));
-        assert!(matches!(
-            outcome(StatusCode::INTERNAL_SERVER_ERROR, &none, b"oops"),
-            DeliveryOutcome::Failed {
-                retryable: true,
-                ..
-            }
-        ));
-        assert!(matches!(
-            outcome(StatusCode::BAD_REQUEST, &none, &err(131026)),
-            DeliveryOutcome::Failed {
-                retryable: false,
-                ..
-            }
-        ));
+        // Accepted without an id: it may well go out.
         assert!(matches!(
             outcome(StatusCode::OK, &none, b"{}"),
             DeliveryOutcome::Unknown { .. }
         ));
+        let cases: &[(StatusCode, Option<&str>, &[u8], (bool, Option<u64>))] = &[
+            // Throughput: Retry-After honoured, and a long one capped, not ignored.
+            (
+                StatusCode::BAD_REQUEST,
+                Some("7"),
+                &err(130429),
+                (true, Some(7_000)),
+            ),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("86400"),
+                &err(130429),
+                (true, Some(900_000)),
+            ),
+            // Pair rate: at least the 6 s gap.
+            (
+                StatusCode::BAD_REQUEST,
+                None,
+                &err(131056),
+                (true, Some(6_000)),
+            ),
+            // An expired token does not fail the step outright.
+            (
+                StatusCode::UNAUTHORIZED,
+                None,
+                &err(190),
+                (true, Some(60_000)),
+            ),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+                b"oops",
+                (true, None),
+            ),
+            (StatusCode::BAD_REQUEST, None, &err(131026), (false, None)),
+        ];
+        for (status, retry_after, body, want) in cases {
+            assert_eq!(
+                failed(*status, *retry_after, body),
+                *want,
+                "{status} {retry_after:?}"
+            );
+        }
     }
 }
