@@ -117,6 +117,9 @@ mod tests {
             .into_bytes()
     }
 
+    /// An answer (status, `Retry-After`, body) and the failure it must give.
+    type Case<'a> = (StatusCode, Option<&'a str>, &'a [u8], (bool, Option<u64>));
+
     /// `(retryable, retry_after_ms)` of an answer the core reads as a failure.
     fn failed(status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> (bool, Option<u64>) {
         let mut headers = HeaderMap::new();
@@ -151,7 +154,7 @@ mod tests {
             outcome(StatusCode::OK, &none, b"{}"),
             DeliveryOutcome::Unknown { .. }
         ));
-        let cases: &[(StatusCode, Option<&str>, &[u8], (bool, Option<u64>))] = &[
+        let cases: &[Case] = &[
             // Throughput: Retry-After honoured, and a long one capped, not ignored.
             (
                 StatusCode::BAD_REQUEST,
