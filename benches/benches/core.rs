@@ -17,7 +17,7 @@ fn run(i: u64, conversations: u64, steps: usize) -> NewRun {
         to: Recipient::parse(&format!("+55119{:08}", i % conversations)).unwrap(),
         steps: (0..steps)
             .map(|s| PlannedStep {
-                text: format!("message {s}"),
+                message: oncesend_core::Message::text(format!("message {s}")),
                 delay_ms: 0,
             })
             .collect(),
@@ -57,7 +57,7 @@ fn engine_send_cycle(c: &mut Criterion) {
                     epoch: c.epoch,
                     tenant: c.tenant,
                     to: c.to,
-                    text: c.steps[0].text.clone(),
+                    message: c.steps[0].message.clone(),
                 };
                 (store, Engine::new(EngineConfig::default()), request)
             },

@@ -67,7 +67,7 @@ impl Loopback {
                     flow: FlowId::new("bench").unwrap(),
                     to: Recipient::parse(&format!("+1555{:08}", i)).unwrap(),
                     steps: vec![PlannedStep {
-                        text: "Hi from the bench".to_string(),
+                        message: oncesend_core::Message::text("Hi from the bench"),
                         delay_ms: 0,
                     }],
                     trigger_key: None,
@@ -92,7 +92,7 @@ impl Loopback {
                 epoch: r.epoch,
                 tenant: r.tenant,
                 to: r.to,
-                text: r.steps[0].text.clone(),
+                message: r.steps[0].message.clone(),
             }));
         }
         requests

@@ -25,11 +25,11 @@ fn new_run() -> NewRun {
         to: Recipient::parse(&format!("+55{:011}", 11_000_000_000 + i)).unwrap(),
         steps: vec![
             PlannedStep {
-                text: "first".into(),
+                message: oncesend_core::Message::text("first"),
                 delay_ms: 0,
             },
             PlannedStep {
-                text: "second".into(),
+                message: oncesend_core::Message::text("second"),
                 delay_ms: 0,
             },
         ],

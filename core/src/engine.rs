@@ -237,7 +237,7 @@ impl Engine {
                                 key: r.key,
                                 tenant: r.tenant.clone(),
                                 to: r.to.clone(),
-                                text: r.text.clone(),
+                                message: r.message.clone(),
                             },
                             timeout_ms: self.config.send_timeout_ms,
                         });

@@ -4,22 +4,156 @@
 
 use crate::ids::{FlowId, RunId, TenantId};
 use crate::limits::{MAX_DELAY_MS, MAX_STEPS, MAX_TRIGGER_KEY_BYTES, MAX_VARS, MAX_VAR_BYTES};
+use crate::message::{Message, MessageError, MessageTemplate};
 use crate::recipient::Recipient;
 use crate::store::{NewRun, PlannedStep};
 use crate::template::{Template, TemplateError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// One step of a flow: a message template and how long to wait before it.
+/// What a step sends: a text (the `{"text": …}` shorthand) or any Cloud
+/// API message object (`{"message": {…}}`), its strings `{{var}}` templates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepMessage {
+    /// A text message.
+    Text(Template),
+    /// A message object.
+    Message(MessageTemplate),
+}
+
+/// One step of a flow: a message and how long to wait before it. It reads
+/// and writes as the JSON a flow is put with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawFlowStep", into = "RawFlowStep")]
 pub struct FlowStep {
-    /// The message, with `{{var}}` placeholders.
-    pub text: Template,
+    /// The message.
+    pub send: StepMessage,
     /// Delay before this step is sent, counted from the previous step (or
     /// from the trigger, for the first step).
+    pub delay_ms: u64,
+}
+
+/// A step as JSON, before it is checked: exactly one of `text` and
+/// `message`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlowStep {
+    /// The text shorthand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// A Cloud API message object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<serde_json::Value>,
+    /// Delay before the step, in ms.
     #[serde(default)]
     pub delay_ms: u64,
+}
+
+/// What is wrong with one step, at a path inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    /// The path inside the step (`text`, `message.image.link`; empty for
+    /// the step itself).
+    pub path: String,
+    /// What is wrong and what to do.
+    pub problem: String,
+}
+
+impl StepError {
+    fn text(e: TemplateError) -> Self {
+        Self {
+            path: "text".into(),
+            problem: e.to_string(),
+        }
+    }
+
+    fn message(e: MessageError) -> Self {
+        Self {
+            path: if e.path.is_empty() {
+                "message".into()
+            } else {
+                format!("message.{}", e.path)
+            },
+            problem: e.problem,
+        }
+    }
+}
+
+impl FlowStep {
+    /// A text step.
+    pub fn text(text: Template, delay_ms: u64) -> Self {
+        Self {
+            send: StepMessage::Text(text),
+            delay_ms,
+        }
+    }
+
+    /// Checks a step as written.
+    pub fn from_raw(raw: RawFlowStep) -> Result<Self, StepError> {
+        let send = match (raw.text, raw.message) {
+            (Some(_), Some(_)) => {
+                return Err(StepError {
+                    path: String::new(),
+                    problem: "a step has exactly one of \"text\" or \"message\", not both".into(),
+                })
+            }
+            (None, None) => {
+                return Err(StepError {
+                    path: String::new(),
+                    problem: "a step needs \"text\" (a text message) or \"message\" (a Cloud API message object)".into(),
+                })
+            }
+            (Some(text), None) => {
+                let t = Template::parse(&text).map_err(StepError::text)?;
+                t.check_length().map_err(StepError::text)?;
+                StepMessage::Text(t)
+            }
+            (None, Some(message)) => {
+                StepMessage::Message(MessageTemplate::parse(message).map_err(StepError::message)?)
+            }
+        };
+        Ok(Self {
+            send,
+            delay_ms: raw.delay_ms,
+        })
+    }
+
+    /// The message type it sends: `text`, `template`, `image`, ….
+    pub fn kind(&self) -> &str {
+        match &self.send {
+            StepMessage::Text(_) => "text",
+            StepMessage::Message(m) => m.kind(),
+        }
+    }
+
+    /// Renders the step's message for one trigger, checked in full.
+    pub fn render(&self, vars: &BTreeMap<String, String>) -> Result<Message, StepError> {
+        match &self.send {
+            StepMessage::Text(t) => t.render(vars).map(Message::text).map_err(StepError::text),
+            StepMessage::Message(m) => m.render(vars).map_err(StepError::message),
+        }
+    }
+}
+
+impl TryFrom<RawFlowStep> for FlowStep {
+    type Error = String;
+    fn try_from(raw: RawFlowStep) -> Result<Self, String> {
+        Self::from_raw(raw).map_err(|e| format!("{}: {}", e.path, e.problem))
+    }
+}
+
+impl From<FlowStep> for RawFlowStep {
+    fn from(s: FlowStep) -> Self {
+        let (text, message) = match s.send {
+            StepMessage::Text(t) => (Some(String::from(t)), None),
+            StepMessage::Message(m) => (None, Some(serde_json::Value::from(m))),
+        };
+        Self {
+            text,
+            message,
+            delay_ms: s.delay_ms,
+        }
+    }
 }
 
 /// An ordered list of 1 to [`MAX_STEPS`] message steps.
@@ -45,13 +179,15 @@ pub enum PlanError {
         /// The delay given.
         delay_ms: u64,
     },
-    /// A step that could not be rendered.
-    #[error("step {step}: {source}")]
-    Render {
+    /// A step that is invalid as written, or could not be rendered.
+    #[error("steps[{step}]{}: {problem}", dotted(.path))]
+    Step {
         /// The step's index.
         step: usize,
+        /// The JSON path inside the step.
+        path: String,
         /// What went wrong.
-        source: TemplateError,
+        problem: String,
     },
     /// Too many variables, or one too long.
     #[error("vars: at most {MAX_VARS} variables of at most {MAX_VAR_BYTES} bytes each; {0}")]
@@ -61,7 +197,52 @@ pub enum PlanError {
     TriggerKey,
 }
 
+/// `.path`, or nothing for an empty path.
+fn dotted(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!(".{path}")
+    }
+}
+
+impl PlanError {
+    fn step(step: usize, e: StepError) -> Self {
+        Self::Step {
+            step,
+            path: e.path,
+            problem: e.problem,
+        }
+    }
+
+    /// The JSON path of what is wrong, where there is one
+    /// (`steps[2].message.image.link`).
+    pub fn path(&self) -> Option<String> {
+        match self {
+            Self::Step { step, path, .. } if path.is_empty() => Some(format!("steps[{step}]")),
+            Self::Step { step, path, .. } => Some(format!("steps[{step}].{path}")),
+            Self::Delay { step, .. } => Some(format!("steps[{step}].delay_ms")),
+            Self::StepCount(_) => Some("steps".into()),
+            _ => None,
+        }
+    }
+}
+
 impl Flow {
+    /// Checks steps as written, naming the step and path of the first
+    /// thing wrong.
+    pub fn from_raw(id: FlowId, steps: Vec<RawFlowStep>) -> Result<Self, PlanError> {
+        if steps.is_empty() || steps.len() > MAX_STEPS {
+            return Err(PlanError::StepCount(steps.len()));
+        }
+        let steps = steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| FlowStep::from_raw(raw).map_err(|e| PlanError::step(i, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(id, steps)
+    }
+
     /// Checks a flow's bounds.
     pub fn new(id: FlowId, steps: Vec<FlowStep>) -> Result<Self, PlanError> {
         if steps.is_empty() || steps.len() > MAX_STEPS {
@@ -74,9 +255,10 @@ impl Flow {
                     delay_ms: s.delay_ms,
                 });
             }
-            s.text
-                .check_length()
-                .map_err(|source| PlanError::Render { step, source })?;
+            if let StepMessage::Text(t) = &s.send {
+                t.check_length()
+                    .map_err(|e| PlanError::step(step, StepError::text(e)))?;
+            }
         }
         Ok(Self { id, steps })
     }
@@ -116,10 +298,9 @@ pub fn plan_run(flow: &Flow, trigger: Trigger, id: RunId) -> Result<NewRun, Plan
         .enumerate()
         .map(|(step, s)| {
             Ok(PlannedStep {
-                text: s
-                    .text
+                message: s
                     .render(&trigger.vars)
-                    .map_err(|source| PlanError::Render { step, source })?,
+                    .map_err(|e| PlanError::step(step, e))?,
                 delay_ms: s.delay_ms,
             })
         })
@@ -139,10 +320,7 @@ mod tests {
     use super::*;
 
     fn step(t: &str, delay_ms: u64) -> FlowStep {
-        FlowStep {
-            text: Template::parse(t).unwrap(),
-            delay_ms,
-        }
+        FlowStep::text(Template::parse(t).unwrap(), delay_ms)
     }
 
     fn trigger(vars: &[(&str, &str)]) -> Trigger {
@@ -176,14 +354,12 @@ mod tests {
     fn a_text_too_long_for_any_message_is_refused_when_the_flow_is_put() {
         let id = FlowId::new("f").unwrap();
         let e = Flow::new(id.clone(), vec![step("ok", 0), step(&"a".repeat(5000), 0)]).unwrap_err();
-        assert_eq!(
-            e,
-            PlanError::Render {
-                step: 1,
-                source: TemplateError::TextTooLong { len: 5000 }
-            }
+        assert_eq!(e.path().as_deref(), Some("steps[1].text"));
+        assert!(
+            e.to_string()
+                .starts_with("steps[1].text: text is 5000 characters"),
+            "{e}"
         );
-        assert!(e.to_string().starts_with("step 1: text is 5000 characters"));
         assert!(Flow::new(id, vec![step(&"a".repeat(4096), 0)]).is_ok());
     }
 
@@ -200,23 +376,25 @@ mod tests {
             RunId::new(1, 1),
         )
         .unwrap();
-        assert_eq!(run.steps[0].text, "Hi Ana");
-        assert_eq!(run.steps[1].text, "Code 42");
+        assert_eq!(run.steps[0].message, Message::text("Hi Ana"));
+        assert_eq!(run.steps[1].message.text_body(), Some("Code 42"));
         assert_eq!(run.steps[1].delay_ms, 5_000);
 
         let e = plan_run(&flow, trigger(&[("name", "Ana")]), RunId::new(1, 1)).unwrap_err();
         assert_eq!(
             e,
-            PlanError::Render {
+            PlanError::Step {
                 step: 1,
-                source: TemplateError::MissingVar {
+                path: "text".into(),
+                problem: TemplateError::MissingVar {
                     name: "code".into()
                 }
+                .to_string()
             }
         );
         assert!(e
             .to_string()
-            .contains("step 1: missing template var \"code\""));
+            .contains("steps[1].text: missing template var \"code\""));
     }
 
     #[test]
@@ -225,5 +403,74 @@ mod tests {
         assert!(ok.is_ok());
         let bad: Result<FlowStep, _> = serde_json::from_str(r#"{"text":"Hi","dealy_ms":5}"#);
         assert!(bad.is_err());
+    }
+
+    fn raw(v: serde_json::Value) -> RawFlowStep {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn message_steps_are_checked_and_named_by_step_and_path() {
+        let id = FlowId::new("f").unwrap();
+        let ok = raw(serde_json::json!({"text": "Hi"}));
+        let e = Flow::from_raw(
+            id.clone(),
+            vec![ok.clone(), ok.clone(), raw(serde_json::json!({"message": {"type": "image", "image": {"link": "http://x/a.png"}}}))],
+        )
+        .unwrap_err();
+        assert_eq!(e.path().as_deref(), Some("steps[2].message.image.link"));
+        assert!(
+            e.to_string().starts_with(
+                "steps[2].message.image.link: \"http://x/a.png\" must be an https:// URL"
+            ),
+            "{e}"
+        );
+        let both = raw(
+            serde_json::json!({"text": "a", "message": {"type": "text", "text": {"body": "a"}}}),
+        );
+        let e = Flow::from_raw(id.clone(), vec![both]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("steps[0]: a step has exactly one of"),
+            "{e}"
+        );
+        let neither = raw(serde_json::json!({"delay_ms": 5}));
+        assert!(Flow::from_raw(id.clone(), vec![neither]).is_err());
+        let e = Flow::from_raw(
+            id.clone(),
+            vec![raw(serde_json::json!({"message": {"type": "fax"}}))],
+        )
+        .unwrap_err();
+        assert_eq!(e.path().as_deref(), Some("steps[0].message.type"));
+    }
+
+    #[test]
+    fn a_template_step_renders_and_reads_back_as_written() {
+        let id = FlowId::new("f").unwrap();
+        let message = serde_json::json!({"type": "template", "template": {"name": "order_ready", "language": {"code": "pt_BR"},
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "{{name}}"}]}]}});
+        let written = serde_json::json!([{"text": "Hi {{name}}", "delay_ms": 0}, {"message": message, "delay_ms": 60000}]);
+        let steps: Vec<RawFlowStep> = serde_json::from_value(written.clone()).unwrap();
+        let flow = Flow::from_raw(id, steps).unwrap();
+        assert_eq!(flow.steps[1].kind(), "template");
+        assert_eq!(serde_json::to_value(&flow.steps).unwrap(), written);
+        let back: Vec<FlowStep> = serde_json::from_value(written).unwrap();
+        assert_eq!(back, flow.steps);
+        let run = plan_run(&flow, trigger(&[("name", "Ana")]), RunId::new(1, 1)).unwrap();
+        assert_eq!(run.steps[1].message.template_name(), Some("order_ready"));
+        assert_eq!(
+            run.steps[1].message.as_object()["template"]["components"][0]["parameters"][0]["text"],
+            "Ana"
+        );
+        // A var that breaks a limit is caught at trigger time, with its path.
+        let flow = Flow::new(
+            FlowId::new("g").unwrap(),
+            vec![step("ok", 0), step("{{a}}{{a}}{{a}}{{a}}{{a}}", 0)],
+        )
+        .unwrap();
+        let long = "x".repeat(1000);
+        let e = plan_run(&flow, trigger(&[("a", &long)]), RunId::new(1, 1)).unwrap_err();
+        assert_eq!(e.path().as_deref(), Some("steps[1].text"));
+        assert!(e.to_string().contains("5000 characters"), "{e}");
     }
 }

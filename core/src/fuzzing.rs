@@ -149,7 +149,7 @@ pub fn store_ops(data: &[u8]) {
                     to: recipient(conv),
                     steps: (0..steps.max(1))
                         .map(|s| PlannedStep {
-                            text: format!("m{s}"),
+                            message: crate::Message::text(format!("m{s}")),
                             delay_ms: if s == 0 { delay_ms } else { delay_ms / 2 },
                         })
                         .collect(),

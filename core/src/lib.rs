@@ -18,6 +18,7 @@ pub mod flow;
 pub mod fuzzing;
 pub mod ids;
 pub mod limits;
+pub mod message;
 pub mod pacing;
 pub mod provider_error;
 pub mod receipt;
@@ -31,8 +32,9 @@ pub mod tenant;
 pub mod worker;
 
 pub use engine::{Engine, EngineConfig, EngineEffect, EngineEvent};
-pub use flow::{plan_run, Flow, FlowStep, PlanError};
+pub use flow::{plan_run, Flow, FlowStep, PlanError, RawFlowStep, StepMessage};
 pub use ids::{DeliveryKey, FlowId, IdError, RunId, TenantId, WorkerId};
+pub use message::{Message, MessageError, MessageTemplate};
 pub use pacing::{Pacer, PacingConfig, TokenBucket};
 pub use provider_error::{classify_cloud_api, CloudApiError, ErrorClass};
 pub use receipt::ReceiptStatus;

@@ -6,6 +6,8 @@ pub const MAX_STEPS: usize = 50;
 /// Most characters of one rendered message text, counted as the Cloud API
 /// counts them (Unicode scalar values, not bytes).
 pub const MAX_TEXT_CHARS: usize = 4096;
+/// Most characters of a media caption.
+pub const MAX_CAPTION_CHARS: usize = 1024;
 /// Most bytes of one template's source text: room for a full message of
 /// [`MAX_TEXT_CHARS`] characters of up to four bytes each.
 pub const MAX_TEMPLATE_BYTES: usize = 4 * MAX_TEXT_CHARS;

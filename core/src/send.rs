@@ -2,6 +2,7 @@
 //! answers, and what the engine tells the worker.
 
 use crate::ids::{DeliveryKey, TenantId};
+use crate::message::Message;
 use crate::recipient::Recipient;
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +18,8 @@ pub struct SendRequest {
     pub tenant: TenantId,
     /// The recipient.
     pub to: Recipient,
-    /// The rendered text.
-    pub text: String,
+    /// The rendered message.
+    pub message: Message,
 }
 
 /// One message handed to a provider.
@@ -30,8 +31,17 @@ pub struct OutboundMessage {
     pub tenant: TenantId,
     /// The recipient.
     pub to: Recipient,
-    /// The rendered text.
-    pub text: String,
+    /// The rendered message.
+    pub message: Message,
+}
+
+impl OutboundMessage {
+    /// The exact Cloud API request body: the envelope (`messaging_product`,
+    /// `recipient_type`, `to`, `biz_opaque_callback_data`) around the
+    /// message.
+    pub fn body(&self) -> serde_json::Value {
+        self.message.envelope(&self.to, &self.key)
+    }
 }
 
 /// What became of one provider call.

@@ -135,18 +135,42 @@ impl Template {
         Ok(out)
     }
 
-    /// Checks what is known before any variable is filled in: the literal
-    /// text alone must fit in a message, so a flow that could never send is
-    /// refused when it is put, not when a run is triggered.
-    pub fn check_length(&self) -> Result<(), TemplateError> {
-        let chars: usize = self
-            .pieces
+    /// Fills in the variables with no bound on the result's length, for a
+    /// field whose own limit is checked afterwards.
+    pub fn render_unbounded(
+        &self,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<String, TemplateError> {
+        let mut out = String::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Var(v) => match vars.get(v) {
+                    Some(value) => out.push_str(value),
+                    None => return Err(TemplateError::MissingVar { name: v.clone() }),
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// The characters of the literal text, around the variables: the
+    /// least the rendered text can have.
+    pub fn literal_chars(&self) -> usize {
+        self.pieces
             .iter()
             .map(|p| match p {
                 Piece::Text(t) => t.chars().count(),
                 Piece::Var(_) => 0,
             })
-            .sum();
+            .sum()
+    }
+
+    /// Checks what is known before any variable is filled in: the literal
+    /// text alone must fit in a message, so a flow that could never send is
+    /// refused when it is put, not when a run is triggered.
+    pub fn check_length(&self) -> Result<(), TemplateError> {
+        let chars = self.literal_chars();
         if chars > MAX_TEXT_CHARS {
             return Err(TemplateError::TextTooLong { len: chars });
         }

@@ -492,7 +492,7 @@ impl Worker {
                         epoch,
                         tenant: h.run.tenant.clone(),
                         to: h.run.to.clone(),
-                        text: h.run.steps[step as usize].text.clone(),
+                        message: h.run.steps[step as usize].message.clone(),
                     };
                     let op = self.issue(OpKind::Send, Some((id, epoch)), now_ms);
                     self.effects.push_back(WorkerEffect::Send { op, request });

@@ -19,7 +19,7 @@ fn new_run(i: u64, to: &str, delays: &[u64]) -> NewRun {
             .iter()
             .enumerate()
             .map(|(s, d)| PlannedStep {
-                text: format!("message {s}"),
+                message: oncesend_core::Message::text(format!("message {s}")),
                 delay_ms: *d,
             })
             .collect(),
@@ -140,7 +140,7 @@ fn leased_request(store: &mut MemStore) -> SendRequest {
         epoch: c.epoch,
         tenant: c.tenant,
         to: c.to,
-        text: c.steps[0].text.clone(),
+        message: c.steps[0].message.clone(),
     }
 }
 

@@ -130,7 +130,7 @@ fn run_ops(mut store: MemStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     to: conv_number(conv),
                     steps: (0..steps)
                         .map(|s| PlannedStep {
-                            text: format!("m{s}"),
+                            message: oncesend_core::Message::text(format!("m{s}")),
                             delay_ms: if s == 0 { delay_ms } else { delay_ms / 2 },
                         })
                         .collect(),
@@ -460,11 +460,11 @@ fn a_well_behaved_sequence_completes_every_run() {
             to: conv_number((i % 2) as u8),
             steps: vec![
                 PlannedStep {
-                    text: "a".into(),
+                    message: oncesend_core::Message::text("a"),
                     delay_ms: 0,
                 },
                 PlannedStep {
-                    text: "b".into(),
+                    message: oncesend_core::Message::text("b"),
                     delay_ms: 5,
                 },
             ],

@@ -15,7 +15,7 @@ fn begun(store: &mut MemStore) -> DeliveryKey {
             flow: FlowId::new("f").unwrap(),
             to: Recipient::parse("+5511913390707").unwrap(),
             steps: vec![PlannedStep {
-                text: "hi".into(),
+                message: oncesend_core::Message::text("hi"),
                 delay_ms: 0,
             }],
             trigger_key: None,

@@ -413,7 +413,7 @@ fn plan_runs(args: &BenchArgs, clock: &TokioClock) -> anyhow::Result<Vec<NewRun>
     let mut seed = oncesend_core::rng::SplitMix64::new(daemon::os_random());
     let steps: Vec<PlannedStep> = (0..args.steps)
         .map(|s| PlannedStep {
-            text: format!("bench message {}", s + 1),
+            message: oncesend_core::Message::text(format!("bench message {}", s + 1)),
             delay_ms: if s == 0 { 0 } else { args.delay_ms },
         })
         .collect();

@@ -77,6 +77,10 @@ pub struct EngineArgs {
         default_value = "https://graph.facebook.com"
     )]
     pub cloud_api_url: String,
+    /// Extra roots (PEM) to trust for the Cloud API's HTTPS, on top of the
+    /// standard web roots: a corporate proxy's CA, or a test server's.
+    #[arg(long, env = "ONCESEND_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Cloud API access token.
     #[arg(long, env = "ONCESEND_CLOUD_API_TOKEN", hide_env_values = true)]
     pub cloud_api_token: Option<String>,

@@ -7,6 +7,7 @@ use crate::clock::TokioClock;
 use crate::config::{EngineArgs, LeaseArgs, ProviderKind, WorkerArgs};
 use crate::db::Db;
 use crate::engine::EngineHandle;
+use crate::net::TlsTrust;
 use crate::provider::{AnyProvider, CloudApiProvider, LogProvider, NullProvider, TenantProviders};
 use crate::store::Store;
 use anyhow::{bail, Context};
@@ -29,8 +30,16 @@ pub fn fresh_worker_id() -> WorkerId {
     WorkerId::new(uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid worker id")
 }
 
+/// The roots the Cloud API client trusts: the web roots and `--ca-file`.
+pub fn tls_trust(args: &EngineArgs) -> anyhow::Result<TlsTrust> {
+    TlsTrust::load(args.ca_file.as_deref()).map_err(|e| anyhow::anyhow!("--ca-file {e}"))
+}
+
 /// The default tenant's provider, from flags and environment.
-pub fn default_provider(args: &EngineArgs) -> anyhow::Result<(AnyProvider, LogProvider)> {
+pub fn default_provider(
+    args: &EngineArgs,
+    trust: &TlsTrust,
+) -> anyhow::Result<(AnyProvider, LogProvider)> {
     let log = match &args.log_file {
         Some(path) => LogProvider::file(path)
             .with_context(|| format!("cannot open --log-file {}", path.display()))?,
@@ -52,8 +61,12 @@ pub fn default_provider(args: &EngineArgs) -> anyhow::Result<(AnyProvider, LogPr
                 token: token.clone(),
             };
             AnyProvider::CloudApi(
-                CloudApiProvider::new(&settings, Duration::from_millis(args.send_timeout_ms))
-                    .map_err(|e| anyhow::anyhow!("ONCESEND_CLOUD_API_URL: {e}"))?,
+                CloudApiProvider::new(
+                    &settings,
+                    Duration::from_millis(args.send_timeout_ms),
+                    trust,
+                )
+                .map_err(|e| anyhow::anyhow!("ONCESEND_CLOUD_API_URL: {e}"))?,
             )
         }
     };
@@ -82,13 +95,15 @@ pub struct Engine {
 /// Builds the engine over `db`.
 pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<Engine> {
     check_token(args)?;
-    let (default, log) = default_provider(args)?;
+    let trust = tls_trust(args)?;
+    let (default, log) = default_provider(args, &trust)?;
     let providers = TenantProviders::new(
         default,
         log,
         db.clone(),
         clock.clone(),
         Duration::from_millis(args.send_timeout_ms),
+        trust,
     );
     let config = EngineConfig {
         send_timeout_ms: args.send_timeout_ms,
@@ -242,7 +257,7 @@ mod tests {
                 flow: FlowId::new("f").unwrap(),
                 to: Recipient::parse(&format!("+551191339000{i}")).unwrap(),
                 steps: vec![PlannedStep {
-                    text: "hi".into(),
+                    message: oncesend_core::Message::text("hi"),
                     delay_ms: 0,
                 }],
                 trigger_key: Some(format!("k{i}")),

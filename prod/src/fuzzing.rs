@@ -103,13 +103,10 @@ fn plan(
     to: oncesend_core::Recipient,
     vars: std::collections::BTreeMap<String, String>,
 ) {
-    let mut steps = vec![FlowStep {
-        text: Template::parse("hello").expect("valid"),
-        delay_ms: 0,
-    }];
+    let mut steps = vec![FlowStep::text(Template::parse("hello").expect("valid"), 0)];
     for name in vars.keys().take(MAX_STEPS - 1) {
         if let Ok(text) = Template::parse(&format!("Hi {{{{{name}}}}}!")) {
-            steps.push(FlowStep { text, delay_ms: 5 });
+            steps.push(FlowStep::text(text, 5));
         }
     }
     let flow = Flow::new(FlowId::new("fuzz").expect("valid"), steps).expect("within bounds");
@@ -123,10 +120,10 @@ fn plan(
         Ok(run) => {
             assert_eq!(run.steps.len(), flow.steps.len());
             for (s, p) in flow.steps.iter().zip(&run.steps) {
-                assert_eq!(Ok(&p.text), s.text.render(&vars).as_ref());
+                assert_eq!(Ok(&p.message), s.render(&vars).as_ref());
             }
         }
-        Err(PlanError::Vars(_) | PlanError::Render { .. }) => {}
+        Err(PlanError::Vars(_) | PlanError::Step { .. }) => {}
         Err(e) => panic!("planning refused a trigger for {e}"),
     }
 }

@@ -7,7 +7,7 @@ use oncesend::clock::TokioClock;
 use oncesend::config::{DbArgs, EngineArgs, LeaseArgs, LogArgs};
 use oncesend::daemon;
 use oncesend::db::{Db, DEFAULT_DATABASE_URL};
-use oncesend::net::{HttpClient, HttpUrl, TcpConnector};
+use oncesend::net::{HttpClient, HttpUrl, MaybeTls, TcpConnector, TlsTrust};
 use oncesend::worker::run_worker_woken;
 use oncesend_core::Worker;
 use std::process::ExitCode;
@@ -280,8 +280,15 @@ async fn call(
 ) -> anyhow::Result<()> {
     let url =
         HttpUrl::parse(&client.engine_url).map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
-    let http = HttpClient::new(
+    // An engine behind a TLS-terminating proxy is reached over https.
+    let connector = MaybeTls::for_url(
         TcpConnector::new(url.addr.clone()),
+        &url,
+        &TlsTrust::web_roots(),
+    )
+    .map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
+    let http = HttpClient::new(
+        connector,
         &url.authority,
         client.token.clone(),
         Duration::from_secs(30),

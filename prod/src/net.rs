@@ -6,11 +6,16 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::future::Future;
 use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_util::either::Either;
 
 /// Opens connections to one server.
 pub trait Connector: Clone + Send + Sync + 'static {
@@ -166,35 +171,36 @@ impl<C: Connector> HttpClient<C> {
     }
 }
 
-/// A plain-HTTP URL taken apart: where to connect and what to ask for.
+/// An `http://` or `https://` URL taken apart: where to connect, whether
+/// to speak TLS, and what to ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
     /// `host:port`, for the connector.
     pub addr: String,
+    /// The host alone (no brackets around an IPv6 address): the name a
+    /// server certificate must be valid for.
+    pub host: String,
     /// The Host header.
     pub authority: String,
     /// The path prefix, without a trailing `/` (empty for the root).
     pub path: String,
+    /// `https`: TLS over the connection.
+    pub tls: bool,
 }
 
 impl HttpUrl {
-    /// Parses `http://host[:port][/path]`. `https` is refused with a hint:
-    /// the daemons speak plain HTTP and expect TLS to end at a proxy.
+    /// Parses `http[s]://host[:port][/path]`.
     pub fn parse(url: &str) -> Result<Self, String> {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "{url:?}: https is not built in; run a local TLS proxy (for example stunnel or nginx) in front of it and give its http:// URL"
-                ))
-            }
-            _ => return Err(format!("{url:?} must start with http://")),
-        }
+        let (tls, default_port) = match uri.scheme_str() {
+            Some("http") => (false, 80),
+            Some("https") => (true, 443),
+            _ => return Err(format!("{url:?} must start with https:// or http://")),
+        };
         let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(default_port);
         let authority = uri
             .authority()
             .map(|a| a.as_str().to_string())
@@ -202,8 +208,156 @@ impl HttpUrl {
         let path = uri.path().trim_end_matches('/').to_string();
         Ok(Self {
             addr: format!("{host}:{port}"),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             authority,
             path,
+            tls,
+        })
+    }
+
+    /// Whether the host is this machine (`localhost` or a loopback
+    /// address), where plain HTTP exposes nothing.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// The certificates a TLS client trusts: the standard web roots, plus
+/// any roots from a PEM file (`--ca-file`), for a private CA or a test
+/// server. Built once; cloning shares it.
+#[derive(Clone)]
+pub struct TlsTrust {
+    config: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTrust").finish_non_exhaustive()
+    }
+}
+
+impl TlsTrust {
+    /// The standard web roots alone.
+    pub fn web_roots() -> Self {
+        Self::with_roots(Self::web_root_store())
+    }
+
+    /// The web roots plus every certificate in the PEM file `ca_file`, if
+    /// given. A file that cannot be read, or that holds no certificate, or
+    /// a certificate that is not a usable root, is an error naming it.
+    pub fn load(ca_file: Option<&Path>) -> Result<Self, String> {
+        let mut roots = Self::web_root_store();
+        if let Some(path) = ca_file {
+            let shown = path.display();
+            std::fs::metadata(path).map_err(|e| format!("{shown}: cannot read it: {e}"))?;
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{shown}: cannot read it: {e}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{shown}: not a PEM certificate file: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "{shown} holds no certificate (expected one or more PEM blocks \"-----BEGIN CERTIFICATE-----\")"
+                ));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{shown}: a certificate in it cannot be trusted: {e}"))?;
+            }
+        }
+        Ok(Self::with_roots(roots))
+    }
+
+    fn web_root_store() -> RootCertStore {
+        RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }
+    }
+
+    fn with_roots(roots: RootCertStore) -> Self {
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // This client speaks HTTP/1.1 only; say so, so that a server
+        // offering h2 does not pick it.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// TLS over the connections another [`Connector`] opens: TCP in the
+/// daemons, turmoil's network in the simulation. The server must present
+/// a certificate for `host` that chains to a trusted root; anything else
+/// fails the connect, before a byte of the request is written.
+#[derive(Clone)]
+pub struct TlsConnector<C> {
+    inner: C,
+    tls: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl<C: Connector> TlsConnector<C> {
+    /// TLS to `host` (a DNS name or an IP address) over `inner`.
+    pub fn new(inner: C, host: &str, trust: &TlsTrust) -> Result<Self, String> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+        Ok(Self {
+            inner,
+            tls: tokio_rustls::TlsConnector::from(trust.config.clone()),
+            name,
+        })
+    }
+}
+
+impl<C: Connector> Connector for TlsConnector<C> {
+    type Io = tokio_rustls::client::TlsStream<C::Io>;
+    async fn connect(&self) -> io::Result<Self::Io> {
+        let io = self.inner.connect().await?;
+        self.tls.connect(self.name.clone(), io).await.map_err(|e| {
+            let host = self.name.to_str();
+            io::Error::new(e.kind(), format!("TLS handshake with {host} failed: {e}"))
+        })
+    }
+}
+
+/// Plain or TLS, as a URL's scheme says; never one in place of the other.
+#[derive(Clone)]
+pub enum MaybeTls<C> {
+    /// `http://`.
+    Plain(C),
+    /// `https://`.
+    Tls(TlsConnector<C>),
+}
+
+impl<C: Connector> MaybeTls<C> {
+    /// The connector `url` asks for, over `inner`.
+    pub fn for_url(inner: C, url: &HttpUrl, trust: &TlsTrust) -> Result<Self, String> {
+        Ok(if url.tls {
+            Self::Tls(TlsConnector::new(inner, &url.host, trust)?)
+        } else {
+            Self::Plain(inner)
+        })
+    }
+}
+
+impl<C: Connector> Connector for MaybeTls<C> {
+    type Io = Either<C::Io, tokio_rustls::client::TlsStream<C::Io>>;
+    async fn connect(&self) -> io::Result<Self::Io> {
+        Ok(match self {
+            Self::Plain(c) => Either::Left(c.connect().await?),
+            Self::Tls(c) => Either::Right(c.connect().await?),
         })
     }
 }
@@ -220,9 +374,14 @@ mod tests {
         assert_eq!(u.path, "/base");
         let u = HttpUrl::parse("http://localhost").unwrap();
         assert_eq!((u.addr.as_str(), u.path.as_str()), ("localhost:80", ""));
-        assert!(HttpUrl::parse("https://graph.facebook.com")
-            .unwrap_err()
-            .contains("TLS proxy"));
-        assert!(HttpUrl::parse("ftp://x").is_err());
+        assert!(!u.tls && u.is_loopback());
+        let u = HttpUrl::parse("https://graph.facebook.com").unwrap();
+        assert_eq!(u.addr, "graph.facebook.com:443");
+        assert_eq!(u.host, "graph.facebook.com");
+        assert!(u.tls && !u.is_loopback());
+        let u = HttpUrl::parse("https://[::1]:8443/x").unwrap();
+        assert_eq!((u.addr.as_str(), u.host.as_str()), ("[::1]:8443", "::1"));
+        assert!(u.is_loopback());
+        assert!(HttpUrl::parse("ftp://x").unwrap_err().contains("https://"));
     }
 }

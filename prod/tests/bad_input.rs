@@ -58,7 +58,7 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
     let flow_body = br#"{"steps":[{"text":"Hi {{name}}","delay_ms":0}]}"#.to_vec();
     let trigger_body = br#"{"to":"+5511913390707","vars":{"name":"Ana"}}"#.to_vec();
     let send_body = format!(
-        r#"{{"key":"{run_id}:0","epoch":1,"tenant":"default","to":"+5511913390707","text":"x"}}"#
+        r#"{{"key":"{run_id}:0","epoch":1,"tenant":"default","to":"+5511913390707","message":{{"type":"text","text":{{"body":"x"}}}}}}"#
     )
     .into_bytes();
     let batch_body = format!(
@@ -169,7 +169,7 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
     // 1001 messages of this size are over the 64 KiB body limit.
     assert_eq!(s, 413, "{j}");
     let bad_phone = format!(
-        r#"{{"messages":[{},{{"key":"{run_id}:1","epoch":1,"tenant":"default","to":"12","text":"x"}}]}}"#,
+        r#"{{"messages":[{},{{"key":"{run_id}:1","epoch":1,"tenant":"default","to":"12","message":{{"type":"text","text":{{"body":"x"}}}}}}]}}"#,
         String::from_utf8_lossy(&send_body)
     );
     assert_problem(
@@ -242,7 +242,58 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
         api.raw("PUT", "/v1/flows/welcome", &[], Some(long.into_bytes()))
             .await,
         422,
-        "step 0: text is 5000 characters; a message may be at most 4096",
+        "steps[0].text: text is 5000 characters; a message may be at most 4096",
+    );
+    // Message steps: each refusal names the JSON path, and stores nothing.
+    let buttons = |n: usize| {
+        let b: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"type": "reply", "reply": {"id": format!("b{i}"), "title": "t"}}))
+            .collect();
+        serde_json::json!({"type": "interactive", "interactive": {"type": "button", "body": {"text": "x"}, "action": {"buttons": b}}})
+    };
+    let message_cases = [
+        (
+            serde_json::json!({"message": {"type": "fax", "fax": {}}}),
+            "steps[0].message.type",
+            "unknown message type \"fax\"",
+        ),
+        (
+            serde_json::json!({"text": "hi", "message": {"type": "text", "text": {"body": "hi"}}}),
+            "steps[0]",
+            "exactly one of \"text\" or \"message\"",
+        ),
+        (
+            serde_json::json!({"message": {"type": "template", "template": {"name": "order_ready"}}}),
+            "steps[0].message.template.language",
+            "missing",
+        ),
+        (
+            serde_json::json!({"message": {"type": "image", "image": {"link": "http://example.com/a.png"}}}),
+            "steps[0].message.image.link",
+            "https://",
+        ),
+        (
+            serde_json::json!({"message": buttons(4)}),
+            "steps[0].message.interactive.action.buttons",
+            "4 reply buttons; at least 1 and at most 3",
+        ),
+        (
+            serde_json::json!({"message": {"type": "text", "text": {"body": "hi", "bold": true}}}),
+            "steps[0].message.text.bold",
+            "unknown field",
+        ),
+    ];
+    for (step, path, detail) in message_cases {
+        let body = serde_json::to_vec(&serde_json::json!({"steps": [step]})).unwrap();
+        let got = api.raw("PUT", "/v1/flows/welcome", &[], Some(body)).await;
+        assert_eq!(got.2["path"], path, "{step}: {}", got.2);
+        assert_problem(&format!("{step}"), got, 422, detail);
+    }
+    assert_problem(
+        "no flow was stored",
+        api.raw("GET", "/v1/flows/welcome", &[], None).await,
+        404,
+        "no flow \"welcome\"",
     );
     assert_problem(
         "bad flow name",

@@ -25,11 +25,11 @@ fn new_run(i: u64) -> NewRun {
         to: Recipient::parse("+5511913390001").unwrap(),
         steps: vec![
             PlannedStep {
-                text: "one".into(),
+                message: oncesend_core::Message::text("one"),
                 delay_ms: 0,
             },
             PlannedStep {
-                text: "two".into(),
+                message: oncesend_core::Message::text("two"),
                 delay_ms: 0,
             },
         ],

@@ -72,7 +72,7 @@ async fn enqueue_all(store: &SqlStore) {
                 to: Recipient::parse(&format!("+55119{:08}", i % CONVERSATIONS)).unwrap(),
                 steps: (0..STEPS)
                     .map(|s| PlannedStep {
-                        text: format!("step {s}"),
+                        message: oncesend_core::Message::text(format!("step {s}")),
                         delay_ms: 0,
                     })
                     .collect(),

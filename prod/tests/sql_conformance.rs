@@ -7,7 +7,7 @@ mod support;
 
 use oncesend::store::sql::{SqlClock, SqlStore};
 use oncesend::store::Store;
-use oncesend_core::flow::FlowStep;
+use oncesend_core::flow::{FlowStep, RawFlowStep};
 use oncesend_core::{
     DeliveryKey, DeliveryOutcome, Flow, FlowId, MemStore, NewRun, PlannedStep, ProviderSettings,
     ReceiptStatus, Recipient, RunId, RunStatus, StoreOp, StoreReply, Template, Tenant, TenantId,
@@ -158,6 +158,36 @@ fn case() -> impl Strategy<Value = Vec<(Op, bool)>> {
     prop::collection::vec((op(), prop::bool::weighted(0.4)), 1..60)
 }
 
+/// Step `i` of a test flow: texts, templates, media and buttons in turn,
+/// so the stores keep every kind of message exactly.
+fn step_of_kind(i: u8, delay_ms: u64) -> FlowStep {
+    let message = match i % 4 {
+        0 => {
+            return FlowStep::text(
+                Template::parse(&format!("step {i} for {{{{name}}}}")).unwrap(),
+                delay_ms,
+            )
+        }
+        1 => {
+            serde_json::json!({"type": "template", "template": {"name": "order_ready", "language": {"code": "pt_BR"},
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "{{name}} ✓"}]}]}})
+        }
+        2 => {
+            serde_json::json!({"type": "image", "image": {"link": format!("https://example.com/{i}.png"), "caption": "para {{name}}"}})
+        }
+        _ => {
+            serde_json::json!({"type": "interactive", "interactive": {"type": "button", "body": {"text": "Ok, {{name}}?"},
+            "action": {"buttons": [{"type": "reply", "reply": {"id": "yes", "title": "Sim"}}, {"type": "reply", "reply": {"id": "no", "title": "Não"}}]}}})
+        }
+    };
+    FlowStep::from_raw(RawFlowStep {
+        text: None,
+        message: Some(message),
+        delay_ms,
+    })
+    .unwrap()
+}
+
 fn tenant(n: u8) -> TenantId {
     match n {
         0 => TenantId::default_tenant(),
@@ -226,12 +256,7 @@ impl World {
                 tenant: tenant(flow % 2),
                 flow: Flow::new(
                     FlowId::new(format!("flow{flow}")).unwrap(),
-                    (0..steps)
-                        .map(|i| FlowStep {
-                            text: Template::parse(&format!("step {i} for {{{{name}}}}")).unwrap(),
-                            delay_ms: i as u64 * 10,
-                        })
-                        .collect(),
+                    (0..steps).map(|i| step_of_kind(i, i as u64 * 10)).collect(),
                 )
                 .unwrap(),
             },
@@ -264,9 +289,14 @@ impl World {
                         flow: FlowId::new("flow0").unwrap(),
                         to: recipient(conv),
                         steps: (0..steps)
-                            .map(|i| PlannedStep {
-                                text: format!("message {i}"),
-                                delay_ms: if i == 0 { delay_ms } else { delay_ms / 2 },
+                            .map(|i| {
+                                let delay_ms = if i == 0 { delay_ms } else { delay_ms / 2 };
+                                let step = step_of_kind(i, delay_ms);
+                                let vars = [("name".to_string(), format!("r{i}"))].into();
+                                PlannedStep {
+                                    message: step.render(&vars).unwrap(),
+                                    delay_ms,
+                                }
                             })
                             .collect(),
                         trigger_key: key.map(|k| format!("key-{k}")),

@@ -40,7 +40,7 @@ async fn an_enqueue_wakes_a_listening_store() {
             flow: FlowId::new("f").unwrap(),
             to: Recipient::parse(&format!("+55119133{i:05}")).unwrap(),
             steps: vec![PlannedStep {
-                text: "hi".into(),
+                message: oncesend_core::Message::text("hi"),
                 delay_ms: 0,
             }],
             trigger_key: None,

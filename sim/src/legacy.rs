@@ -201,7 +201,7 @@ pub async fn processor(
                 },
                 tenant: TenantId::default_tenant(),
                 to: m.to.clone(),
-                text: m.text.clone(),
+                message: oncesend_core::Message::text(m.text.clone()),
             };
             let sent = match &sender {
                 Sender::Direct(provider) => {

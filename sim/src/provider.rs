@@ -25,7 +25,10 @@ impl SimProvider {
         self.shared.log(format!(
             "[WhatsApp Engine] Message sent to {}: {}   ({who}, key {})",
             message.to.as_str().trim_start_matches('+'),
-            message.text,
+            message
+                .message
+                .text_body()
+                .unwrap_or(message.message.kind()),
             message.key
         ));
         tokio::time::sleep(self.latency).await;
@@ -40,7 +43,10 @@ impl Provider for SimProvider {
         self.shared.log(format!(
             "[WhatsApp Engine] Message sent to {}: {}   (key {key})",
             message.to.as_str().trim_start_matches('+'),
-            message.text
+            message
+                .message
+                .text_body()
+                .unwrap_or(message.message.kind())
         ));
         tokio::time::sleep(self.latency).await;
         if self.shared.lose_replies() {

@@ -13,17 +13,55 @@ pub use mem::MemStore;
 
 use crate::flow::Flow;
 use crate::ids::{DeliveryKey, FlowId, RunId, TenantId, WorkerId};
+use crate::message::Message;
 use crate::recipient::Recipient;
 use crate::send::DeliveryOutcome;
 use serde::{Deserialize, Serialize};
 
 /// One step of a run, rendered at trigger time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PlannedStepRepr")]
 pub struct PlannedStep {
-    /// The exact text to send.
-    pub text: String,
+    /// The exact message to send.
+    pub message: Message,
     /// Wait this long after the previous step (or the trigger) before sending.
     pub delay_ms: u64,
+}
+
+impl PlannedStep {
+    /// A text step.
+    pub fn text(text: impl Into<String>, delay_ms: u64) -> Self {
+        Self {
+            message: Message::text(text),
+            delay_ms,
+        }
+    }
+}
+
+/// A stored step as read back: runs enqueued before message kinds
+/// existed carry `{"text": …}`.
+#[derive(Deserialize)]
+struct PlannedStepRepr {
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    text: Option<String>,
+    delay_ms: u64,
+}
+
+impl TryFrom<PlannedStepRepr> for PlannedStep {
+    type Error = String;
+    fn try_from(r: PlannedStepRepr) -> Result<Self, String> {
+        let message = match (r.message, r.text) {
+            (Some(m), None) => m,
+            (None, Some(t)) => Message::text(t),
+            _ => return Err("a step holds exactly one of \"message\" or \"text\"".into()),
+        };
+        Ok(Self {
+            message,
+            delay_ms: r.delay_ms,
+        })
+    }
 }
 
 /// A run to enqueue.

@@ -636,7 +636,7 @@ mod tests {
                 to: Recipient::parse("+5511913390001").unwrap(),
                 steps: vec![
                     PlannedStep {
-                        text: "hi".into(),
+                        message: crate::Message::text("hi"),
                         delay_ms: 0,
                     };
                     steps

@@ -22,7 +22,7 @@ use oncesend_core::flow::Trigger;
 use oncesend_core::rng::SplitMix64;
 use oncesend_core::worker::WorkerStats;
 use oncesend_core::{
-    plan_run, Flow, FlowId, FlowStep, ProviderSettings, Recipient, RunId, RunStatus, RunView,
+    plan_run, Flow, FlowId, ProviderSettings, RawFlowStep, Recipient, RunId, RunStatus, RunView,
     SendBatch, SendBatchResponse, SendRequest, SendResponse, StoreOp, StoreReply, Tenant, TenantId,
 };
 use serde::de::DeserializeOwned;
@@ -125,7 +125,7 @@ impl<S: Store> AppState<S> {
 pub fn router<S: Store>(state: AppState<S>) -> Router {
     let max_body = state.config.max_body_bytes;
     let guarded = Router::new()
-        .route("/v1/flows/{flow}", put(put_flow::<S>))
+        .route("/v1/flows/{flow}", put(put_flow::<S>).get(get_flow::<S>))
         .route("/v1/flows/{flow}/runs", post(trigger::<S>))
         .route("/v1/tenants/{tenant}", put(put_tenant::<S>))
         .route("/v1/runs", get(list_runs::<S>))
@@ -254,7 +254,7 @@ fn default_tenant() -> String {
 struct FlowBody {
     #[serde(default = "default_tenant")]
     tenant: String,
-    steps: Vec<FlowStep>,
+    steps: Vec<RawFlowStep>,
 }
 
 /// A `PUT /v1/flows/{flow}` body, checked.
@@ -271,7 +271,8 @@ pub struct FlowRequest {
 pub fn parse_flow_body(id: FlowId, body: &[u8]) -> Result<FlowRequest, Problem> {
     let body: FlowBody = parse_json_body(body)?;
     let tenant = TenantId::new(body.tenant).map_err(|e| Problem::invalid(e.to_string()))?;
-    let flow = Flow::new(id, body.steps).map_err(|e| Problem::invalid(e.to_string()))?;
+    let flow =
+        Flow::from_raw(id, body.steps).map_err(|e| Problem::invalid(e.to_string()).at(e.path()))?;
     Ok(FlowRequest { tenant, flow })
 }
 
@@ -299,6 +300,45 @@ async fn put_flow<S: Store>(
             )
                 .into_response())
         }
+        other => Err(unexpected(other)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantQuery {
+    tenant: Option<String>,
+}
+
+/// The flow as `GET /v1/flows/{flow}` shows it: its steps exactly as put.
+pub fn flow_json(tenant: &TenantId, flow: &Flow) -> serde_json::Value {
+    serde_json::json!({
+        "flow": flow.id,
+        "tenant": tenant,
+        "steps": flow.steps,
+    })
+}
+
+async fn get_flow<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(flow): Path<String>,
+    query: Result<axum::extract::Query<TenantQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let axum::extract::Query(q) = query.map_err(|e| Problem::invalid(e.body_text()))?;
+    let id = FlowId::new(flow).map_err(|e| Problem::invalid(e.to_string()))?;
+    let tenant = TenantId::new(q.tenant.unwrap_or_else(default_tenant))
+        .map_err(|e| Problem::invalid(format!("tenant: {e}")))?;
+    let op = StoreOp::GetFlow {
+        tenant: tenant.clone(),
+        flow: id.clone(),
+    };
+    match store_reply(st.store.apply(op).await)? {
+        StoreReply::Flow(f) => Ok(Json(flow_json(&tenant, &f)).into_response()),
+        StoreReply::NotFound => Err(Problem::not_found(format!(
+            "no flow {:?} in tenant {:?}; create it with PUT /v1/flows/{id}",
+            id.as_str(),
+            tenant.as_str()
+        ))),
         other => Err(unexpected(other)),
     }
 }
@@ -409,7 +449,7 @@ async fn trigger<S: Store>(
         },
         RunId::new(now_ms, random),
     )
-    .map_err(|e| Problem::invalid(e.to_string()))?;
+    .map_err(|e| Problem::invalid(e.to_string()).at(e.path()))?;
     match store_reply(st.store.apply(StoreOp::Enqueue { run, now_ms }).await)? {
         StoreReply::Enqueued { run, created } => {
             tracing::info!(run_id = %run, flow = %flow_id, created, idempotency_key = trigger_key.as_deref().unwrap_or(""), "run triggered");
@@ -545,8 +585,11 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
                 None => "pending",
                 Some(d) => d.state.as_str(),
             };
+            let message = &v.steps[i].message;
             serde_json::json!({
                 "index": i,
+                "kind": message.kind(),
+                "template": message.template_name(),
                 "status": status,
                 "provider_message_id": d.as_ref().and_then(|d| d.provider_message_id.clone()),
                 "attempts": d.as_ref().map_or(0, |d| d.attempts),

@@ -15,6 +15,9 @@ pub struct Problem {
     pub detail: String,
     /// Seconds to wait before trying again, for 429 and 503.
     pub retry_after_s: Option<u64>,
+    /// The JSON path of the invalid value in the request body, where one
+    /// is known (`steps[2].message.image.link`).
+    pub path: Option<String>,
 }
 
 impl Problem {
@@ -25,7 +28,14 @@ impl Problem {
             title,
             detail: detail.into(),
             retry_after_s: None,
+            path: None,
         }
+    }
+
+    /// The same problem, naming the JSON path of what is wrong.
+    pub fn at(mut self, path: Option<String>) -> Self {
+        self.path = path;
+        self
     }
 
     /// 400: the request could not be read.
@@ -63,12 +73,15 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("https://oncesend.dev/problems/{}", self.slug()),
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
+        if let Some(path) = self.path {
+            body["path"] = path.into();
+        }
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(

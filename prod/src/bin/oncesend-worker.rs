@@ -6,7 +6,7 @@ use oncesend::clock::TokioClock;
 use oncesend::config::{DbArgs, LogArgs, WorkerArgs};
 use oncesend::daemon;
 use oncesend::db::Db;
-use oncesend::net::{HttpClient, HttpUrl, TcpConnector};
+use oncesend::net::{HttpClient, HttpUrl, MaybeTls, TcpConnector, TlsTrust};
 use oncesend::worker::{run_worker_woken, BatchedHttpEngineClient, SEND_BATCH};
 use oncesend_core::Worker;
 use std::process::ExitCode;
@@ -61,12 +61,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // Long enough for the engine to finish a provider call and record it.
     let timeout = Duration::from_millis(cli.worker.send_timeout_ms * 2 + 2_000);
-    let http = HttpClient::new(
-        TcpConnector::new(url.addr),
-        &url.authority,
-        cli.worker.token.clone(),
-        timeout,
-    );
+    // An engine behind a TLS-terminating proxy is reached over https.
+    let connector = MaybeTls::for_url(
+        TcpConnector::new(url.addr.clone()),
+        &url,
+        &TlsTrust::web_roots(),
+    )
+    .map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
+    let http = HttpClient::new(connector, &url.authority, cli.worker.token.clone(), timeout);
     let worker = Worker::new(config, daemon::os_random())?;
     let stats = Arc::new(Mutex::new(Default::default()));
     tracing::info!(worker_id = %id, engine = %cli.worker.engine_url, database = %oncesend::db::redact(&cli.db.database_url), "worker starting");

@@ -7,7 +7,7 @@
 //! [`CloudApiError::outcome`].
 
 use super::Provider;
-use crate::net::{HttpClient, HttpError, HttpUrl, TcpConnector};
+use crate::net::{HttpClient, HttpError, HttpUrl, MaybeTls, TcpConnector, TlsTrust};
 use hyper::{HeaderMap, Method, StatusCode};
 use oncesend_core::{CloudApiError, CloudApiSettings, DeliveryOutcome, OutboundMessage};
 use std::time::Duration;
@@ -15,17 +15,30 @@ use std::time::Duration;
 /// Sends through one Cloud API phone number.
 #[derive(Clone)]
 pub struct CloudApiProvider {
-    http: HttpClient<TcpConnector>,
+    http: HttpClient<MaybeTls<TcpConnector>>,
     path: String,
 }
 
 impl CloudApiProvider {
-    /// A client for `settings`. `timeout` bounds each exchange; the engine
-    /// bounds the whole call too, and either running out is `unknown`.
-    pub fn new(settings: &CloudApiSettings, timeout: Duration) -> Result<Self, String> {
+    /// A client for `settings`, trusting `trust`'s roots over `https`.
+    /// `timeout` bounds each exchange; the engine bounds the whole call
+    /// too, and either running out is `unknown`.
+    pub fn new(
+        settings: &CloudApiSettings,
+        timeout: Duration,
+        trust: &TlsTrust,
+    ) -> Result<Self, String> {
         let url = HttpUrl::parse(&settings.base_url)?;
+        if !url.tls && !url.is_loopback() {
+            tracing::warn!(
+                base_url = %settings.base_url,
+                phone_number_id = %settings.phone_number_id,
+                "the Cloud API URL is plain http off this machine: the access token and every message cross the network unencrypted; use https://"
+            );
+        }
+        let connector = MaybeTls::for_url(TcpConnector::new(url.addr.clone()), &url, trust)?;
         let http = HttpClient::new(
-            TcpConnector::new(url.addr),
+            connector,
             &url.authority,
             Some(settings.token.clone()),
             timeout,
@@ -39,16 +52,9 @@ impl CloudApiProvider {
         })
     }
 
-    /// The request body for `message`.
+    /// The request body for `message`: the Cloud API's, exactly.
     pub fn body(message: &OutboundMessage) -> serde_json::Value {
-        serde_json::json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": message.to.as_str(),
-            "type": "text",
-            "text": {"body": message.text},
-            "biz_opaque_callback_data": message.key.to_string(),
-        })
+        message.body()
     }
 }
 

@@ -43,8 +43,7 @@ impl Provider for LogProvider {
             "provider_message_id": id,
             "idempotency_key": message.key.to_string(),
             "tenant": message.tenant,
-            "to": message.to,
-            "text": message.text,
+            "body": message.body(),
         });
         let written = {
             let mut out = self.out.lock().expect("log provider lock");

@@ -4,6 +4,7 @@
 
 use super::{CloudApiProvider, LogProvider, NullProvider, Provider};
 use crate::clock::TokioClock;
+use crate::net::TlsTrust;
 use crate::store::Store;
 use oncesend_core::{
     DeliveryOutcome, OutboundMessage, ProviderSettings, StoreOp, StoreReply, TenantId,
@@ -51,6 +52,7 @@ pub struct TenantProviders<S> {
     store: S,
     clock: TokioClock,
     timeout: Duration,
+    trust: TlsTrust,
     cache: Arc<Mutex<BTreeMap<TenantId, Cached>>>,
 }
 
@@ -62,6 +64,7 @@ impl<S: Clone> Clone for TenantProviders<S> {
             store: self.store.clone(),
             clock: self.clock.clone(),
             timeout: self.timeout,
+            trust: self.trust.clone(),
             cache: self.cache.clone(),
         }
     }
@@ -69,13 +72,15 @@ impl<S: Clone> Clone for TenantProviders<S> {
 
 impl<S: Store> TenantProviders<S> {
     /// `default` serves the tenant `default`; tenants stored with the log
-    /// provider write to `log`.
+    /// provider write to `log`; stored Cloud API tenants are reached over
+    /// TLS trusting `trust`.
     pub fn new(
         default: AnyProvider,
         log: LogProvider,
         store: S,
         clock: TokioClock,
         timeout: Duration,
+        trust: TlsTrust,
     ) -> Self {
         Self {
             default,
@@ -83,6 +88,7 @@ impl<S: Store> TenantProviders<S> {
             store,
             clock,
             timeout,
+            trust,
             cache: Arc::default(),
         }
     }
@@ -92,7 +98,7 @@ impl<S: Store> TenantProviders<S> {
         Ok(match settings {
             ProviderSettings::Log {} => AnyProvider::Log(self.log.clone()),
             ProviderSettings::CloudApi { cloud_api } => {
-                AnyProvider::CloudApi(CloudApiProvider::new(cloud_api, self.timeout)?)
+                AnyProvider::CloudApi(CloudApiProvider::new(cloud_api, self.timeout, &self.trust)?)
             }
         })
     }

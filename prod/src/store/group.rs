@@ -165,7 +165,7 @@ mod tests {
                 to: Recipient::parse(&format!("+1555{i:08}")).unwrap(),
                 steps: (0..3)
                     .map(|s| PlannedStep {
-                        text: format!("m{s}"),
+                        message: oncesend_core::Message::text(format!("m{s}")),
                         delay_ms: 0,
                     })
                     .collect(),

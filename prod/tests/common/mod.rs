@@ -1,6 +1,6 @@
 //! Shared by the process-level tests: a mock WhatsApp Cloud API speaking
-//! real HTTP on 127.0.0.1, the real binaries as child processes, and a
-//! small HTTP client.
+//! HTTPS on 127.0.0.1 with a certificate made at test time, the real
+//! binaries as child processes, and a small HTTP client.
 #![allow(dead_code)]
 
 use oncesend::net::{HttpClient, TcpConnector};
@@ -11,13 +11,71 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
 pub const PHONE_NUMBER_ID: &str = "1234";
 pub const CLOUD_TOKEN: &str = "cloud-token";
 pub const VERSION: &str = "v21.0";
+
+/// A certificate authority made for one test, and server certificates it
+/// signs. Its root is written to a PEM file for `--ca-file`.
+pub struct TestCa {
+    ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    /// The root certificate, PEM.
+    pub file: std::path::PathBuf,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "oncesend test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = params.self_signed(&key).unwrap();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file =
+            std::env::temp_dir().join(format!("oncesend-test-ca-{}-{n}.pem", std::process::id()));
+        std::fs::write(&file, ca.pem()).unwrap();
+        Self { ca, key, file }
+    }
+
+    /// A server configuration presenting a certificate for `names` (DNS
+    /// names or IP addresses) signed by this CA.
+    pub fn server(&self, names: &[&str]) -> Arc<tokio_rustls::rustls::ServerConfig> {
+        use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
 
 /// What the mock does with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +97,10 @@ pub enum Fault {
 pub struct Call {
     pub key: DeliveryKey,
     pub to: String,
+    /// `text.body` of a text message (empty for other kinds).
     pub text: String,
+    /// The whole request body.
+    pub body: serde_json::Value,
     pub fault: Fault,
     pub message_id: Option<String>,
 }
@@ -53,6 +114,8 @@ struct MockState {
     calls: Vec<Call>,
     attempts: BTreeMap<DeliveryKey, u32>,
     shape_errors: Vec<String>,
+    /// Connections whose TLS handshake failed (the client refused us).
+    tls_failures: Vec<String>,
 }
 
 /// A mock Cloud API. `decide(key, attempt)` picks each answer (attempt
@@ -61,6 +124,7 @@ struct MockState {
 pub struct MockCloudApi {
     pub addr: SocketAddr,
     state: Arc<Mutex<MockState>>,
+    ca: Arc<TestCa>,
 }
 
 impl MockCloudApi {
@@ -71,20 +135,39 @@ impl MockCloudApi {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(MockState::default()));
         let decide: Decide = Arc::new(decide);
+        let ca = Arc::new(TestCa::new());
+        let tls = tokio_rustls::TlsAcceptor::from(ca.server(&["127.0.0.1", "localhost"]));
         let st = state.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
-                tokio::spawn(serve_conn(sock, st.clone(), decide.clone()));
+                let (tls, st, decide) = (tls.clone(), st.clone(), decide.clone());
+                tokio::spawn(async move {
+                    match tls.accept(sock).await {
+                        Ok(stream) => serve_conn(stream, st, decide).await,
+                        Err(e) => st.lock().unwrap().tls_failures.push(e.to_string()),
+                    }
+                });
             }
         });
-        Self { addr, state }
+        Self { addr, state, ca }
     }
 
+    /// The base URL: `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// The PEM file of the CA that signed the mock's certificate.
+    pub fn ca_file(&self) -> String {
+        self.ca.file.display().to_string()
+    }
+
+    /// Why each refused TLS handshake failed, as the mock saw it.
+    pub fn tls_failures(&self) -> Vec<String> {
+        self.state.lock().unwrap().tls_failures.clone()
     }
 
     /// Requests that may have delivered a message (accepted or dropped),
@@ -127,43 +210,68 @@ fn check_shape(
         return Err(format!("authorization {:?}", headers.get("authorization")));
     }
     let obj = body.as_object().ok_or("body is not an object")?;
+    // The envelope, then exactly one message object, named by `type`.
+    let kind = body["type"].as_str().ok_or("no type")?;
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    if keys
-        != [
-            "biz_opaque_callback_data",
-            "messaging_product",
-            "recipient_type",
-            "text",
-            "to",
-            "type",
-        ]
-    {
-        return Err(format!("body keys {keys:?}"));
+    let mut want = vec![
+        "biz_opaque_callback_data",
+        "messaging_product",
+        "recipient_type",
+        "to",
+        "type",
+        kind,
+    ];
+    want.sort_unstable();
+    if keys != want {
+        return Err(format!("body keys {keys:?}, expected {want:?}"));
     }
-    if body["messaging_product"] != "whatsapp"
-        || body["recipient_type"] != "individual"
-        || body["type"] != "text"
-    {
+    if body["messaging_product"] != "whatsapp" || body["recipient_type"] != "individual" {
         return Err(format!("body {body}"));
     }
-    let text = body
-        .pointer("/text/body")
-        .and_then(|t| t.as_str())
-        .ok_or("no text.body")?;
-    if body["text"].as_object().map(|o| o.len()) != Some(1) {
-        return Err(format!("text {}", body["text"]));
+    const TYPES: &[&str] = &[
+        "text",
+        "template",
+        "image",
+        "video",
+        "audio",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+    ];
+    if !TYPES.contains(&kind) {
+        return Err(format!(
+            "(#100) Param type must be one of {TYPES:?}, got {kind:?}"
+        ));
     }
+    let text = match kind {
+        "text" => {
+            if body["text"]["body"].as_str().is_none_or(|b| b.is_empty()) {
+                return Err(format!("text without a body: {}", body["text"]));
+            }
+            body["text"]["body"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+        _ => String::new(),
+    };
     let to = body["to"].as_str().ok_or("no to")?;
     let key: DeliveryKey = body["biz_opaque_callback_data"]
         .as_str()
         .ok_or("no biz_opaque_callback_data")?
         .parse()
         .map_err(|e| format!("callback data: {e}"))?;
-    Ok((key, to.to_string(), text.to_string()))
+    Ok((key, to.to_string(), text))
 }
 
-async fn serve_conn(sock: TcpStream, state: Arc<Mutex<MockState>>, decide: Decide) {
+async fn serve_conn(
+    sock: impl AsyncRead + AsyncWrite + Unpin,
+    state: Arc<Mutex<MockState>>,
+    decide: Decide,
+) {
     let mut reader = BufReader::new(sock);
     loop {
         let mut line = String::new();
@@ -221,6 +329,7 @@ async fn serve_conn(sock: TcpStream, state: Arc<Mutex<MockState>>, decide: Decid
                         key,
                         to: to.clone(),
                         text,
+                        body: json.clone(),
                         fault,
                         message_id: message_id.clone(),
                     });
@@ -249,12 +358,8 @@ async fn serve_conn(sock: TcpStream, state: Arc<Mutex<MockState>>, decide: Decid
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{payload}",
             payload.len()
         );
-        if reader
-            .get_mut()
-            .write_all(response.as_bytes())
-            .await
-            .is_err()
-        {
+        let out = reader.get_mut();
+        if out.write_all(response.as_bytes()).await.is_err() || out.flush().await.is_err() {
             return;
         }
     }
@@ -355,6 +460,7 @@ pub fn cloud_env(mock: &MockCloudApi) -> Vec<(&'static str, String)> {
     vec![
         ("ONCESEND_PROVIDER", "cloud-api".into()),
         ("ONCESEND_CLOUD_API_URL", mock.url()),
+        ("ONCESEND_CA_FILE", mock.ca_file()),
         ("ONCESEND_CLOUD_API_TOKEN", CLOUD_TOKEN.into()),
         ("ONCESEND_PHONE_NUMBER_ID", PHONE_NUMBER_ID.into()),
         ("ONCESEND_CLOUD_API_VERSION", VERSION.into()),
