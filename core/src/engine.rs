@@ -5,6 +5,7 @@
 //! only if that succeeded, records the outcome, and answers. A driver feeds
 //! it events and executes the effects it asks for; it decides everything.
 
+use crate::ids::TenantId;
 use crate::pacing::{Pacer, PacingConfig};
 use crate::send::{DeliveryOutcome, OutboundMessage, SendRequest, SendResponse};
 use crate::store::{StoreOp, StoreReply, StoreUnavailable};
@@ -14,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 pub type ReqId = u64;
 
 /// Engine limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
     /// The longest a provider call may take. The sender's lease must last
     /// at least this long, and a `sending` row older than this is unknown.
@@ -25,6 +26,10 @@ pub struct EngineConfig {
     pub busy_retry_ms: u64,
     /// Per-sender rate and per-recipient gap; `None` sends as fast as asked.
     pub pacing: Option<PacingConfig>,
+    /// A fingerprint of the `default` tenant's provider settings (they
+    /// come from flags). A pause of `default` records it, so an engine
+    /// started with other settings (a new token) can lift that pause.
+    pub default_settings: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +39,7 @@ impl Default for EngineConfig {
             max_inflight: 4096,
             busy_retry_ms: 250,
             pacing: None,
+            default_settings: None,
         }
     }
 }
@@ -97,13 +103,19 @@ pub enum EngineEffect {
 enum Stage {
     Begin,
     Provide,
-    Finish(SendResponse),
+    /// The outcome is being recorded; then, if any, the sender's state
+    /// changes (paused, or resumed after a probe), then the answer.
+    Finish(SendResponse, Option<StoreOp>),
+    /// The sender's state is being changed; then the answer.
+    Sender(SendResponse),
 }
 
 #[derive(Debug)]
 struct InFlight {
     request: SendRequest,
     stage: Stage,
+    /// This send is a paused sender's half-open probe.
+    probe: bool,
 }
 
 /// Counters an operator wants on `/metrics`.
@@ -125,6 +137,10 @@ pub struct EngineStats {
     pub busy: u64,
     /// Requests held back by pacing (sender rate or recipient gap).
     pub paced: u64,
+    /// Provider calls refused because of the sender itself (they pause it).
+    pub sender_blocked: u64,
+    /// Requests not sent because their tenant is paused.
+    pub held_for_pause: u64,
 }
 
 /// The engine's send-path state machine.
@@ -141,11 +157,11 @@ impl Engine {
     /// An idle engine.
     pub fn new(config: EngineConfig) -> Self {
         Self {
+            pacer: config.pacing.map(Pacer::new),
             config,
             inflight: BTreeMap::new(),
             effects: VecDeque::new(),
             stats: EngineStats::default(),
-            pacer: config.pacing.map(Pacer::new),
         }
     }
 
@@ -217,6 +233,7 @@ impl Engine {
             InFlight {
                 request,
                 stage: Stage::Begin,
+                probe: false,
             },
         );
     }
@@ -228,8 +245,12 @@ impl Engine {
         match std::mem::replace(&mut flight.stage, Stage::Provide) {
             Stage::Begin => {
                 let response = match reply {
-                    Ok(StoreReply::Begun { .. }) => {
+                    Ok(StoreReply::Begun { probe, .. }) => {
                         self.stats.provider_calls += 1;
+                        flight.probe = probe;
+                        if probe {
+                            tracing::info!(tenant = %flight.request.tenant, idempotency_key = %flight.request.key, "probing a paused sender with one send");
+                        }
                         let r = &flight.request;
                         self.effects.push_back(EngineEffect::Provide {
                             req,
@@ -261,6 +282,10 @@ impl Engine {
                         reason,
                         retry_after_ms: None,
                     },
+                    Ok(StoreReply::SenderPaused { reason }) => {
+                        self.stats.held_for_pause += 1;
+                        SendResponse::Paused { reason }
+                    }
                     Ok(StoreReply::Fenced) | Ok(StoreReply::NotFound) => {
                         self.stats.fenced += 1;
                         SendResponse::Fenced
@@ -274,12 +299,39 @@ impl Engine {
                 self.respond(req, response);
             }
             Stage::Provide => unreachable!("no store op is pending while the provider is called"),
-            Stage::Finish(response) => {
+            Stage::Finish(response, then) => {
                 // Whether or not the outcome could be recorded, it is the
                 // truth; if it was lost, the row turns unknown at its
                 // deadline and the key is still never resent.
                 if let Err(e) = reply {
                     tracing::warn!(key = %flight.request.key, error = %e, "could not record the delivery outcome");
+                }
+                match then {
+                    Some(op) => {
+                        flight.stage = Stage::Sender(response);
+                        self.effects.push_back(EngineEffect::Store { req, op });
+                    }
+                    None => self.respond(req, response),
+                }
+            }
+            Stage::Sender(response) => {
+                let tenant = &flight.request.tenant;
+                match reply {
+                    Ok(StoreReply::Paused { newly: true }) => {
+                        let reason = match &response {
+                            SendResponse::Paused { reason } => reason.as_str(),
+                            _ => "",
+                        };
+                        tracing::warn!(%tenant, idempotency_key = %flight.request.key, reason, "sender paused: nothing more of this tenant goes to the provider, and its runs wait, until it is resumed (POST /v1/tenants/{tenant}/resume, new settings, or a successful probe for a temporary block)");
+                    }
+                    Ok(StoreReply::Resumed { was_paused: true }) => {
+                        tracing::warn!(%tenant, idempotency_key = %flight.request.key, "sender resumed: its probe went through");
+                    }
+                    Ok(_) => {}
+                    // Not recorded: the next blocked send pauses it again.
+                    Err(e) => {
+                        tracing::warn!(%tenant, error = %e, "could not record the sender's state")
+                    }
                 }
                 self.respond(req, response);
             }
@@ -293,6 +345,7 @@ impl Engine {
         if !matches!(flight.stage, Stage::Provide) {
             return;
         }
+        let mut then = None;
         let response = match &outcome {
             DeliveryOutcome::Sent {
                 provider_message_id,
@@ -301,6 +354,29 @@ impl Engine {
                 SendResponse::Sent {
                     provider_message_id: provider_message_id.clone(),
                     replayed: false,
+                }
+            }
+            DeliveryOutcome::SenderBlocked {
+                reason,
+                code,
+                temporary,
+            } => {
+                // The sender, not this message, is refused: pause the
+                // tenant; the run waits and loses no attempt.
+                self.stats.sender_blocked += 1;
+                let tenant = &flight.request.tenant;
+                then = Some(StoreOp::PauseSender {
+                    tenant: tenant.clone(),
+                    reason: reason.clone(),
+                    code: *code,
+                    temporary: *temporary,
+                    settings: (*tenant == TenantId::default_tenant())
+                        .then(|| self.config.default_settings.clone())
+                        .flatten(),
+                    now_ms,
+                });
+                SendResponse::Paused {
+                    reason: reason.clone(),
                 }
             }
             DeliveryOutcome::Failed {
@@ -322,7 +398,20 @@ impl Engine {
                 }
             }
         };
-        flight.stage = Stage::Finish(response);
+        // A probe the provider answered about the message itself (sent,
+        // or refused for the message's own sake) shows the sender is
+        // taken again; an unknown outcome shows nothing.
+        if flight.probe
+            && matches!(
+                outcome,
+                DeliveryOutcome::Sent { .. } | DeliveryOutcome::Failed { .. }
+            )
+        {
+            then = Some(StoreOp::ResumeSender {
+                tenant: flight.request.tenant.clone(),
+            });
+        }
+        flight.stage = Stage::Finish(response, then);
         self.effects.push_back(EngineEffect::Store {
             req,
             op: StoreOp::FinishDelivery {

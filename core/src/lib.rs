@@ -48,5 +48,5 @@ pub use store::{
     QueueStats, RunStatus, RunView, StoreOp, StoreReply, StoreUnavailable,
 };
 pub use template::{Template, TemplateError};
-pub use tenant::{CloudApiSettings, ProviderSettings, Tenant, TenantError};
+pub use tenant::{CloudApiSettings, ProviderSettings, SenderPause, Tenant, TenantError};
 pub use worker::{Worker, WorkerConfig, WorkerEffect, WorkerEvent};

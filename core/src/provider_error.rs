@@ -52,9 +52,10 @@ pub const RETRY_LATER_MIN_MS: u64 = 60 * 60 * 1000;
 /// The least wait after a pair-rate error: the documented pair rate is one
 /// message every 6 s to one recipient.
 pub const RECIPIENT_BACKOFF_MIN_MS: u64 = 6_000;
-/// The least wait after a sender-level error, until the sender pause is a
-/// state of its own: a minute, so a blocked sender is not hammered.
-pub const PAUSE_MIN_MS: u64 = 60_000;
+/// Sender-level codes that may end by themselves (a temporary block, a
+/// spam rate limit): the pause probes again after a growing wait. The
+/// others (token, permission, payment, account) wait for a person.
+pub const TEMPORARY_PAUSE_CODES: [i64; 2] = [368, 131048];
 /// The longest `Retry-After` honoured; a longer one is capped, not ignored.
 pub const MAX_RETRY_AFTER_MS: u64 = 15 * 60 * 1000;
 
@@ -196,8 +197,16 @@ impl CloudApiError {
             ErrorClass::RecipientBackoff => {
                 (true, Some(asked.unwrap_or(0).max(RECIPIENT_BACKOFF_MIN_MS)))
             }
+            // Nothing went out, and nothing of this sender will until it
+            // is resumed: the engine pauses the tenant.
             ErrorClass::PauseSender | ErrorClass::PauseTemplate => {
-                (true, Some(asked.unwrap_or(0).max(PAUSE_MIN_MS)))
+                return DeliveryOutcome::SenderBlocked {
+                    reason: self.reason(),
+                    code: self.code,
+                    temporary: self
+                        .code
+                        .is_some_and(|c| TEMPORARY_PAUSE_CODES.contains(&c)),
+                }
             }
             ErrorClass::FailStep => (false, None),
         };
@@ -315,9 +324,33 @@ mod tests {
         // 131056: at least the pair rate's gap.
         assert_eq!(wait(131056, None), Some(RECIPIENT_BACKOFF_MIN_MS));
         assert_eq!(wait(131056, Some(30_000)), Some(30_000));
-        // A sender-level error never fails the step outright.
-        assert_eq!(wait(190, None), Some(PAUSE_MIN_MS));
-        assert_eq!(wait(132015, None), Some(PAUSE_MIN_MS));
+    }
+
+    #[test]
+    fn a_sender_level_error_blocks_the_sender_instead_of_failing_the_step() {
+        for (code, temporary) in [
+            (190, false),
+            (0, false),
+            (10, false),
+            (250, false),
+            (131042, false),
+            (368, true),
+            (131048, true),
+            (132015, false),
+        ] {
+            let body = format!(r#"{{"error":{{"message":"m","code":{code}}}}}"#);
+            match CloudApiError::parse(400, None, body.as_bytes()).outcome() {
+                DeliveryOutcome::SenderBlocked {
+                    code: Some(c),
+                    temporary: t,
+                    reason,
+                } => {
+                    assert_eq!((c, t), (code, temporary), "{reason}");
+                    assert!(reason.contains(&code.to_string()), "{reason}");
+                }
+                other => panic!("code {code}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -68,6 +68,17 @@ pub enum DeliveryOutcome {
         /// What happened.
         reason: String,
     },
+    /// The provider refused the sender itself (an expired token, a missing
+    /// permission, an unpaid account, a blocked number): nothing went out,
+    /// and nothing of this sender will until it is resumed.
+    SenderBlocked {
+        /// What the provider said.
+        reason: String,
+        /// Its error code.
+        code: Option<i64>,
+        /// Whether the block may end by itself (368, 131048).
+        temporary: bool,
+    },
 }
 
 /// The engine's answer to a [`SendRequest`].
@@ -99,6 +110,12 @@ pub enum SendResponse {
     },
     /// The worker's lease is stale: another worker owns the run now.
     Fenced,
+    /// The tenant is paused (see [`crate::tenant::SenderPause`]): nothing
+    /// was sent, no attempt is counted, and the run waits.
+    Paused {
+        /// Why the tenant is paused.
+        reason: String,
+    },
     /// The engine is at capacity or pacing this sender; try again later.
     Busy {
         /// When to try again.

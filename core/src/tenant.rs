@@ -5,6 +5,56 @@
 use crate::ids::TenantId;
 use serde::{Deserialize, Serialize};
 
+/// The first wait before a temporarily blocked sender is probed again;
+/// each failed probe doubles it, up to [`MAX_PROBE_WAIT_MS`].
+pub const FIRST_PROBE_WAIT_MS: u64 = 60_000;
+/// The longest wait between probes of a temporarily blocked sender.
+pub const MAX_PROBE_WAIT_MS: u64 = 3_600_000;
+
+/// Why and since when a tenant's sends are held back: nothing of its goes
+/// to the provider, and its runs wait (they do not fail and lose no
+/// attempts) until it is resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderPause {
+    /// What the provider (or the operator) said.
+    pub reason: String,
+    /// The provider's error code, if a provider error paused it.
+    pub code: Option<i64>,
+    /// When the pause was recorded (store time).
+    pub since_ms: u64,
+    /// For a temporary block (368, 131048): when the single half-open
+    /// probe may go. `None`: it waits for a person.
+    pub probe_at_ms: Option<u64>,
+    /// Probes taken so far; each one doubles the next wait.
+    pub probes: u32,
+    /// The fingerprint of the provider settings the provider refused
+    /// (`default` only: other tenants end a pause with new settings).
+    pub settings: Option<String>,
+}
+
+impl SenderPause {
+    /// The wait before probe number `probes + 1`.
+    pub fn probe_wait_ms(probes: u32) -> u64 {
+        FIRST_PROBE_WAIT_MS
+            .saturating_mul(1u64 << probes.min(20))
+            .min(MAX_PROBE_WAIT_MS)
+    }
+
+    /// True when an engine whose `default` settings have the fingerprint
+    /// `settings` should lift this pause: the provider refused other
+    /// settings (a restart with a new token). A pause set by an operator
+    /// records none and outlives restarts.
+    pub fn outlived_by(&self, settings: &str) -> bool {
+        self.settings.as_deref().is_some_and(|s| s != settings)
+    }
+
+    /// True when a claim or a send may go to the provider now: the pause
+    /// is temporary and its probe is due.
+    pub fn probe_due(&self, now_ms: u64) -> bool {
+        self.probe_at_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
 /// Most bytes of any one provider setting.
 pub const MAX_SETTING_BYTES: usize = 1024;
 

@@ -17,6 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// Waits the engine asks for up to this long are waited out with the lease
 /// held; longer ones give the lease up until then.
 pub const MAX_HELD_WAIT_MS: u64 = 1_000;
+/// How soon a run released because its tenant is paused is due again.
+/// Claims skip a paused tenant's runs, so this only bounds how fast a run
+/// moves on once the tenant is resumed.
+pub const PAUSED_RECHECK_MS: u64 = 1_000;
 
 /// An op's number, unique within one worker.
 pub type OpId = u64;
@@ -707,6 +711,17 @@ impl Worker {
                     at_ms: now_ms + wait,
                 };
                 return;
+            }
+            Ok(SendResponse::Paused { reason }) => {
+                // The tenant is paused: no attempt is counted, and claims
+                // skip its runs until it is resumed.
+                tracing::info!(worker_id = %worker_id, run_id = %id, step, epoch, idempotency_key = %key, reason, "tenant paused; the run waits");
+                StoreOp::Release {
+                    run: id,
+                    epoch,
+                    after_ms: PAUSED_RECHECK_MS,
+                    now_ms,
+                }
             }
             Ok(SendResponse::Busy { retry_after_ms }) if retry_after_ms < MAX_HELD_WAIT_MS => {
                 h.stage = Stage::Ready {

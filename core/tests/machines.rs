@@ -286,6 +286,14 @@ struct World {
     now: u64,
     calls: Vec<ProviderCall>,
     inbox: Vec<(usize, u64, SendRequest)>,
+    /// The provider's answer at a time: `None` delivers; `Some` refuses
+    /// (and the refusal is kept in `refused`).
+    provider: fn(u64) -> Option<DeliveryOutcome>,
+    refused: Vec<ProviderCall>,
+}
+
+fn delivers(_now_ms: u64) -> Option<DeliveryOutcome> {
+    None
 }
 
 impl World {
@@ -317,12 +325,21 @@ impl World {
                     }
                     EngineEffect::Provide { req, message, .. } => {
                         assert_eq!(message.key, key);
-                        self.calls.push(ProviderCall {
+                        let call = ProviderCall {
                             key,
                             at_ms: self.now,
-                        });
-                        let outcome = DeliveryOutcome::Sent {
-                            provider_message_id: format!("wamid.{}", self.calls.len()),
+                        };
+                        let outcome = match (self.provider)(self.now) {
+                            Some(refusal) => {
+                                self.refused.push(call);
+                                refusal
+                            }
+                            None => {
+                                self.calls.push(call);
+                                DeliveryOutcome::Sent {
+                                    provider_message_id: format!("wamid.{}", self.calls.len()),
+                                }
+                            }
                         };
                         self.engine
                             .handle(EngineEvent::ProviderReplied { req, outcome }, self.now);
@@ -380,6 +397,8 @@ fn two_workers_deliver_every_step_once_in_order() {
         now: 0,
         calls: Vec::new(),
         inbox: Vec::new(),
+        provider: delivers,
+        refused: Vec::new(),
     };
     while world.now < 20_000 {
         world.step();
@@ -448,6 +467,8 @@ fn a_recipient_gap_spaces_steps_out_without_holding_leases() {
         now: 0,
         calls: Vec::new(),
         inbox: Vec::new(),
+        provider: delivers,
+        refused: Vec::new(),
     };
     while world.now < 60_000 {
         world.step();
@@ -542,5 +563,210 @@ fn a_wake_up_claims_before_the_next_poll_but_not_during_backoff() {
     assert!(
         claim(&mut worker).is_none(),
         "a store that just failed is not hammered by wake-ups"
+    );
+}
+
+/// A world of `runs` two-step runs of the default tenant, one worker, and
+/// `provider` answering.
+fn pause_world(runs: u64, provider: fn(u64) -> Option<DeliveryOutcome>) -> (World, Vec<Accepted>) {
+    let mut store = MemStore::new();
+    let mut accepted = Vec::new();
+    for i in 0..runs {
+        let to = ["+5511913390707", "+4915112345678", "+14155550123"][i as usize % 3];
+        let run = new_run(i, to, &[0, 0]);
+        accepted.push(Accepted {
+            run: run.id,
+            tenant: run.tenant.clone(),
+            to: run.to.clone(),
+            steps: 2,
+        });
+        store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+    }
+    let world = World {
+        store,
+        engine: Engine::new(EngineConfig {
+            send_timeout_ms: 1_000,
+            default_settings: Some("settings-a".into()),
+            ..EngineConfig::default()
+        }),
+        workers: vec![Worker::new(worker_config("w1"), 3).unwrap()],
+        now: 0,
+        calls: Vec::new(),
+        inbox: Vec::new(),
+        provider,
+        refused: Vec::new(),
+    };
+    (world, accepted)
+}
+
+fn sender(store: &mut MemStore) -> Option<oncesend_core::tenant::SenderPause> {
+    match store.apply(StoreOp::GetSender {
+        tenant: TenantId::default_tenant(),
+    }) {
+        StoreReply::Sender(p) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every run completed, exactly once and in order.
+fn assert_all_completed(world: &mut World, accepted: &[Accepted]) {
+    let mut history = History {
+        accepted: accepted.to_vec(),
+        calls: world.calls.clone(),
+        ..History::default()
+    };
+    for a in accepted {
+        let StoreReply::Run(v) = world.store.apply(StoreOp::GetRun { run: a.run }) else {
+            panic!()
+        };
+        assert_eq!(v.status, RunStatus::Completed, "{v:?}");
+        history.finals.insert(
+            a.run,
+            FinalRun {
+                status: v.status,
+                cursor: v.cursor,
+                reason: v.reason,
+                unknown_steps: vec![],
+            },
+        );
+    }
+    let report = check(&history);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.deliveries, accepted.len() as u64 * 2);
+}
+
+/// The token is expired until a person fixes it at 4 s (and resumes).
+fn token_expired_until_4s(now_ms: u64) -> Option<DeliveryOutcome> {
+    (0..4_000).contains(&now_ms).then(|| {
+        oncesend_core::CloudApiError::parse(
+            401,
+            None,
+            br#"{"error":{"message":"Error validating access token: Session has expired","type":"OAuthException","code":190,"error_subcode":463,"fbtrace_id":"AbC"}}"#,
+        )
+        .outcome()
+    })
+}
+
+#[test]
+fn a_token_error_pauses_the_sender_its_runs_wait_and_a_resume_sends_everything_once() {
+    let (mut world, accepted) = pause_world(9, token_expired_until_4s);
+    while world.now < 4_500 {
+        world.step();
+    }
+    // One refused request paused the tenant; nothing else of it reached
+    // the provider while it was paused, and no run failed or lost an
+    // attempt.
+    assert_eq!(world.refused.len(), 1, "{:?}", world.refused);
+    let pause = sender(&mut world.store).expect("the tenant is paused");
+    assert_eq!(pause.code, Some(190));
+    assert!(pause.reason.contains("190"), "{}", pause.reason);
+    assert_eq!(pause.probe_at_ms, None, "a token error waits for a person");
+    assert_eq!(pause.settings.as_deref(), Some("settings-a"));
+    let since = pause.since_ms;
+    assert!(
+        world.calls.iter().all(|c| c.at_ms <= since),
+        "a send reached the provider after the pause: {:?}",
+        world.calls
+    );
+    for a in &accepted {
+        let StoreReply::Run(v) = world.store.apply(StoreOp::GetRun { run: a.run }) else {
+            panic!()
+        };
+        assert!(!v.status.is_terminal(), "{v:?}");
+        assert_eq!(v.attempts, 0, "a pause costs no attempt: {v:?}");
+    }
+    // The two other conversations' sends, asked for with the first, were
+    // held back without a provider call.
+    assert!(
+        world.engine.stats().held_for_pause >= 2,
+        "{:?}",
+        world.engine.stats()
+    );
+    assert_eq!(world.engine.stats().sender_blocked, 1);
+
+    // The operator resumes: everything goes out, once, in order.
+    let r = world.store.apply(StoreOp::ResumeSender {
+        tenant: TenantId::default_tenant(),
+    });
+    assert_eq!(r, StoreReply::Resumed { was_paused: true });
+    while world.now < 30_000 {
+        world.step();
+    }
+    assert_eq!(sender(&mut world.store), None);
+    assert_all_completed(&mut world, &accepted);
+    assert_eq!(world.refused.len(), 1);
+}
+
+/// Meta blocks the sender temporarily (368) for its first 100 s.
+fn blocked_until_100s(now_ms: u64) -> Option<DeliveryOutcome> {
+    (0..100_000).contains(&now_ms).then(|| {
+        oncesend_core::CloudApiError::parse(
+            400,
+            None,
+            br#"{"error":{"message":"Temporarily blocked for policies violations","code":368}}"#,
+        )
+        .outcome()
+    })
+}
+
+#[test]
+fn a_temporary_block_is_probed_once_after_growing_waits_and_ends_by_itself() {
+    let (mut world, accepted) = pause_world(6, blocked_until_100s);
+    while world.now < 400_000 {
+        world.step();
+    }
+    // The first refusal, then one probe at +60 s (refused), then one at
+    // +120 s after it, which goes through and resumes the sender.
+    let refused: Vec<u64> = world.refused.iter().map(|c| c.at_ms).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[1] >= refused[0] + oncesend_core::tenant::FIRST_PROBE_WAIT_MS);
+    let resumed_at = world.calls.first().expect("sends resumed").at_ms;
+    assert!(
+        resumed_at >= refused[1] + 2 * oncesend_core::tenant::FIRST_PROBE_WAIT_MS,
+        "the second probe waited twice as long: {refused:?}, resumed at {resumed_at}"
+    );
+    assert_eq!(sender(&mut world.store), None, "the probe resumed it");
+    assert_all_completed(&mut world, &accepted);
+}
+
+#[test]
+fn a_pause_remembers_the_settings_it_was_refused_under() {
+    let mut store = MemStore::new();
+    let pause = |settings: Option<&str>, code| StoreOp::PauseSender {
+        tenant: TenantId::default_tenant(),
+        reason: "refused".into(),
+        code,
+        temporary: false,
+        settings: settings.map(str::to_string),
+        now_ms: 5,
+    };
+    assert_eq!(
+        store.apply(pause(Some("a"), Some(190))),
+        StoreReply::Paused { newly: true }
+    );
+    let p = sender(&mut store).unwrap();
+    assert!(
+        !p.outlived_by("a"),
+        "a restart with the same settings keeps it"
+    );
+    assert!(p.outlived_by("b"), "new settings lift it");
+    // Pausing again keeps the first reason and start.
+    assert_eq!(
+        store.apply(pause(Some("b"), Some(131042))),
+        StoreReply::Paused { newly: false }
+    );
+    assert_eq!(sender(&mut store).unwrap().since_ms, 5);
+    store.apply(StoreOp::ResumeSender {
+        tenant: TenantId::default_tenant(),
+    });
+    // An operator's pause records no settings and outlives any restart.
+    store.apply(pause(None, None));
+    assert!(!sender(&mut store).unwrap().outlived_by("b"));
+    assert_eq!(
+        store.apply(StoreOp::ListPausedSenders),
+        StoreReply::PausedSenders(vec![(
+            TenantId::default_tenant(),
+            sender(&mut store).unwrap()
+        )])
     );
 }

@@ -37,7 +37,13 @@ fn begun(store: &mut MemStore) -> DeliveryKey {
         send_timeout_ms: 1_000,
         now_ms: 0,
     });
-    assert_eq!(r, StoreReply::Begun { attempt: 1 });
+    assert_eq!(
+        r,
+        StoreReply::Begun {
+            attempt: 1,
+            probe: false
+        }
+    );
     key
 }
 

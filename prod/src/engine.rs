@@ -143,6 +143,13 @@ impl<S: Store, P: Provider> Driver<S, P> {
                             DeliveryOutcome::Unknown { reason } => {
                                 tracing::warn!(idempotency_key = %key, reason, "provider outcome unknown; the key will not be resent")
                             }
+                            DeliveryOutcome::SenderBlocked {
+                                reason,
+                                code,
+                                temporary,
+                            } => {
+                                tracing::warn!(idempotency_key = %key, reason, code, temporary, "provider refused the sender itself")
+                            }
                         }
                         let _ = tx.send(Cmd::Event(EngineEvent::ProviderReplied { req, outcome }));
                     });

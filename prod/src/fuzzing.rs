@@ -178,6 +178,14 @@ pub fn cloud_api_response(data: &[u8]) {
             );
         }
         DeliveryOutcome::Unknown { .. } => assert!(status.is_success()),
+        DeliveryOutcome::SenderBlocked { code, .. } => {
+            assert!(!status.is_success());
+            let class = classify_cloud_api(status.as_u16(), code);
+            assert!(
+                matches!(class, ErrorClass::PauseSender | ErrorClass::PauseTemplate),
+                "{code:?} blocked the sender"
+            );
+        }
         DeliveryOutcome::Failed {
             retryable,
             retry_after_ms,
@@ -189,6 +197,10 @@ pub fn cloud_api_response(data: &[u8]) {
                 .and_then(|j| j.pointer("/error/code"))
                 .and_then(|c| c.as_i64());
             let class = classify_cloud_api(status.as_u16(), code);
+            assert!(!matches!(
+                class,
+                ErrorClass::PauseSender | ErrorClass::PauseTemplate
+            ));
             assert_eq!(retryable, class != ErrorClass::FailStep);
             assert!(retryable || retry_after_ms.is_none());
             assert!(

@@ -109,6 +109,18 @@ enum Op {
         limit: u32,
     },
     Stats,
+    PauseSender {
+        tenant: u8,
+        code: u8,
+        settings: bool,
+    },
+    ResumeSender {
+        tenant: u8,
+    },
+    GetSender {
+        tenant: u8,
+    },
+    ListPausedSenders,
     Prune {
         retention_ms: u64,
         max: u32,
@@ -148,8 +160,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(|run| Op::GetRun { run }),
         1 => (proptest::option::of(0u8..5), 0u32..6).prop_map(|(status, limit)| Op::ListRuns { status, limit }),
         1 => Just(Op::Stats),
+        2 => (0u8..3, 0u8..4, any::<bool>()).prop_map(|(tenant, code, settings)| Op::PauseSender { tenant, code, settings }),
+        1 => (0u8..3).prop_map(|tenant| Op::ResumeSender { tenant }),
+        1 => (0u8..3).prop_map(|tenant| Op::GetSender { tenant }),
+        1 => Just(Op::ListPausedSenders),
         1 => (0u64..50, 0u32..3).prop_map(|(retention_ms, max)| Op::Prune { retention_ms, max }),
-        4 => (0u64..40).prop_map(|ms| Op::Wait { ms }),
+        // Now and then a jump past a temporary pause's first probe wait.
+        4 => prop_oneof![12 => 0u64..40, 1 => Just(oncesend_core::tenant::FIRST_PROBE_WAIT_MS)].prop_map(|ms| Op::Wait { ms }),
     ]
 }
 
@@ -434,6 +451,31 @@ impl World {
                 limit,
             },
             Op::Stats => StoreOp::Stats { now_ms },
+            // Token (190), temporary (368, 131048) and operator pauses, so
+            // probes are taken, pushed back and ended.
+            Op::PauseSender {
+                tenant: t,
+                code,
+                settings,
+            } => {
+                let (code, temporary) = match code {
+                    0 => (Some(190), false),
+                    1 => (Some(368), true),
+                    2 => (Some(131048), true),
+                    _ => (None, false),
+                };
+                StoreOp::PauseSender {
+                    tenant: tenant(t),
+                    reason: format!("paused for {code:?}"),
+                    code,
+                    temporary,
+                    settings: settings.then(|| format!("fp{t}")),
+                    now_ms,
+                }
+            }
+            Op::ResumeSender { tenant: t } => StoreOp::ResumeSender { tenant: tenant(t) },
+            Op::GetSender { tenant: t } => StoreOp::GetSender { tenant: tenant(t) },
+            Op::ListPausedSenders => StoreOp::ListPausedSenders,
             Op::Prune { retention_ms, max } => StoreOp::Prune {
                 retention_ms,
                 max,
@@ -497,6 +539,7 @@ async fn check_case(store: &SqlStore, ops: Vec<(Op, bool)>) -> Result<(), TestCa
             limit: 1_000,
         },
         StoreOp::Stats { now_ms: world.now },
+        StoreOp::ListPausedSenders,
     ];
     finals.extend(world.runs.iter().map(|&run| StoreOp::GetRun { run }));
     for op in finals {

@@ -13,6 +13,7 @@ use crate::flow::Flow;
 use crate::ids::{DeliveryKey, FlowId, RunId, TenantId, WorkerId};
 use crate::limits::MAX_CLAIM_BATCH;
 use crate::recipient::Recipient;
+use crate::tenant::SenderPause;
 use std::collections::BTreeMap;
 
 /// A conversation: runs to one recipient of one tenant go out one run at a
@@ -37,6 +38,7 @@ pub struct MemStore {
     open: BTreeMap<Conversation, BTreeMap<u64, RunId>>,
     trigger_keys: BTreeMap<(TenantId, String), RunId>,
     ledger: BTreeMap<DeliveryKey, DeliveryRecord>,
+    pauses: BTreeMap<TenantId, SenderPause>,
 }
 
 impl MemStore {
@@ -71,6 +73,8 @@ impl MemStore {
                     tenant.id != TenantId::default_tenant(),
                     "the default tenant is never stored"
                 );
+                // New settings (a new token, say) end a pause.
+                self.pauses.remove(&tenant.id);
                 let created = self.tenants.insert(tenant.id.clone(), tenant).is_none();
                 StoreReply::TenantPut { created }
             }
@@ -102,9 +106,13 @@ impl MemStore {
                 now_ms,
             } => {
                 let mut rec = self.ledger.get(&key).cloned();
+                let run = self.runs.get(&key.run);
+                let tenant = run.map(|r| r.tenant.clone());
+                let mut pause = tenant.as_ref().and_then(|t| self.pauses.get(t).cloned());
                 let reply = rules::begin_delivery(
-                    self.runs.get(&key.run),
+                    run,
                     &mut rec,
+                    &mut pause,
                     self.guards,
                     key,
                     epoch,
@@ -114,8 +122,42 @@ impl MemStore {
                 if let Some(rec) = rec {
                     self.ledger.insert(key, rec);
                 }
+                if let (Some(t), Some(p)) = (tenant, pause) {
+                    self.pauses.insert(t, p);
+                }
                 reply
             }
+            StoreOp::PauseSender {
+                tenant,
+                reason,
+                code,
+                temporary,
+                settings,
+                now_ms,
+            } => {
+                let mut pause = self.pauses.get(&tenant).cloned();
+                let reply = rules::pause_sender(
+                    &mut pause,
+                    &reason,
+                    code,
+                    temporary,
+                    settings.as_deref(),
+                    now_ms,
+                );
+                self.pauses
+                    .insert(tenant, pause.expect("pause_sender leaves a pause"));
+                reply
+            }
+            StoreOp::ResumeSender { tenant } => StoreReply::Resumed {
+                was_paused: self.pauses.remove(&tenant).is_some(),
+            },
+            StoreOp::GetSender { tenant } => StoreReply::Sender(self.pauses.get(&tenant).cloned()),
+            StoreOp::ListPausedSenders => StoreReply::PausedSenders(
+                self.pauses
+                    .iter()
+                    .map(|(t, p)| (t.clone(), p.clone()))
+                    .collect(),
+            ),
             op @ (StoreOp::FinishDelivery { .. }
             | StoreOp::ResolveUnknown { .. }
             | StoreOp::RecordReceipt { .. }) => {
@@ -197,6 +239,11 @@ impl MemStore {
             .filter_map(|runs| runs.values().next())
             .map(|id| &self.runs[id])
             .filter(|row| row.claimable(self.guards, now_ms))
+            .filter(|row| {
+                self.pauses
+                    .get(&row.tenant)
+                    .is_none_or(|p| p.probe_due(now_ms))
+            })
             .map(|row| (row.run_at_ms, row.seq, row.id))
             .collect();
         due.sort_unstable();

@@ -440,6 +440,39 @@ pub enum StoreOp {
         /// The store's time.
         now_ms: u64,
     },
+    /// Hold a sender back: from now on no `BeginDelivery` of the tenant's
+    /// runs goes ahead and no claim takes them. A temporary pause allows
+    /// one half-open probe after a growing wait; pausing one already
+    /// paused keeps its reason and start, and pushes its probe back.
+    PauseSender {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why.
+        reason: String,
+        /// The provider's error code, if one.
+        code: Option<i64>,
+        /// Whether it may end by itself (368, 131048), after a probe.
+        temporary: bool,
+        /// The fingerprint of the provider settings the refusal came
+        /// under (`default` only; see [`SenderPause::outlived_by`]).
+        ///
+        /// [`SenderPause::outlived_by`]: crate::tenant::SenderPause::outlived_by
+        settings: Option<String>,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Let a paused sender send again.
+    ResumeSender {
+        /// The tenant.
+        tenant: TenantId,
+    },
+    /// Read a tenant's pause, if any.
+    GetSender {
+        /// The tenant.
+        tenant: TenantId,
+    },
+    /// Every paused sender, by tenant.
+    ListPausedSenders,
     /// Read a run with its ledger rows.
     GetRun {
         /// The run.
@@ -522,7 +555,29 @@ pub enum StoreReply {
     Begun {
         /// The attempt's number, from 1.
         attempt: u32,
+        /// True when the tenant is paused and this send is its one
+        /// half-open probe: success resumes it.
+        probe: bool,
     },
+    /// The run's tenant is paused: nothing was recorded or sent.
+    SenderPaused {
+        /// Why the tenant is paused.
+        reason: String,
+    },
+    /// `PauseSender` done; `newly` is false when it was paused already.
+    Paused {
+        /// Whether this op paused it.
+        newly: bool,
+    },
+    /// `ResumeSender` done.
+    Resumed {
+        /// Whether it was paused.
+        was_paused: bool,
+    },
+    /// `GetSender`'s pause (`None`: active).
+    Sender(Option<crate::tenant::SenderPause>),
+    /// `ListPausedSenders`' pauses.
+    PausedSenders(Vec<(TenantId, crate::tenant::SenderPause)>),
     /// The key was sent before; nothing is to be sent again.
     AlreadySent {
         /// The provider's id from that send.
@@ -614,12 +669,16 @@ impl StoreOp {
             | StoreOp::FinishDelivery { now_ms, .. }
             | StoreOp::ResolveUnknown { now_ms, .. }
             | StoreOp::RecordReceipt { now_ms, .. }
+            | StoreOp::PauseSender { now_ms, .. }
             | StoreOp::Stats { now_ms }
             | StoreOp::Prune { now_ms, .. } => Some(*now_ms),
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
             | StoreOp::PutTenant { .. }
             | StoreOp::GetTenant { .. }
+            | StoreOp::ResumeSender { .. }
+            | StoreOp::GetSender { .. }
+            | StoreOp::ListPausedSenders
             | StoreOp::GetRun { .. }
             | StoreOp::ListRuns { .. } => None,
         }
@@ -642,12 +701,16 @@ impl StoreOp {
             | StoreOp::FinishDelivery { now_ms, .. }
             | StoreOp::ResolveUnknown { now_ms, .. }
             | StoreOp::RecordReceipt { now_ms, .. }
+            | StoreOp::PauseSender { now_ms, .. }
             | StoreOp::Stats { now_ms }
             | StoreOp::Prune { now_ms, .. } => *now_ms = clock_ms,
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
             | StoreOp::PutTenant { .. }
             | StoreOp::GetTenant { .. }
+            | StoreOp::ResumeSender { .. }
+            | StoreOp::GetSender { .. }
+            | StoreOp::ListPausedSenders
             | StoreOp::GetRun { .. }
             | StoreOp::ListRuns { .. } => {}
         }
@@ -672,6 +735,10 @@ impl StoreOp {
             StoreOp::FinishDelivery { .. } => "finish_delivery",
             StoreOp::ResolveUnknown { .. } => "resolve_unknown",
             StoreOp::RecordReceipt { .. } => "record_receipt",
+            StoreOp::PauseSender { .. } => "pause_sender",
+            StoreOp::ResumeSender { .. } => "resume_sender",
+            StoreOp::GetSender { .. } => "get_sender",
+            StoreOp::ListPausedSenders => "list_paused_senders",
             StoreOp::GetRun { .. } => "get_run",
             StoreOp::ListRuns { .. } => "list_runs",
             StoreOp::Stats { .. } => "stats",

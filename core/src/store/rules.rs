@@ -16,6 +16,7 @@ use crate::ids::{DeliveryKey, FlowId, RunId, TenantId, WorkerId};
 use crate::limits::clip_reason;
 use crate::recipient::Recipient;
 use crate::send::DeliveryOutcome;
+use crate::tenant::SenderPause;
 
 /// A run as every backend stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -399,9 +400,11 @@ fn cancel(row: &mut RunRecord, now_ms: u64) -> StoreReply {
 /// `BeginDelivery` for `key`, given its run (`None`: no such run) and its
 /// ledger row (`None` until first begun; the function may create it). The
 /// run is only read.
+#[allow(clippy::too_many_arguments)] // One rule, all of whose inputs are rows or fields of the op.
 pub fn begin_delivery(
     run: Option<&RunRecord>,
     ledger: &mut Option<DeliveryRecord>,
+    pause: &mut Option<SenderPause>,
     guards: Guards,
     key: DeliveryKey,
     epoch: u64,
@@ -458,6 +461,20 @@ pub fn begin_delivery(
             return StoreReply::Fenced;
         }
     }
+    // A paused sender sends nothing, except its one half-open probe when
+    // that is due; taking the probe pushes the next one back, so two
+    // engines never probe at once.
+    let mut probe = false;
+    if let Some(p) = pause.as_mut() {
+        if !p.probe_due(now_ms) {
+            return StoreReply::SenderPaused {
+                reason: p.reason.clone(),
+            };
+        }
+        p.probes = p.probes.saturating_add(1);
+        p.probe_at_ms = Some(now_ms.saturating_add(SenderPause::probe_wait_ms(p.probes)));
+        probe = true;
+    }
     attempts += 1;
     if guards.ledger {
         let rec = ledger.get_or_insert_with(|| DeliveryRecord {
@@ -474,7 +491,53 @@ pub fn begin_delivery(
         rec.epoch = epoch;
         rec.attempts = attempts;
     }
-    StoreReply::Begun { attempt: attempts }
+    StoreReply::Begun {
+        attempt: attempts,
+        probe,
+    }
+}
+
+/// `PauseSender` on a tenant's pause row (`None`: active).
+pub fn pause_sender(
+    pause: &mut Option<SenderPause>,
+    reason: &str,
+    code: Option<i64>,
+    temporary: bool,
+    settings: Option<&str>,
+    now_ms: u64,
+) -> StoreReply {
+    match pause {
+        None => {
+            *pause = Some(SenderPause {
+                reason: clip_reason(reason),
+                code,
+                since_ms: now_ms,
+                probe_at_ms: temporary
+                    .then(|| now_ms.saturating_add(SenderPause::probe_wait_ms(0))),
+                probes: 0,
+                settings: settings.map(str::to_string),
+            });
+            StoreReply::Paused { newly: true }
+        }
+        Some(p) => {
+            match (p.probe_at_ms, temporary) {
+                // A failed probe, or another temporary refusal: the next
+                // probe no sooner than the growing wait.
+                (Some(at), true) => {
+                    let next = now_ms.saturating_add(SenderPause::probe_wait_ms(p.probes));
+                    p.probe_at_ms = Some(at.max(next));
+                }
+                // Something only a person can fix: no more probes.
+                (Some(_), false) => {
+                    p.probe_at_ms = None;
+                    p.reason = clip_reason(reason);
+                    p.code = code;
+                }
+                (None, _) => {}
+            }
+            StoreReply::Paused { newly: false }
+        }
+    }
 }
 
 /// `FinishDelivery`: what the provider call begun for the row's key came to.
@@ -519,9 +582,11 @@ pub fn resolve_unknown(
         };
     }
     match outcome {
-        DeliveryOutcome::Unknown { .. } => StoreReply::Conflict {
-            reason: "resolve an unknown delivery as sent or failed".into(),
-        },
+        DeliveryOutcome::Unknown { .. } | DeliveryOutcome::SenderBlocked { .. } => {
+            StoreReply::Conflict {
+                reason: "resolve an unknown delivery as sent or failed".into(),
+            }
+        }
         DeliveryOutcome::Failed { reason, .. } => {
             record(
                 rec,
@@ -605,6 +670,8 @@ fn outcome_state(outcome: &DeliveryOutcome) -> DeliveryState {
             retryable: *retryable,
         },
         DeliveryOutcome::Unknown { .. } => DeliveryState::Unknown,
+        // Nothing went out: the step may be sent once the sender resumes.
+        DeliveryOutcome::SenderBlocked { .. } => DeliveryState::Failed { retryable: true },
     }
 }
 
@@ -617,7 +684,9 @@ fn record(rec: &mut DeliveryRecord, outcome: DeliveryOutcome) {
             rec.provider_message_id = Some(provider_message_id);
             rec.last_error = None;
         }
-        DeliveryOutcome::Failed { reason, .. } | DeliveryOutcome::Unknown { reason } => {
+        DeliveryOutcome::Failed { reason, .. }
+        | DeliveryOutcome::Unknown { reason }
+        | DeliveryOutcome::SenderBlocked { reason, .. } => {
             rec.last_error = Some(clip_reason(&reason));
         }
     }

@@ -181,13 +181,6 @@ mod tests {
                 &err(131056),
                 (true, Some(6_000)),
             ),
-            // An expired token does not fail the step outright.
-            (
-                StatusCode::UNAUTHORIZED,
-                None,
-                &err(190),
-                (true, Some(60_000)),
-            ),
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 None,
@@ -203,5 +196,14 @@ mod tests {
                 "{status} {retry_after:?}"
             );
         }
+        // An expired token does not fail the step: it blocks the sender.
+        assert!(matches!(
+            outcome(StatusCode::UNAUTHORIZED, &none, &err(190)),
+            DeliveryOutcome::SenderBlocked {
+                code: Some(190),
+                temporary: false,
+                ..
+            }
+        ));
     }
 }

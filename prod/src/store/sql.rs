@@ -29,6 +29,7 @@ use crate::store::group::is_row_write;
 use crate::store::Store;
 use oncesend_core::store::rules::{self, RunRecord};
 use oncesend_core::store::{QueueStats, StoreUnavailable};
+use oncesend_core::tenant::SenderPause;
 use oncesend_core::{
     ClaimedRun, DeliveryKey, DeliveryRecord, DeliveryState, Flow, FlowId, Guards, Lease, NewRun,
     PlannedStep, Recipient, RunId, RunStatus, StoreOp, StoreReply, Tenant, TenantId, WorkerId,
@@ -300,6 +301,7 @@ impl SqlStore {
             "trigger_keys",
             "flows",
             "tenants",
+            "sender_pauses",
             "_sqlx_migrations",
         ] {
             sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}"))
@@ -516,6 +518,25 @@ fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
 
 const DELIVERY_COLUMNS: &str =
     "run_id, step, state, deadline_ms, retryable, epoch, attempts, provider_message_id, last_error";
+
+const PAUSE_COLUMNS: &str = "tenant, reason, code, since_ms, probe_at_ms, probes, settings";
+
+fn pause_from_row(row: &AnyRow) -> Tx<(TenantId, SenderPause)> {
+    let tenant =
+        TenantId::new(row.try_get::<String, _>("tenant")?).map_err(|e| decode_err("tenant", e))?;
+    let probe_at: Option<i64> = row.try_get("probe_at_ms")?;
+    Ok((
+        tenant,
+        SenderPause {
+            reason: row.try_get("reason")?,
+            code: row.try_get("code")?,
+            since_ms: un(row.try_get("since_ms")?),
+            probe_at_ms: probe_at.map(un),
+            probes: u32::try_from(un(row.try_get("probes")?)).unwrap_or(u32::MAX),
+            settings: row.try_get("settings")?,
+        },
+    ))
+}
 
 fn delivery_from_row(row: &AnyRow) -> Tx<DeliveryRecord> {
     let run: Vec<u8> = row.try_get("run_id")?;
@@ -877,6 +898,52 @@ impl Batch<'_> {
                 lease_ms,
                 now_ms,
             } => self.claim(owner, max, lease_ms, now_ms).await,
+            StoreOp::PauseSender {
+                tenant,
+                reason,
+                code,
+                temporary,
+                settings,
+                now_ms,
+            } => {
+                let mut pause = self
+                    .load_pauses(std::slice::from_ref(&tenant))
+                    .await?
+                    .remove(&tenant);
+                let before = pause.clone();
+                let reply = rules::pause_sender(
+                    &mut pause,
+                    &reason,
+                    code,
+                    temporary,
+                    settings.as_deref(),
+                    now_ms,
+                );
+                if pause != before {
+                    if let Some(p) = &pause {
+                        self.write_pause(&tenant, p).await?;
+                    }
+                }
+                Ok(reply)
+            }
+            StoreOp::ResumeSender { tenant } => Ok(StoreReply::Resumed {
+                was_paused: self.delete_pause(&tenant).await?,
+            }),
+            StoreOp::GetSender { tenant } => Ok(StoreReply::Sender(
+                self.load_pauses(std::slice::from_ref(&tenant))
+                    .await?
+                    .remove(&tenant),
+            )),
+            StoreOp::ListPausedSenders => {
+                let rows = sqlx::query(&format!(
+                    "SELECT {PAUSE_COLUMNS} FROM sender_pauses ORDER BY tenant"
+                ))
+                .fetch_all(&mut *self.conn)
+                .await?;
+                Ok(StoreReply::PausedSenders(
+                    rows.iter().map(pause_from_row).collect::<Tx<_>>()?,
+                ))
+            }
             StoreOp::GetRun { run } => self.get_run(run).await,
             StoreOp::ListRuns { status, limit } => self.list_runs(status, limit).await,
             StoreOp::Stats { now_ms } => self.stats(now_ms).await,
@@ -928,6 +995,8 @@ impl Batch<'_> {
         .bind(body)
         .execute(&mut *self.conn)
         .await?;
+        // New settings (a new token, say) end a pause.
+        self.delete_pause(&tenant.id).await?;
         Ok(StoreReply::TenantPut { created: !existed })
     }
 
@@ -1100,6 +1169,8 @@ impl Batch<'_> {
                          SELECT seq, status AS was FROM runs \
                          WHERE is_head AND run_at_ms <= $1 \
                            AND (status = 'pending' OR lease_until_ms <= $1) \
+                           AND NOT EXISTS (SELECT 1 FROM sender_pauses p WHERE p.tenant = runs.tenant \
+                             AND (p.probe_at_ms IS NULL OR p.probe_at_ms > $1)) \
                          ORDER BY run_at_ms, seq \
                          LIMIT $2 \
                          FOR NO KEY UPDATE SKIP LOCKED \
@@ -1156,6 +1227,8 @@ impl Batch<'_> {
                     "SELECT {RUN_COLUMNS} FROM runs \
                      WHERE is_head AND run_at_ms <= $1 \
                        AND (status = 'pending' OR lease_until_ms <= $1) \
+                       AND NOT EXISTS (SELECT 1 FROM sender_pauses p WHERE p.tenant = runs.tenant \
+                         AND (p.probe_at_ms IS NULL OR p.probe_at_ms > $1)) \
                      ORDER BY run_at_ms, seq LIMIT $2"
                 );
                 let rows = sqlx::query(&sql)
@@ -1264,6 +1337,25 @@ impl Batch<'_> {
         }
         let before_runs = self.load_runs(&run_ids, true).await?;
         let before_ledger = self.load_deliveries(&ledger_runs, true).await?;
+        // The pauses of the tenants whose sends begin here (none at all in
+        // the common case, and then no query).
+        let begin_tenants: Vec<TenantId> = ops
+            .iter()
+            .filter_map(|op| match op {
+                StoreOp::BeginDelivery { key, .. } => {
+                    before_runs.get(&key.run).map(|r| r.tenant.clone())
+                }
+                _ => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let before_pauses = if begin_tenants.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.load_pauses(&begin_tenants).await?
+        };
+        let mut pauses = before_pauses.clone();
         let mut runs = before_runs.clone();
         let mut ledger = before_ledger.clone();
         let mut replies = Vec::with_capacity(ops.len());
@@ -1278,9 +1370,12 @@ impl Batch<'_> {
             } = op
             {
                 let mut rec = ledger.get(&key).cloned();
+                let tenant = runs.get(&key.run).map(|r| r.tenant.clone());
+                let mut pause = tenant.as_ref().and_then(|t| pauses.get(t).cloned());
                 let reply = rules::begin_delivery(
                     runs.get(&key.run),
                     &mut rec,
+                    &mut pause,
                     GUARDS,
                     key,
                     epoch,
@@ -1289,6 +1384,9 @@ impl Batch<'_> {
                 );
                 if let Some(rec) = rec {
                     ledger.insert(key, rec);
+                }
+                if let (Some(t), Some(p)) = (tenant, pause) {
+                    pauses.insert(t, p);
                 }
                 reply
             } else {
@@ -1322,6 +1420,11 @@ impl Batch<'_> {
             .map(|(_, rec)| rec)
             .collect();
         self.write_deliveries(&changed).await?;
+        for (tenant, p) in &pauses {
+            if before_pauses.get(tenant) != Some(p) {
+                self.write_pause(tenant, p).await?;
+            }
+        }
         if !finished.is_empty() {
             self.promote(&finished).await?;
         }
@@ -1457,6 +1560,57 @@ impl Batch<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The pauses of `tenants` (absent: active), locked for the rest of
+    /// the transaction on PostgreSQL, so a probe is taken once.
+    async fn load_pauses(&mut self, tenants: &[TenantId]) -> Tx<BTreeMap<TenantId, SenderPause>> {
+        let list = serde_json::to_string(&tenants.iter().map(TenantId::as_str).collect::<Vec<_>>())
+            .expect("names serialize");
+        let sql = match self.backend {
+            Backend::Postgres => format!(
+                "SELECT {PAUSE_COLUMNS} FROM sender_pauses \
+                 WHERE tenant IN (SELECT jsonb_array_elements_text($1::jsonb)) FOR UPDATE"
+            ),
+            Backend::Sqlite => format!(
+                "SELECT {PAUSE_COLUMNS} FROM sender_pauses \
+                 WHERE tenant IN (SELECT value FROM json_each($1))"
+            ),
+        };
+        let rows = sqlx::query(&sql)
+            .bind(list)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        rows.iter().map(pause_from_row).collect()
+    }
+
+    async fn write_pause(&mut self, tenant: &TenantId, p: &SenderPause) -> Tx<()> {
+        sqlx::query(
+            "INSERT INTO sender_pauses (tenant, reason, code, since_ms, probe_at_ms, probes, settings) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason, code = excluded.code, \
+                 since_ms = excluded.since_ms, probe_at_ms = excluded.probe_at_ms, \
+                 probes = excluded.probes, settings = excluded.settings",
+        )
+        .bind(tenant.as_str())
+        .bind(p.reason.as_str())
+        .bind(p.code)
+        .bind(db(p.since_ms))
+        .bind(p.probe_at_ms.map(db))
+        .bind(i64::from(p.probes))
+        .bind(p.settings.as_deref())
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a tenant's pause; answers whether it had one.
+    async fn delete_pause(&mut self, tenant: &TenantId) -> Tx<bool> {
+        let done = sqlx::query("DELETE FROM sender_pauses WHERE tenant = $1")
+            .bind(tenant.as_str())
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn get_run(&mut self, run: RunId) -> Tx<StoreReply> {

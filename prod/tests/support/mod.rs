@@ -71,7 +71,14 @@ pub async fn sqlite_store(name: &str, clock: SqlClock) -> SqlStore {
 
 /// Empties every table.
 pub async fn reset(store: &SqlStore) {
-    for table in ["runs", "deliveries", "trigger_keys", "flows", "tenants"] {
+    for table in [
+        "runs",
+        "deliveries",
+        "trigger_keys",
+        "flows",
+        "tenants",
+        "sender_pauses",
+    ] {
         sqlx::query(&format!("DELETE FROM {table}"))
             .execute(store.pool())
             .await
