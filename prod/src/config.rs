@@ -17,6 +17,17 @@ pub enum ProviderKind {
     Null,
 }
 
+impl ProviderKind {
+    /// Its name, as the flag and the API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::CloudApi => "cloud-api",
+            Self::Null => "null",
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

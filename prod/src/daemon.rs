@@ -73,6 +73,55 @@ pub fn default_provider(
     Ok((provider, log))
 }
 
+/// A fingerprint of the `default` tenant's provider settings (a digest:
+/// the token itself is never stored). A pause of `default` records it, and
+/// an engine started with other settings lifts that pause.
+pub fn default_settings_fingerprint(args: &EngineArgs) -> String {
+    use sha2::{Digest, Sha256};
+    let kind = args.provider.name();
+    let mut h = Sha256::new();
+    for part in [
+        kind,
+        args.cloud_api_url.as_str(),
+        args.cloud_api_version.as_str(),
+        args.phone_number_id.as_deref().unwrap_or(""),
+        args.cloud_api_token.as_deref().unwrap_or(""),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(&h.finalize()[..12])
+}
+
+/// Lifts a pause of `default` that the provider set under settings other
+/// than `settings` (the engine was restarted with a new token, say). A
+/// pause set by an operator stays.
+pub async fn lift_outlived_default_pause<S: Store>(
+    store: &S,
+    settings: &str,
+) -> Result<bool, StoreUnavailable> {
+    let tenant = oncesend_core::TenantId::default_tenant();
+    let StoreReply::Sender(Some(pause)) = store
+        .apply(StoreOp::GetSender {
+            tenant: tenant.clone(),
+        })
+        .await?
+    else {
+        return Ok(false);
+    };
+    if !pause.outlived_by(settings) {
+        tracing::warn!(tenant = %tenant, reason = pause.reason, code = pause.code, "the default tenant is paused; nothing of it is sent until POST /v1/tenants/default/resume (or a restart with new provider settings)");
+        return Ok(false);
+    }
+    store
+        .apply(StoreOp::ResumeSender {
+            tenant: tenant.clone(),
+        })
+        .await?;
+    tracing::warn!(tenant = %tenant, reason = pause.reason, code = pause.code, "the default tenant's pause is lifted: the engine starts with other provider settings than the ones refused");
+    Ok(true)
+}
+
 /// Refuses to serve an open API off loopback.
 pub fn check_token(args: &EngineArgs) -> anyhow::Result<()> {
     if args.token.is_none() && !args.listen.ip().is_loopback() {
@@ -112,8 +161,17 @@ pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<En
             burst: args.rate_per_sec.max(1),
             recipient_gap_ms: args.recipient_gap_ms,
         }),
+        default_settings: Some(default_settings_fingerprint(args)),
         ..EngineConfig::default()
     };
+    {
+        let (db, settings) = (db.clone(), default_settings_fingerprint(args));
+        tokio::spawn(async move {
+            if let Err(e) = lift_outlived_default_pause(&db, &settings).await {
+                tracing::warn!(error = %e, "could not read the default tenant's pause at start");
+            }
+        });
+    }
     let handle = EngineHandle::spawn(config, db.clone(), providers.clone(), clock.clone());
     tokio::spawn(prune_forever(db.clone(), clock.clone(), args.retention_ms));
     let api_config = ApiConfig {
@@ -121,6 +179,8 @@ pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<En
         max_body_bytes: args.max_body_bytes,
         app_secret: args.app_secret.clone(),
         webhook_verify_token: args.webhook_verify_token.clone(),
+        default_provider: args.provider.name(),
+        default_settings: Some(default_settings_fingerprint(args)),
     };
     let state = AppState::new(db, handle.clone(), clock, os_random(), api_config)
         .on_tenant_put(Arc::new(move |t| providers.forget(t)));

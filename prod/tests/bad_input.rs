@@ -497,6 +497,57 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
         404,
         "no such endpoint",
     );
+    // Pausing, resuming or reading a tenant that does not exist.
+    for (method, path) in [
+        ("POST", "/v1/tenants/ghost/pause"),
+        ("POST", "/v1/tenants/ghost/resume"),
+        ("GET", "/v1/tenants/ghost"),
+    ] {
+        assert_problem(
+            &format!("{method} {path}"),
+            api.raw(method, path, &[], None).await,
+            404,
+            "PUT /v1/tenants/ghost",
+        );
+    }
+    assert_problem(
+        "pause reason of the wrong type",
+        api.raw(
+            "POST",
+            "/v1/tenants/default/pause",
+            &[],
+            Some(br#"{"reason":7}"#.to_vec()),
+        )
+        .await,
+        422,
+        "reason",
+    );
+    assert_problem(
+        "pause with an unknown field",
+        api.raw(
+            "POST",
+            "/v1/tenants/default/pause",
+            &[],
+            Some(br#"{"why":"x"}"#.to_vec()),
+        )
+        .await,
+        422,
+        "why",
+    );
+    assert_problem(
+        "pause reason too long",
+        api.raw(
+            "POST",
+            "/v1/tenants/default/pause",
+            &[],
+            Some(format!(r#"{{"reason":"{}"}}"#, "é".repeat(501)).into_bytes()),
+        )
+        .await,
+        422,
+        "at most 500 characters",
+    );
+    let (s, j) = api.get("/v1/tenants/default").await;
+    assert_eq!((s, &j["paused"]), (200, &serde_json::Value::Null), "{j}");
 
     // Nothing was written: no runs at all, no tenant.
     let (s, j) = api.get("/v1/runs").await;

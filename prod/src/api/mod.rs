@@ -46,6 +46,12 @@ pub struct ApiConfig {
     pub app_secret: Option<String>,
     /// The token Meta echoes in the webhook's GET verification challenge.
     pub webhook_verify_token: Option<String>,
+    /// The provider the `default` tenant sends through (flags), as
+    /// `GET /v1/tenants/default` shows it.
+    pub default_provider: &'static str,
+    /// The fingerprint of the `default` tenant's provider settings, kept
+    /// with a pause that a failed status sets (see `EngineConfig`).
+    pub default_settings: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -55,6 +61,8 @@ impl Default for ApiConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             app_secret: None,
             webhook_verify_token: None,
+            default_provider: "log",
+            default_settings: None,
         }
     }
 }
@@ -127,7 +135,12 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
     let guarded = Router::new()
         .route("/v1/flows/{flow}", put(put_flow::<S>).get(get_flow::<S>))
         .route("/v1/flows/{flow}/runs", post(trigger::<S>))
-        .route("/v1/tenants/{tenant}", put(put_tenant::<S>))
+        .route(
+            "/v1/tenants/{tenant}",
+            put(put_tenant::<S>).get(get_tenant::<S>),
+        )
+        .route("/v1/tenants/{tenant}/pause", post(pause_tenant::<S>))
+        .route("/v1/tenants/{tenant}/resume", post(resume_tenant::<S>))
         .route("/v1/runs", get(list_runs::<S>))
         .route("/v1/runs/{id}", get(get_run::<S>))
         .route("/v1/runs/{id}/cancel", post(cancel::<S>))
@@ -524,6 +537,151 @@ async fn put_tenant<S: Store>(
     }
 }
 
+/// A tenant's provider kind, or 404 when it is neither `default` nor stored.
+async fn tenant_provider<S: Store>(
+    st: &AppState<S>,
+    tenant: &TenantId,
+) -> Result<&'static str, Problem> {
+    if *tenant == TenantId::default_tenant() {
+        return Ok(st.config.default_provider);
+    }
+    let reply = st
+        .store
+        .apply(StoreOp::GetTenant {
+            tenant: tenant.clone(),
+        })
+        .await;
+    match store_reply(reply)? {
+        StoreReply::Tenant(t) => Ok(t.provider.kind()),
+        StoreReply::NotFound => Err(Problem::not_found(format!(
+            "no tenant {:?}; create it with PUT /v1/tenants/{tenant}",
+            tenant.as_str()
+        ))),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn parse_tenant(tenant: String) -> Result<TenantId, Problem> {
+    TenantId::new(tenant).map_err(|e| Problem::not_found(format!("no such tenant: {e}")))
+}
+
+/// `{"tenant","provider","paused"}`: the settings a person may see (never
+/// the token) and the sender's state.
+async fn tenant_json<S: Store>(
+    st: &AppState<S>,
+    tenant: &TenantId,
+    provider: &'static str,
+) -> Result<serde_json::Value, Problem> {
+    let reply = st
+        .store
+        .apply(StoreOp::GetSender {
+            tenant: tenant.clone(),
+        })
+        .await;
+    let paused = match store_reply(reply)? {
+        StoreReply::Sender(p) => p,
+        other => return Err(unexpected(other)),
+    };
+    Ok(serde_json::json!({
+        "tenant": tenant,
+        "provider": provider,
+        "paused": paused.map(|p| serde_json::json!({
+            "reason": p.reason,
+            "code": p.code,
+            "since_ms": p.since_ms,
+            "probe_at_ms": p.probe_at_ms,
+        })),
+    }))
+}
+
+async fn get_tenant<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(tenant): Path<String>,
+) -> Result<Response, Problem> {
+    let id = parse_tenant(tenant)?;
+    let provider = tenant_provider(&st, &id).await?;
+    Ok(Json(tenant_json(&st, &id, provider).await?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    reason: Option<String>,
+}
+
+/// Most characters of an operator's pause reason.
+const MAX_PAUSE_REASON_CHARS: usize = 500;
+
+async fn pause_tenant<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(tenant): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let id = parse_tenant(tenant)?;
+    let body = read_body(body, st.config.max_body_bytes)?;
+    let PauseBody { reason } = if body.is_empty() {
+        PauseBody::default()
+    } else {
+        parse_json_body(&body).map_err(|mut p: Problem| {
+            p.detail = format!(
+                "{}; send {{\"reason\": \"why\"}} (a string), or no body",
+                p.detail
+            );
+            p
+        })?
+    };
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_PAUSE_REASON_CHARS)
+    {
+        return Err(Problem::invalid(format!(
+            "reason: at most {MAX_PAUSE_REASON_CHARS} characters"
+        ))
+        .at(Some("reason".into())));
+    }
+    let provider = tenant_provider(&st, &id).await?;
+    let reason = match reason {
+        Some(r) if !r.trim().is_empty() => format!("paused by an operator: {}", r.trim()),
+        _ => "paused by an operator".to_string(),
+    };
+    let op = StoreOp::PauseSender {
+        tenant: id.clone(),
+        reason: reason.clone(),
+        code: None,
+        temporary: false,
+        // A pause by hand outlives restarts, whatever their settings.
+        settings: None,
+        now_ms: st.clock.now_ms(),
+    };
+    match store_reply(st.store.apply(op).await)? {
+        StoreReply::Paused { newly } => {
+            if newly {
+                tracing::warn!(tenant = %id, reason, "sender paused by an operator: nothing more of this tenant goes to the provider until POST /v1/tenants/{id}/resume");
+            }
+        }
+        other => return Err(unexpected(other)),
+    }
+    Ok(Json(tenant_json(&st, &id, provider).await?).into_response())
+}
+
+async fn resume_tenant<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(tenant): Path<String>,
+) -> Result<Response, Problem> {
+    let id = parse_tenant(tenant)?;
+    let provider = tenant_provider(&st, &id).await?;
+    let op = StoreOp::ResumeSender { tenant: id.clone() };
+    match store_reply(st.store.apply(op).await)? {
+        StoreReply::Resumed { was_paused } => {
+            if was_paused {
+                tracing::warn!(tenant = %id, "sender resumed by an operator: its waiting runs go on");
+            }
+        }
+        other => return Err(unexpected(other)),
+    }
+    Ok(Json(tenant_json(&st, &id, provider).await?).into_response())
+}
+
 /// Most runs one list returns.
 const MAX_LIST: u32 = 1_000;
 
@@ -744,6 +902,10 @@ async fn metrics<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Pr
         StoreReply::Stats(s) => s,
         other => return Err(unexpected(other)),
     };
+    let paused = match store_reply(st.store.apply(StoreOp::ListPausedSenders).await)? {
+        StoreReply::PausedSenders(p) => p,
+        other => return Err(unexpected(other)),
+    };
     let e = st.engine.stats();
     let mut w = WorkerStats::default();
     for cell in st.workers.lock().expect("workers lock").iter() {
@@ -805,7 +967,29 @@ async fn metrics<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Pr
             ("{outcome=\"fenced\"}", e.fenced),
             ("{outcome=\"busy\"}", e.busy),
             ("{outcome=\"paced\"}", e.paced),
+            ("{outcome=\"sender_blocked\"}", e.sender_blocked),
+            ("{outcome=\"held_for_pause\"}", e.held_for_pause),
         ],
+    );
+    // Every paused tenant at 1, and `default` always, so the series exists
+    // before its first pause.
+    let mut paused_labels: Vec<(String, u64)> = paused
+        .iter()
+        .map(|(t, _)| (format!("{{tenant=\"{t}\"}}"), 1))
+        .collect();
+    if !paused.iter().any(|(t, _)| *t == TenantId::default_tenant()) {
+        paused_labels.push(("{tenant=\"default\"}".to_string(), 0));
+        paused_labels.sort();
+    }
+    let paused_samples: Vec<(&str, u64)> = paused_labels
+        .iter()
+        .map(|(l, v)| (l.as_str(), *v))
+        .collect();
+    metric(
+        "oncesend_tenant_paused",
+        "gauge",
+        "1 while the tenant's sender is paused (nothing of it goes to the provider).",
+        &paused_samples,
     );
     metric(
         "oncesend_fenced_writes_total",
@@ -843,7 +1027,7 @@ mod tests {
             "epoch": 1,
             "tenant": "default",
             "to": "+5511913390707",
-            "text": "hi",
+            "message": {"type": "text", "text": {"body": "hi"}},
         })
     }
 

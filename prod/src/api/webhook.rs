@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hmac::{Hmac, Mac};
-use oncesend_core::{DeliveryKey, ReceiptStatus, StoreOp, StoreReply};
+use oncesend_core::{
+    CloudApiError, DeliveryKey, DeliveryOutcome, ReceiptStatus, StoreOp, StoreReply,
+};
 use sha2::Sha256;
 use std::collections::BTreeMap;
 
@@ -76,8 +78,8 @@ pub struct Status {
     pub status: Option<ReceiptStatus>,
     /// The provider's message id.
     pub id: Option<String>,
-    /// The provider's first error, worded for the ledger.
-    pub reason: Option<String>,
+    /// The provider's first error, as the core's error table reads it.
+    pub error: Option<CloudApiError>,
 }
 
 /// Every status in a webhook payload, in order; parts of another shape
@@ -91,20 +93,23 @@ pub fn statuses(payload: &serde_json::Value) -> Vec<Status> {
         for change in arr(entry.get("changes")) {
             for s in arr(change.pointer("/value/statuses")) {
                 let text = |k: &str| s.get(k).and_then(|v| v.as_str());
-                let reason = s.pointer("/errors/0").map(|e| {
-                    let code = e.get("code").and_then(|c| c.as_i64()).unwrap_or(0);
-                    let title = e
-                        .get("title")
-                        .or_else(|| e.get("message"))
-                        .and_then(|t| t.as_str())
-                        .unwrap_or("");
-                    format!("Cloud API error {code}: {title}")
+                let error = s.pointer("/errors/0").map(|e| {
+                    let str_at = |p: &str| e.pointer(p).and_then(|v| v.as_str());
+                    CloudApiError {
+                        code: e.get("code").and_then(|c| c.as_i64()),
+                        message: str_at("/title")
+                            .or_else(|| str_at("/message"))
+                            .unwrap_or("")
+                            .to_string(),
+                        details: str_at("/error_data/details").map(str::to_string),
+                        ..CloudApiError::default()
+                    }
                 });
                 out.push(Status {
                     key: text("biz_opaque_callback_data").and_then(|k| k.parse().ok()),
                     status: text("status").and_then(ReceiptStatus::parse),
                     id: text("id").map(str::to_string),
-                    reason,
+                    error,
                 });
             }
         }
@@ -156,7 +161,7 @@ pub async fn receive<S: Store>(
             key,
             status,
             provider_message_id: s.id,
-            reason: s.reason,
+            reason: s.error.as_ref().map(CloudApiError::reason),
             now_ms,
         };
         match store_reply(st.store.apply(op).await)? {
@@ -171,12 +176,60 @@ pub async fn receive<S: Store>(
             StoreReply::NotFound => ignored += 1,
             other => return Err(unexpected(other)),
         }
+        // A failure that the table lays on the sender itself (the token
+        // expired between the send and its delivery, say) pauses the
+        // tenant, as the same code in a send's answer would.
+        if status == ReceiptStatus::Failed {
+            if let Some(DeliveryOutcome::SenderBlocked {
+                reason,
+                code,
+                temporary,
+            }) = s.error.as_ref().map(CloudApiError::outcome)
+            {
+                pause_for_status(&st, key, reason, code, temporary, now_ms).await?;
+            }
+        }
     }
     Ok((
         StatusCode::OK,
         Json(serde_json::json!({"applied": applied, "ignored": ignored})),
     )
         .into_response())
+}
+
+async fn pause_for_status<S: Store>(
+    st: &AppState<S>,
+    key: DeliveryKey,
+    reason: String,
+    code: Option<i64>,
+    temporary: bool,
+    now_ms: u64,
+) -> Result<(), Problem> {
+    let tenant = match store_reply(st.store.apply(StoreOp::GetRun { run: key.run }).await)? {
+        StoreReply::Run(v) => v.tenant,
+        StoreReply::NotFound => return Ok(()),
+        other => return Err(unexpected(other)),
+    };
+    let settings = (tenant == oncesend_core::TenantId::default_tenant())
+        .then(|| st.config.default_settings.clone())
+        .flatten();
+    let op = StoreOp::PauseSender {
+        tenant: tenant.clone(),
+        reason: reason.clone(),
+        code,
+        temporary,
+        settings,
+        now_ms,
+    };
+    match store_reply(st.store.apply(op).await)? {
+        StoreReply::Paused { newly } => {
+            if newly {
+                tracing::warn!(%tenant, idempotency_key = %key, reason, "sender paused by a failed status: nothing more of this tenant goes to the provider until it is resumed");
+            }
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 #[cfg(test)]
