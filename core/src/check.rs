@@ -32,6 +32,32 @@ pub struct ProviderCall {
     pub at_ms: u64,
 }
 
+/// A send the store let begin (`BeginDelivery` answered `Begun`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BegunSend {
+    /// Its idempotency key.
+    pub key: DeliveryKey,
+    /// When, in the store's clock (any clock that orders the store's ops
+    /// will do, such as their sequence numbers).
+    pub at_ms: u64,
+    /// Whether it was a paused sender's half-open probe.
+    pub probe: bool,
+}
+
+/// A stretch of time in which a tenant's sender was paused, in the
+/// clock of [`BegunSend::at_ms`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseWindow {
+    /// Whose sender.
+    pub tenant: TenantId,
+    /// When the pause was recorded.
+    pub from_ms: u64,
+    /// When it ended (`None`: still paused at the end).
+    pub until_ms: Option<u64>,
+    /// Why, as recorded: no run may fail with it.
+    pub reason: String,
+}
+
 /// How a run ended, read from the store after the fact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinalRun {
@@ -55,6 +81,10 @@ pub struct History {
     pub calls: Vec<ProviderCall>,
     /// Each run's final state.
     pub finals: BTreeMap<RunId, FinalRun>,
+    /// Sends the store let begin (empty when the recorder cannot see them).
+    pub begun: Vec<BegunSend>,
+    /// Sender pauses, as the store recorded them.
+    pub pauses: Vec<PauseWindow>,
 }
 
 /// A run that did not end as it must.
@@ -80,6 +110,9 @@ pub struct Report {
     pub lost: Vec<Lost>,
     /// Keys sent for runs that were never accepted.
     pub phantom: Vec<DeliveryKey>,
+    /// Keys whose send began while their tenant's sender was paused
+    /// (other than as its one probe).
+    pub paused_sends: Vec<DeliveryKey>,
     /// Keys whose outcome is unknown (allowed, but reported).
     pub unknown: Vec<DeliveryKey>,
     /// Provider calls seen.
@@ -94,6 +127,7 @@ impl Report {
             && self.interleaved.is_empty()
             && self.lost.is_empty()
             && self.phantom.is_empty()
+            && self.paused_sends.is_empty()
     }
 }
 
@@ -101,13 +135,14 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "deliveries={} duplicates={} out_of_order={} interleaved={} lost={} phantom={} unknown={}",
+            "deliveries={} duplicates={} out_of_order={} interleaved={} lost={} phantom={} paused_sends={} unknown={}",
             self.deliveries,
             self.duplicates.len(),
             self.out_of_order.len(),
             self.interleaved.len(),
             self.lost.len(),
             self.phantom.len(),
+            self.paused_sends.len(),
             self.unknown.len()
         )?;
         const SHOW: usize = 3;
@@ -126,11 +161,15 @@ impl fmt::Display for Report {
         for k in self.phantom.iter().take(SHOW) {
             write!(f, "\n  phantom: {k}")?;
         }
+        for k in self.paused_sends.iter().take(SHOW) {
+            write!(f, "\n  sent while its sender was paused: {k}")?;
+        }
         Ok(())
     }
 }
 
-/// Checks a history against invariants 1 to 3 of DESIGN.md.
+/// Checks a history against invariants 1 to 3 of DESIGN.md, and the
+/// paused-sender part of 5.
 pub fn check(history: &History) -> Report {
     let mut report = Report {
         deliveries: history.calls.len() as u64,
@@ -176,6 +215,21 @@ pub fn check(history: &History) -> Report {
         *conv = (*conv).max(*order);
     }
 
+    // 5. Nothing begins for a paused sender, but its one probe at a time.
+    for b in &history.begun {
+        let Some((_, accepted)) = by_run.get(&b.key.run) else {
+            continue;
+        };
+        let paused = history.pauses.iter().any(|p| {
+            p.tenant == accepted.tenant
+                && p.from_ms <= b.at_ms
+                && p.until_ms.is_none_or(|until| b.at_ms < until)
+        });
+        if paused && !b.probe {
+            report.paused_sends.push(b.key);
+        }
+    }
+
     // 3. Nothing lost: every accepted run ended, and ended honestly.
     for a in &history.accepted {
         let lost = |why: String| Lost { run: a.run, why };
@@ -208,8 +262,20 @@ pub fn check(history: &History) -> Report {
                 }
             }
             RunStatus::Failed => {
-                if fin.reason.as_deref().is_none_or(str::is_empty) {
-                    report.lost.push(lost("failed without a reason".into()));
+                match fin.reason.as_deref() {
+                    None | Some("") => report.lost.push(lost("failed without a reason".into())),
+                    // A paused sender's runs wait; they never fail for it.
+                    Some(reason) => {
+                        if let Some(p) = history.pauses.iter().find(|p| {
+                            p.tenant == a.tenant
+                                && !p.reason.is_empty()
+                                && reason.contains(&p.reason)
+                        }) {
+                            report
+                                .lost
+                                .push(lost(format!("failed for its paused sender ({})", p.reason)));
+                        }
+                    }
                 }
             }
             RunStatus::Cancelled => {}
@@ -279,6 +345,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            ..History::default()
         }
     }
 
@@ -366,6 +433,58 @@ mod tests {
         h.finals.get_mut(&run(3)).unwrap().reason = None;
         let r = check(&h);
         assert_eq!(r.lost[0].why, "failed without a reason");
+    }
+
+    #[test]
+    fn a_send_begun_while_its_sender_was_paused_is_named() {
+        let mut h = clean();
+        let begun = |r, step, at_ms, probe| BegunSend {
+            key: key(r, step),
+            at_ms,
+            probe,
+        };
+        h.pauses.push(PauseWindow {
+            tenant: TenantId::default_tenant(),
+            from_ms: 10,
+            until_ms: Some(20),
+            reason: "Cloud API error 190: token expired".into(),
+        });
+        // Before, at the end of, and as the probe of the pause: fine.
+        h.begun = vec![
+            begun(1, 0, 9, false),
+            begun(1, 1, 20, false),
+            begun(2, 0, 15, true),
+        ];
+        let r = check(&h);
+        assert!(r.is_clean(), "{r}");
+        h.begun.push(begun(2, 1, 10, false));
+        let r = check(&h);
+        assert_eq!(r.paused_sends, vec![key(2, 1)]);
+        assert!(
+            r.to_string().contains("sent while its sender was paused"),
+            "{r}"
+        );
+
+        // A run that failed for the pause is lost.
+        let mut h = clean();
+        h.pauses.push(PauseWindow {
+            tenant: TenantId::default_tenant(),
+            from_ms: 0,
+            until_ms: None,
+            reason: "Cloud API error 190: token expired".into(),
+        });
+        h.finals.insert(
+            run(3),
+            FinalRun {
+                status: RunStatus::Failed,
+                cursor: 0,
+                reason: Some("step 0: Cloud API error 190: token expired".into()),
+                unknown_steps: vec![],
+            },
+        );
+        let r = check(&h);
+        assert_eq!(r.lost.len(), 1, "{r}");
+        assert!(r.lost[0].why.contains("paused sender"), "{r}");
     }
 
     #[test]

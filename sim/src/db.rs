@@ -59,6 +59,23 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(s: &mut TcpStream) -> std::io:
     serde_json::from_slice(&body).map_err(std::io::Error::other)
 }
 
+/// What the checker must hear of an op, once the store has answered it.
+enum Noted {
+    Nothing,
+    Begin(oncesend_core::DeliveryKey),
+    Pause(oncesend_core::TenantId, String),
+    Resume(oncesend_core::TenantId),
+}
+
+fn note_of(op: &StoreOp) -> Noted {
+    match op {
+        StoreOp::BeginDelivery { key, .. } => Noted::Begin(*key),
+        StoreOp::PauseSender { tenant, reason, .. } => Noted::Pause(tenant.clone(), reason.clone()),
+        StoreOp::ResumeSender { tenant } => Noted::Resume(tenant.clone()),
+        _ => Noted::Nothing,
+    }
+}
+
 /// Serves the store until the host is crashed. Every op's time is replaced
 /// by the db's own clock (skewed when a fault says so), as a production
 /// database's clock would be.
@@ -77,8 +94,28 @@ pub async fn serve(
             while let Ok(request) = read_frame::<DbRequest>(&mut conn).await {
                 let response = match request {
                     DbRequest::Op(mut op) => {
-                        op.set_now_ms(shared.db_now_ms());
+                        let now_ms = shared.db_now_ms();
+                        op.set_now_ms(now_ms);
+                        let noted = note_of(&op);
                         let reply = store.apply_now(op);
+                        // The checker orders begun sends and pauses by the
+                        // store's own op order: the db's clock may be
+                        // skewed, and two ops may share a millisecond.
+                        let now_ms = shared.next_db_op();
+                        match (noted, &reply) {
+                            (Noted::Begin(key), StoreReply::Begun { probe, .. }) => {
+                                shared.note_begun(key, now_ms, *probe)
+                            }
+                            (Noted::Pause(tenant, reason), StoreReply::Paused { newly: true }) => {
+                                shared.log(format!("sender {tenant} paused: {reason}"));
+                                shared.note_paused(tenant, now_ms, reason);
+                            }
+                            (Noted::Resume(tenant), StoreReply::Resumed { was_paused: true }) => {
+                                shared.log(format!("sender {tenant} resumed"));
+                                shared.note_resumed(&tenant, now_ms);
+                            }
+                            _ => {}
+                        }
                         if let StoreReply::Claimed(runs) = &reply {
                             for r in runs.iter().filter(|r| r.rescued) {
                                 shared.fired("lease_rescue");
@@ -155,10 +192,12 @@ impl Store for DbClient {
         // An outcome the engine could not record is one of the ways a key
         // can end `unknown`; the checker is told so it can tell allowed
         // unknowns from wrong ones.
+        // (A refusal the engine could not record leaves the row `sending`
+        // too, though nothing went out: the provider refused the sender.)
         let ambiguous_if_lost = match &op {
             StoreOp::FinishDelivery {
                 key,
-                outcome: DeliveryOutcome::Sent { .. },
+                outcome: DeliveryOutcome::Sent { .. } | DeliveryOutcome::SenderBlocked { .. },
                 ..
             } => Some((*key, "finish_lost")),
             // `sending` may have been recorded with no one left to send:

@@ -75,6 +75,13 @@ pub enum FaultKind {
         /// Milliseconds of skew.
         skew_ms: i32,
     },
+    /// The provider refuses the sender itself with this Cloud API code (an
+    /// expired token, a payment problem, a block); when it heals, an
+    /// operator resumes the paused sender.
+    SenderBlocked {
+        /// The error code.
+        code: i64,
+    },
 }
 
 impl FaultKind {
@@ -93,12 +100,13 @@ impl FaultKind {
             FaultKind::Pause { .. } => "pause",
             FaultKind::Loss { .. } => "loss",
             FaultKind::Skew { .. } => "skew",
+            FaultKind::SenderBlocked { .. } => "sender_blocked",
         }
     }
 }
 
 /// Every kind of fault, by name: each must fire in some seeds.
-pub const FAULT_KINDS: [&str; 12] = [
+pub const FAULT_KINDS: [&str; 13] = [
     "latency",
     "partition",
     "partition_oneway",
@@ -111,7 +119,12 @@ pub const FAULT_KINDS: [&str; 12] = [
     "loss",
     "skew",
     "lease_rescue",
+    "sender_blocked",
 ];
+
+/// Sender-level codes the simulated provider answers with: a token, a
+/// permission, a payment and a temporary block.
+pub const SENDER_BLOCK_CODES: [i64; 4] = [190, 200, 131042, 368];
 
 /// A fault with its start and length in simulated time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +177,7 @@ pub fn schedule_from_seed(
     for _ in 0..n {
         let at_ms = rng.next_u64() % window_ms;
         let mut duration_ms = 200 + rng.next_u64() % 2_500;
-        let kind = match rng.next_u64() % 10 {
+        let kind = match rng.next_u64() % 11 {
             0 | 1 => {
                 let (a, b) = pair(&mut rng, workers);
                 FaultKind::Partition {
@@ -191,8 +204,11 @@ pub fn schedule_from_seed(
                 let (a, b) = pair(&mut rng, workers);
                 FaultKind::Loss { a, b }
             }
-            _ => FaultKind::Skew {
+            9 => FaultKind::Skew {
                 skew_ms: (rng.next_u64() % 1_200) as i32 - 400,
+            },
+            _ => FaultKind::SenderBlocked {
+                code: SENDER_BLOCK_CODES[(rng.next_u64() % 4) as usize],
             },
         };
         events.push(FaultEvent {

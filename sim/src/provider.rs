@@ -3,7 +3,7 @@
 
 use crate::trace::Shared;
 use oncesend::provider::Provider;
-use oncesend_core::{DeliveryOutcome, OutboundMessage};
+use oncesend_core::{CloudApiError, DeliveryOutcome, OutboundMessage};
 use std::time::Duration;
 
 /// A provider that always delivers, after a short latency.
@@ -39,6 +39,18 @@ impl SimProvider {
 impl Provider for SimProvider {
     async fn send(&self, message: OutboundMessage) -> DeliveryOutcome {
         let key = message.key;
+        if let Some(code) = self.shared.refuse_sender() {
+            // Refused before anything went out, as the Cloud API answers
+            // an expired token or a blocked account.
+            self.shared.fired("sender_blocked");
+            self.shared
+                .log(format!("provider refused the sender with {code} for {key}"));
+            tokio::time::sleep(self.latency).await;
+            let body = format!(
+                r#"{{"error":{{"message":"(#{code}) refused","type":"OAuthException","code":{code},"fbtrace_id":"Sim{key}"}}}}"#
+            );
+            return CloudApiError::parse(400, None, body.as_bytes()).outcome();
+        }
         self.shared.provider_called(key);
         self.shared.log(format!(
             "[WhatsApp Engine] Message sent to {}: {}   (key {key})",

@@ -2,8 +2,8 @@
 //! determinism), the provider's calls (the history the checker reads), and
 //! the switches the fault schedule flips while the simulation runs.
 
-use oncesend_core::check::ProviderCall;
-use oncesend_core::DeliveryKey;
+use oncesend_core::check::{BegunSend, PauseWindow, ProviderCall};
+use oncesend_core::{DeliveryKey, TenantId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +24,11 @@ struct Inner {
     ambiguous: BTreeMap<DeliveryKey, &'static str>,
     db_skew_ms: i64,
     lose_replies: bool,
+    sender_blocked: Option<i64>,
+    begun: Vec<BegunSend>,
+    pauses: Vec<PauseWindow>,
+    refusals: u64,
+    db_ops: u64,
     paused_until_ms: BTreeMap<String, u64>,
     fired: BTreeSet<&'static str>,
     restarts: BTreeMap<String, u64>,
@@ -130,6 +135,74 @@ impl Shared {
     /// Whether the provider loses replies now.
     pub fn lose_replies(&self) -> bool {
         self.with(|s| s.lose_replies)
+    }
+
+    /// Makes the provider refuse the sender itself with `code` (`None`:
+    /// accept again).
+    pub fn set_sender_blocked(&self, code: Option<i64>) {
+        self.with(|s| s.sender_blocked = code);
+    }
+
+    /// The code the provider refuses the sender with now, if any; counts
+    /// the refusal.
+    pub fn refuse_sender(&self) -> Option<i64> {
+        self.with(|s| {
+            if s.sender_blocked.is_some() {
+                s.refusals += 1;
+            }
+            s.sender_blocked
+        })
+    }
+
+    /// How many requests the provider refused for the sender.
+    pub fn refusals(&self) -> u64 {
+        self.with(|s| s.refusals)
+    }
+
+    /// Numbers the db host's ops in the order it applies them.
+    pub fn next_db_op(&self) -> u64 {
+        self.with(|s| {
+            s.db_ops += 1;
+            s.db_ops
+        })
+    }
+
+    /// The store let a send begin, at `at_ms` in its clock.
+    pub fn note_begun(&self, key: DeliveryKey, at_ms: u64, probe: bool) {
+        self.with(|s| s.begun.push(BegunSend { key, at_ms, probe }));
+    }
+
+    /// The store recorded a pause of `tenant`.
+    pub fn note_paused(&self, tenant: TenantId, at_ms: u64, reason: String) {
+        self.with(|s| {
+            s.pauses.push(PauseWindow {
+                tenant,
+                from_ms: at_ms,
+                until_ms: None,
+                reason,
+            })
+        });
+    }
+
+    /// The store ended `tenant`'s pause.
+    pub fn note_resumed(&self, tenant: &TenantId, at_ms: u64) {
+        self.with(|s| {
+            for p in s.pauses.iter_mut().filter(|p| p.tenant == *tenant) {
+                p.until_ms.get_or_insert(at_ms);
+            }
+        });
+    }
+
+    /// Whether a tenant's pause is open and the provider no longer
+    /// refuses it: what an operator who fixed the cause waits for to
+    /// resume.
+    pub fn resume_wanted(&self) -> bool {
+        self.with(|s| s.sender_blocked.is_none() && s.pauses.iter().any(|p| p.until_ms.is_none()))
+    }
+
+    /// Sends begun and pauses recorded, for the checker.
+    pub fn begun_and_pauses(&self) -> (Vec<BegunSend>, Vec<PauseWindow>) {
+        self.with(|s| (s.begun.clone(), s.pauses.clone()))
     }
 
     /// Pauses `host` until `until_ms` (simulated).

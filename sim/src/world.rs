@@ -147,6 +147,10 @@ pub struct SeedResult {
     pub runs: u64,
     /// The schedule that ran.
     pub schedule: Vec<FaultEvent>,
+    /// Requests the provider refused because of the sender itself.
+    pub sender_refusals: u64,
+    /// Runs that ended `failed`.
+    pub failed: u64,
 }
 
 impl SeedResult {
@@ -458,6 +462,9 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+            if mode == Mode::Fixed {
+                tokio::spawn(operator(shared.clone(), http.clone()));
+            }
             let db = db_client(&shared, Gate::open(shared.clone()));
             let mut ids = SplitMix64::new(id_seed);
             for (i, (at_ms, to)) in plan.iter().enumerate() {
@@ -544,8 +551,11 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
 
     // Build the history and check it.
     let calls = shared.calls();
+    let (begun, pauses) = shared.begun_and_pauses();
     let mut history = History {
         calls: calls.clone(),
+        begun,
+        pauses,
         ..History::default()
     };
     match config.mode {
@@ -650,6 +660,30 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         fired: shared.fired_kinds(),
         runs: history.accepted.len() as u64,
         schedule,
+        sender_refusals: shared.refusals(),
+        failed: history
+            .finals
+            .values()
+            .filter(|f| f.status == RunStatus::Failed)
+            .count() as u64,
+    }
+}
+
+/// An operator: once the provider takes the sender again (its token was
+/// replaced, its bill paid) and a pause is still open, resumes it through
+/// the API, trying until the engine answers.
+async fn operator(shared: Shared, http: HttpClient<SimConnector>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !shared.resume_wanted() {
+            continue;
+        }
+        let answer = http
+            .request(hyper::Method::POST, "/v1/tenants/default/resume", &[], None)
+            .await;
+        if let Ok((status, _, _)) = answer {
+            shared.log(format!("operator: resume answered {status}"));
+        }
     }
 }
 
@@ -721,12 +755,16 @@ fn apply(
         FaultKind::Skew { skew_ms } => {
             shared.set_db_skew_ms(if start { *skew_ms as i64 } else { 0 })
         }
+        FaultKind::SenderBlocked { code } => shared.set_sender_blocked(start.then_some(*code)),
     }
     if start {
         let name = e.kind.name();
         // These act the moment they are applied; lost replies and pauses
         // count only when they catch a request (see provider and gate).
-        if !matches!(e.kind, FaultKind::LoseReplies | FaultKind::Pause { .. }) {
+        if !matches!(
+            e.kind,
+            FaultKind::LoseReplies | FaultKind::Pause { .. } | FaultKind::SenderBlocked { .. }
+        ) {
             shared.fired(name);
         }
     }

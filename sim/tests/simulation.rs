@@ -213,6 +213,8 @@ fn fault_event() -> impl Strategy<Value = FaultEvent> {
         (0u8..2).prop_map(|worker| FaultKind::Pause { worker }),
         (node(), node()).prop_map(|(a, b)| FaultKind::Loss { a, b }),
         (-400i32..800).prop_map(|skew_ms| FaultKind::Skew { skew_ms }),
+        proptest::sample::select(&oncesend_sim::fault::SENDER_BLOCK_CODES[..])
+            .prop_map(|code| FaultKind::SenderBlocked { code }),
     ];
     (0u64..6_000, 200u64..4_000, kind)
         .prop_filter("a link needs two ends", |(_, _, k)| match k {
@@ -226,6 +228,54 @@ fn fault_event() -> impl Strategy<Value = FaultEvent> {
             duration_ms,
             kind,
         })
+}
+
+#[test]
+fn a_blocked_sender_pauses_its_runs_wait_and_all_complete_once_resumed() {
+    // An expired token for three seconds, while a worker crashes and the
+    // engine loses replies: the tenant pauses at the first refusal, no
+    // send begins while it is paused, no run fails for it, and everything
+    // goes out exactly once after the operator resumes it.
+    let mut paused_seeds = 0;
+    for seed in 0..40 {
+        let schedule = vec![
+            FaultEvent {
+                at_ms: 300,
+                duration_ms: 3_000,
+                kind: FaultKind::SenderBlocked { code: 190 },
+            },
+            FaultEvent {
+                at_ms: 1_000 + seed * 50,
+                duration_ms: 800,
+                kind: FaultKind::Crash {
+                    node: Node::Worker((seed % 2) as u8),
+                },
+            },
+        ];
+        let config = SimConfig {
+            faults: Faults::Explicit(schedule),
+            ..SimConfig::fixed()
+        };
+        let r = run_seed(seed, &config);
+        assert!(r.ok(), "{}", replay(&r, ""));
+        assert_eq!(r.failed, 0, "seed {seed}: a run failed");
+        let trace = r.trace.join("\n");
+        if trace.contains("sender default paused") {
+            paused_seeds += 1;
+            assert!(trace.contains("sender default resumed"), "seed {seed}");
+            // The refusal that paused it, and those already under way
+            // then; no more.
+            assert!(
+                (1..=8).contains(&r.sender_refusals),
+                "seed {seed}: {} requests refused during the pause",
+                r.sender_refusals
+            );
+        }
+    }
+    assert!(
+        paused_seeds >= 30,
+        "the sender paused in only {paused_seeds} of 40 seeds"
+    );
 }
 
 /// The seed stays fixed; proptest varies and shrinks the schedule.
