@@ -90,6 +90,33 @@ pub enum Fault {
     ServerError,
     /// Read the request, then close the connection without answering.
     Drop,
+    /// The Cloud API's error answer for this code: its HTTP status, title
+    /// and details as Meta documents them.
+    Error(i64),
+}
+
+/// HTTP status, `error.message` and `error_data.details` the Cloud API
+/// answers an error code with (../shared/reference/cloud-api.md, §3).
+pub fn documented_error(code: i64) -> (u16, &'static str, &'static str) {
+    match code {
+        0 => (401, "AuthException", "We were unable to authenticate the app user."),
+        190 => (401, "Error validating access token: Session has expired on Thursday, 03-Dec-26 10:00:00 PST.", "The access token has expired."),
+        3 => (500, "Application does not have the capability to make this API call.", "Capability or permissions issue."),
+        10 | 200..=299 => (403, "Application does not have permission for this action", "Permission is either not granted or has been removed."),
+        368 => (403, "Temporarily blocked for policies violations", "The WhatsApp Business Account associated with the app has been restricted or disabled for violating a platform policy."),
+        131031 => (403, "Business Account locked", "The WhatsApp Business Account associated with the app has been locked."),
+        131042 => (400, "Business eligibility payment issue", "Message failed to send because there were one or more errors related to your payment method."),
+        131048 => (400, "Spam rate limit hit", "Message failed to send because there are restrictions on how many messages can be sent from this phone number."),
+        133010 => (400, "Phone number Not Registered", "Phone number is not registered on the WhatsApp Business Platform."),
+        131047 => (400, "Re-engagement message", "Message failed to send because more than 24 hours have passed since the customer last replied to this number."),
+        131026 => (400, "Message Undeliverable", "Unable to deliver message."),
+        132001 => (404, "Template name does not exist in the translation", "template name (order_ready) does not exist in pt_BR"),
+        132015 => (400, "Template is Paused", "Template is paused due to low quality so it cannot be sent in a template message."),
+        130429 => (400, "Rate limit hit", "Cloud API message throughput has been reached."),
+        131056 => (400, "(Business Account, Consumer Account) pair rate limit hit", "Too many messages sent from the sender phone number to the same recipient phone number in a short period of time."),
+        131000 => (500, "Something went wrong", "Message failed to send due to an unknown error."),
+        _ => (400, "Invalid parameter", "Invalid parameter."),
+    }
 }
 
 /// One request the mock received.
@@ -116,6 +143,10 @@ struct MockState {
     shape_errors: Vec<String>,
     /// Connections whose TLS handshake failed (the client refused us).
     tls_failures: Vec<String>,
+    /// Where status webhooks go, signed with the app secret.
+    webhook: Option<(String, String)>,
+    /// Status webhooks answered 200 by the engine.
+    statuses_posted: u32,
 }
 
 /// A mock Cloud API. `decide(key, attempt)` picks each answer (attempt
@@ -187,6 +218,18 @@ impl MockCloudApi {
 
     pub fn shape_errors(&self) -> Vec<String> {
         self.state.lock().unwrap().shape_errors.clone()
+    }
+
+    /// From now on, posts `sent`, `delivered` and `read` status webhooks
+    /// for every accepted message to the engine at `engine_url`, signed
+    /// with `app_secret`, as Meta does.
+    pub fn post_statuses_to(&self, engine_url: &str, app_secret: &str) {
+        self.state.lock().unwrap().webhook = Some((engine_url.to_string(), app_secret.to_string()));
+    }
+
+    /// Status webhooks the engine took (answered 200).
+    pub fn statuses_posted(&self) -> u32 {
+        self.state.lock().unwrap().statuses_posted
     }
 
     /// Makes every later answer (or drop) wait `latency` after the request
@@ -349,6 +392,17 @@ async fn serve_conn(
                     (Fault::Throttle, _) => (400, "Retry-After: 1\r\n", r#"{"error":{"message":"(#130429) Rate limit hit","type":"OAuthException","code":130429}}"#.into()),
                     (Fault::PairRate, _) => (400, "", r#"{"error":{"message":"(#131056) Pair rate limit hit","type":"OAuthException","code":131056}}"#.into()),
                     (Fault::ServerError, _) => (500, "", r#"{"error":{"message":"Service temporarily unavailable","code":2}}"#.into()),
+                    (Fault::Error(code), _) => {
+                        let (status, message, details) = documented_error(code);
+                        let n = state.lock().unwrap().calls.len();
+                        (status, "", serde_json::json!({"error": {
+                            "message": format!("(#{code}) {message}"),
+                            "type": "OAuthException",
+                            "code": code,
+                            "error_data": {"messaging_product": "whatsapp", "details": details},
+                            "fbtrace_id": format!("AbCdEf{n}"),
+                        }}).to_string())
+                    }
                     // Accepted, then the connection is lost: no answer.
                     _ => return,
                 }
@@ -361,6 +415,65 @@ async fn serve_conn(
         let out = reader.get_mut();
         if out.write_all(response.as_bytes()).await.is_err() || out.flush().await.is_err() {
             return;
+        }
+        if status == 200 {
+            let webhook = state.lock().unwrap().webhook.clone();
+            if let (Some((url, secret)), Ok(accepted)) =
+                (webhook, serde_json::from_str::<serde_json::Value>(&payload))
+            {
+                let id = accepted["messages"][0]["id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                tokio::spawn(post_statuses(url, secret, id, json.clone(), state.clone()));
+            }
+        }
+    }
+}
+
+/// The `sent`, `delivered` and `read` statuses of one accepted message, each
+/// in a webhook of its own, shaped and signed as Meta sends them.
+async fn post_statuses(
+    url: String,
+    secret: String,
+    id: String,
+    request: serde_json::Value,
+    state: Arc<Mutex<MockState>>,
+) {
+    let api = Api::new(&url, None);
+    let to = request["to"]
+        .as_str()
+        .unwrap_or("+")
+        .trim_start_matches('+')
+        .to_string();
+    for status in ["sent", "delivered", "read"] {
+        let body = serde_json::json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
+                "statuses": [{
+                    "id": id,
+                    "status": status,
+                    "timestamp": "1764756000",
+                    "recipient_id": to,
+                    "biz_opaque_callback_data": request["biz_opaque_callback_data"],
+                    "pricing": {"billable": true, "pricing_model": "PMP", "type": "regular", "category": "utility"},
+                }],
+            }}]}],
+        });
+        let body = serde_json::to_vec(&body).unwrap();
+        let signature = oncesend::api::webhook::sign(&secret, &body);
+        let (code, _, _) = api
+            .raw(
+                "POST",
+                "/v1/providers/cloud-api/webhook",
+                &[("x-hub-signature-256", signature)],
+                Some(body),
+            )
+            .await;
+        if code == 200 {
+            state.lock().unwrap().statuses_posted += 1;
         }
     }
 }
@@ -919,7 +1032,8 @@ pub async fn check_exactly_once(api: &Api, mock: &MockCloudApi, accepted: &[Acce
                     unknown_steps.push(index);
                     unknown_keys.insert(key);
                 }
-                "sent" => {
+                // Status webhooks move a sent step on.
+                "sent" | "delivered" | "read" => {
                     sent_ids.insert(
                         key,
                         step["provider_message_id"].as_str().unwrap().to_string(),
@@ -955,6 +1069,7 @@ pub async fn check_exactly_once(api: &Api, mock: &MockCloudApi, accepted: &[Acce
             })
             .collect(),
         finals: finals.clone(),
+        ..History::default()
     };
     let report = check(&history);
     assert!(report.is_clean(), "{report}");
