@@ -7,9 +7,16 @@
 
 use crate::ids::TenantId;
 use crate::pacing::{Pacer, PacingConfig};
+use crate::provider_error::{classify_cloud_api, code_in_reason, retry_later_wait_ms, ErrorClass};
 use crate::send::{DeliveryOutcome, OutboundMessage, SendRequest, SendResponse};
 use crate::store::{StoreOp, StoreReply, StoreUnavailable};
 use std::collections::{BTreeMap, VecDeque};
+
+/// The Cloud API's "throughput reached" code.
+const THROUGHPUT_CODE: i64 = 130429;
+/// How long a throttled sender holds still when the provider gave no
+/// `Retry-After`.
+const THROTTLE_HOLD_MS: u64 = 1_000;
 
 /// A request's number, chosen by the driver and unique among those in flight.
 pub type ReqId = u64;
@@ -116,6 +123,8 @@ struct InFlight {
     stage: Stage,
     /// This send is a paused sender's half-open probe.
     probe: bool,
+    /// The ledger's attempt number for the key (from 1), once begun.
+    attempt: u32,
 }
 
 /// Counters an operator wants on `/metrics`.
@@ -137,6 +146,8 @@ pub struct EngineStats {
     pub busy: u64,
     /// Requests held back by pacing (sender rate or recipient gap).
     pub paced: u64,
+    /// Sends refused for the sender's throughput (130429); each slows it.
+    pub throttled: u64,
     /// Provider calls refused because of the sender itself (they pause it).
     pub sender_blocked: u64,
     /// Requests not sent because their tenant is paused.
@@ -234,6 +245,7 @@ impl Engine {
                 request,
                 stage: Stage::Begin,
                 probe: false,
+                attempt: 0,
             },
         );
     }
@@ -245,9 +257,10 @@ impl Engine {
         match std::mem::replace(&mut flight.stage, Stage::Provide) {
             Stage::Begin => {
                 let response = match reply {
-                    Ok(StoreReply::Begun { probe, .. }) => {
+                    Ok(StoreReply::Begun { probe, attempt }) => {
                         self.stats.provider_calls += 1;
                         flight.probe = probe;
+                        flight.attempt = attempt;
                         if probe {
                             tracing::info!(tenant = %flight.request.tenant, idempotency_key = %flight.request.key, "probing a paused sender with one send");
                         }
@@ -385,10 +398,32 @@ impl Engine {
                 retry_after_ms,
             } => {
                 self.stats.failed += 1;
+                let code = code_in_reason(reason);
+                let mut retry_after_ms = *retry_after_ms;
+                if code == Some(THROUGHPUT_CODE) {
+                    // Over the sender's throughput: every later send of
+                    // the tenant waits out the provider's Retry-After,
+                    // then goes at half the rate, climbing back.
+                    self.stats.throttled += 1;
+                    if let Some(pacer) = &mut self.pacer {
+                        let tenant = &flight.request.tenant;
+                        let hold_ms = retry_after_ms.unwrap_or(THROTTLE_HOLD_MS);
+                        pacer.throttle(tenant, hold_ms, now_ms);
+                        let rate_per_s = pacer.rate_at(tenant, now_ms.saturating_add(hold_ms));
+                        tracing::warn!(%tenant, idempotency_key = %flight.request.key, hold_ms, rate_per_s, "provider throughput reached: the sender slows down");
+                    }
+                } else if code
+                    .is_some_and(|c| classify_cloud_api(0, Some(c)) == ErrorClass::RetryLater)
+                {
+                    // Meta asks for a much later try: the waits double
+                    // with each attempt of the key.
+                    let wait_ms = retry_later_wait_ms(flight.attempt);
+                    retry_after_ms = Some(retry_after_ms.unwrap_or(0).max(wait_ms));
+                }
                 SendResponse::Failed {
                     retryable: *retryable,
                     reason: reason.clone(),
-                    retry_after_ms: *retry_after_ms,
+                    retry_after_ms,
                 }
             }
             DeliveryOutcome::Unknown { reason } => {

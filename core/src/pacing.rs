@@ -37,12 +37,20 @@ impl Default for PacingConfig {
 }
 
 /// A token bucket in thousandths of a token, so refills need no floats.
+///
+/// When the provider says the sender is over its throughput (130429), the
+/// bucket is [`throttle`](Self::throttle)d: it stays empty for the wait the
+/// provider asked for, then refills at half its rate, climbing back by a
+/// tenth of the configured rate each second (additive increase,
+/// multiplicative decrease).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenBucket {
     rate_per_s: u64,
     capacity_milli: u64,
     tokens_milli: u64,
     last_ms: u64,
+    /// After a throttle: the rate it fell to, and from when it climbs.
+    slowed: Option<(u64, u64)>,
 }
 
 impl TokenBucket {
@@ -55,17 +63,36 @@ impl TokenBucket {
             capacity_milli,
             tokens_milli: capacity_milli,
             last_ms: now_ms,
+            slowed: None,
+        }
+    }
+
+    /// The rate in force at `now_ms`: the configured one, or, after a
+    /// throttle, the lowered one climbing back towards it.
+    pub fn rate_at(&self, now_ms: u64) -> u64 {
+        match self.slowed {
+            None => self.rate_per_s,
+            Some((rate, from_ms)) => {
+                let step = (self.rate_per_s / 10).max(1);
+                let climbed = now_ms.saturating_sub(from_ms) / 1_000 * step;
+                rate.saturating_add(climbed).min(self.rate_per_s)
+            }
         }
     }
 
     fn refill(&mut self, now_ms: u64) {
-        // A clock that steps back refills nothing; it never drains.
+        // A clock that steps back refills nothing; it never drains. Nor
+        // does time before a throttle's wait has passed (`last_ms` ahead).
         let elapsed_ms = now_ms.saturating_sub(self.last_ms);
+        let rate = self.rate_at(now_ms);
         self.last_ms = self.last_ms.max(now_ms);
         self.tokens_milli = self
             .tokens_milli
-            .saturating_add(elapsed_ms.saturating_mul(self.rate_per_s))
+            .saturating_add(elapsed_ms.saturating_mul(rate))
             .min(self.capacity_milli);
+        if rate == self.rate_per_s {
+            self.slowed = None;
+        }
     }
 
     /// How long until a token is available; 0 means one is available now.
@@ -74,8 +101,20 @@ impl TokenBucket {
         if self.tokens_milli >= 1_000 {
             0
         } else {
-            (1_000 - self.tokens_milli).div_ceil(self.rate_per_s)
+            let held_ms = self.last_ms.saturating_sub(now_ms);
+            held_ms + (1_000 - self.tokens_milli).div_ceil(self.rate_at(now_ms).max(1))
         }
+    }
+
+    /// The provider refused a send for throughput: nothing more for
+    /// `hold_ms` (its `Retry-After`), then half the rate, climbing back.
+    pub fn throttle(&mut self, hold_ms: u64, now_ms: u64) {
+        self.refill(now_ms);
+        let until_ms = now_ms.saturating_add(hold_ms);
+        let half = (self.rate_at(now_ms) / 2).max(1);
+        self.slowed = Some((half, until_ms));
+        self.tokens_milli = 0;
+        self.last_ms = self.last_ms.max(until_ms);
     }
 
     /// Takes a token, or says how long to wait for one.
@@ -144,6 +183,25 @@ impl Pacer {
             self.last_sent_ms.insert(conversation, now_ms);
         }
         Ok(())
+    }
+
+    /// The provider said `tenant` is over its throughput (130429): its
+    /// bucket waits `hold_ms`, then refills at half its rate, climbing back.
+    pub fn throttle(&mut self, tenant: &TenantId, hold_ms: u64, now_ms: u64) {
+        let (rate, burst) = (self.config.rate_per_s, self.config.burst);
+        self.buckets
+            .entry(tenant.clone())
+            .or_insert_with(|| TokenBucket::new(rate, burst, now_ms))
+            .throttle(hold_ms, now_ms);
+    }
+
+    /// The rate `tenant` may send at now.
+    pub fn rate_at(&self, tenant: &TenantId, now_ms: u64) -> u64 {
+        self.buckets
+            .get(tenant)
+            .map_or(u64::from(self.config.rate_per_s.max(1)), |b| {
+                b.rate_at(now_ms)
+            })
     }
 }
 
@@ -235,6 +293,36 @@ mod tests {
         assert_eq!(p.admit(&t, &to(1), 50), Err(50));
         // The bucket is empty because of the first send, not the refusal.
         assert_eq!(p.admit(&t, &to(2), 1_000), Ok(()));
+    }
+
+    #[test]
+    fn a_throttle_holds_the_sender_then_halves_its_rate_and_climbs_back() {
+        let t = TenantId::default_tenant();
+        let other = TenantId::new("acme").unwrap();
+        let mut p = Pacer::new(PacingConfig {
+            rate_per_s: 80,
+            burst: 80,
+            recipient_gap_ms: 0,
+        });
+        assert_eq!(p.admit(&t, &to(1), 0), Ok(()));
+        p.throttle(&t, 2_000, 100);
+        // Nothing during the provider's Retry-After...
+        assert_eq!(p.admit(&t, &to(2), 100), Err(2_000 + 25));
+        assert!(p.admit(&t, &to(2), 2_000).is_err());
+        // ...then half the rate (40/s: a token every 25 ms)...
+        assert_eq!(p.rate_at(&t, 2_100), 40);
+        assert!(p.admit(&t, &to(2), 2_110).is_err());
+        assert_eq!(p.admit(&t, &to(2), 2_125), Ok(()));
+        // ...climbing by a tenth of 80 each second, back to 80.
+        assert_eq!(p.rate_at(&t, 3_100), 48);
+        assert_eq!(p.rate_at(&t, 7_100), 80);
+        assert_eq!(p.rate_at(&t, 60_000), 80);
+        // Other senders are not slowed.
+        assert_eq!(p.rate_at(&other, 2_100), 80);
+        assert_eq!(p.admit(&other, &to(2), 200), Ok(()));
+        // A second throttle while slowed halves again.
+        p.throttle(&t, 0, 2_200);
+        assert_eq!(p.rate_at(&t, 2_200), 20);
     }
 
     #[test]

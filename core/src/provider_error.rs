@@ -58,6 +58,34 @@ pub const RECIPIENT_BACKOFF_MIN_MS: u64 = 6_000;
 pub const TEMPORARY_PAUSE_CODES: [i64; 2] = [368, 131048];
 /// The longest `Retry-After` honoured; a longer one is capped, not ignored.
 pub const MAX_RETRY_AFTER_MS: u64 = 15 * 60 * 1000;
+/// The longest wait after a "retry later" code: the waits double from
+/// [`RETRY_LATER_MIN_MS`] with each attempt up to a day.
+pub const RETRY_LATER_MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// How the reason of every Cloud API failure begins (see
+/// [`CloudApiError::reason`]), so its code can be read back from a stored
+/// reason.
+const REASON_PREFIX: &str = "Cloud API error ";
+
+/// The Cloud API error code a failure reason names, if it names one: the
+/// code kept in the ledger's `last_error`, shown per step by the run API.
+pub fn code_in_reason(reason: &str) -> Option<i64> {
+    let rest = reason.strip_prefix(REASON_PREFIX)?;
+    let end = rest
+        .char_indices()
+        .find(|(i, c)| !(c.is_ascii_digit() || (*i == 0 && *c == '-')))
+        .map_or(rest.len(), |(i, _)| i);
+    rest[..end].parse().ok()
+}
+
+/// The wait before trying a "retry later" failure (131049, 132069) again,
+/// after its attempt number `attempt` (from 1) failed: an hour, doubling
+/// with each attempt, up to a day.
+pub fn retry_later_wait_ms(attempt: u32) -> u64 {
+    RETRY_LATER_MIN_MS
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(16))
+        .min(RETRY_LATER_MAX_MS)
+}
 
 /// Classifies a Cloud API error by its JSON `error.code`; with no code, by
 /// the HTTP status (5xx and 429 are transient, any other status fails the
@@ -166,7 +194,7 @@ impl CloudApiError {
     /// trace id, and what to do where the table knows.
     pub fn reason(&self) -> String {
         let mut out = match self.code {
-            Some(code) => format!("Cloud API error {code}"),
+            Some(code) => format!("{REASON_PREFIX}{code}"),
             None => "Cloud API error".to_string(),
         };
         if self.http_status != 0 {
@@ -324,6 +352,30 @@ mod tests {
         // 131056: at least the pair rate's gap.
         assert_eq!(wait(131056, None), Some(RECIPIENT_BACKOFF_MIN_MS));
         assert_eq!(wait(131056, Some(30_000)), Some(30_000));
+    }
+
+    #[test]
+    fn the_code_is_read_back_from_the_reason_it_wrote() {
+        for code in [0, 190, 131047, 130429] {
+            let e = CloudApiError::parse(400, None, &answer(code));
+            assert_eq!(code_in_reason(&e.reason()), Some(code));
+        }
+        assert_eq!(code_in_reason("Cloud API error (HTTP 500): oops"), None);
+        assert_eq!(
+            code_in_reason("cannot connect to the Cloud API: refused"),
+            None
+        );
+        assert_eq!(code_in_reason("Cloud API error 99999999999999999999"), None);
+    }
+
+    #[test]
+    fn retry_later_waits_double_from_an_hour_to_a_day() {
+        assert_eq!(retry_later_wait_ms(1), RETRY_LATER_MIN_MS);
+        assert_eq!(retry_later_wait_ms(2), 2 * RETRY_LATER_MIN_MS);
+        assert_eq!(retry_later_wait_ms(4), 8 * RETRY_LATER_MIN_MS);
+        assert_eq!(retry_later_wait_ms(6), RETRY_LATER_MAX_MS);
+        assert_eq!(retry_later_wait_ms(u32::MAX), RETRY_LATER_MAX_MS);
+        assert_eq!(retry_later_wait_ms(0), RETRY_LATER_MIN_MS);
     }
 
     #[test]

@@ -770,3 +770,94 @@ fn a_pause_remembers_the_settings_it_was_refused_under() {
         )])
     );
 }
+
+fn cloud_error(code: i64, retry_after_ms: Option<u64>) -> DeliveryOutcome {
+    let body = format!(
+        r#"{{"error":{{"message":"(#{code}) refused","code":{code},"fbtrace_id":"Ab1"}}}}"#
+    );
+    oncesend_core::CloudApiError::parse(400, retry_after_ms, body.as_bytes()).outcome()
+}
+
+#[test]
+fn a_throughput_refusal_slows_the_sender_and_honours_its_retry_after() {
+    let mut store = MemStore::new();
+    let mut engine = Engine::new(EngineConfig {
+        send_timeout_ms: 1_000,
+        pacing: Some(oncesend_core::PacingConfig {
+            rate_per_s: 80,
+            burst: 80,
+            recipient_gap_ms: 0,
+        }),
+        ..EngineConfig::default()
+    });
+    let first = leased_request(&mut store);
+    let mut second = first.clone();
+    let mut throttled = || Some(cloud_error(130429, Some(2_000)));
+    let (answer, calls) = engine_send(&mut engine, &mut store, first, 10, &mut throttled);
+    assert_eq!(calls, 1);
+    match answer {
+        Some(SendResponse::Failed {
+            retryable: true,
+            retry_after_ms: Some(2_000),
+            reason,
+        }) => assert!(reason.contains("130429"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(engine.stats().throttled, 1);
+    // Any other send of the sender now waits out the Retry-After, with no
+    // provider call and nothing written.
+    second.to = Recipient::parse("+4915112345678").unwrap();
+    let mut never = || -> Option<DeliveryOutcome> { panic!("must not call the provider") };
+    let (answer, calls) = engine_send(&mut engine, &mut store, second, 20, &mut never);
+    assert_eq!(calls, 0);
+    match answer {
+        Some(SendResponse::Busy { retry_after_ms }) => {
+            assert!(
+                (1_990..=2_100).contains(&retry_after_ms),
+                "{retry_after_ms}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_retry_later_refusal_waits_an_hour_then_twice_as_long() {
+    let mut store = MemStore::new();
+    let mut engine = Engine::new(EngineConfig {
+        send_timeout_ms: 1_000,
+        ..EngineConfig::default()
+    });
+    let request = leased_request(&mut store);
+    let mut later = || Some(cloud_error(131049, None));
+    let hour = oncesend_core::provider_error::RETRY_LATER_MIN_MS;
+    for (now_ms, want) in [(10, hour), (20, 2 * hour), (30, 4 * hour)] {
+        let (answer, calls) =
+            engine_send(&mut engine, &mut store, request.clone(), now_ms, &mut later);
+        assert_eq!(calls, 1);
+        match answer {
+            Some(SendResponse::Failed {
+                retryable: true,
+                retry_after_ms,
+                ..
+            }) => assert_eq!(retry_after_ms, Some(want)),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The run shows the code of the step's last failure.
+    let StoreReply::Run(v) = store.apply(StoreOp::GetRun {
+        run: request.key.run,
+    }) else {
+        panic!()
+    };
+    let last_error = v.deliveries[0]
+        .as_ref()
+        .unwrap()
+        .last_error
+        .clone()
+        .unwrap();
+    assert_eq!(
+        oncesend_core::provider_error::code_in_reason(&last_error),
+        Some(131049)
+    );
+}

@@ -307,6 +307,73 @@ mod tests {
     use oncesend_core::{FlowId, MemStore, NewRun, PlannedStep, Recipient, RunId, TenantId};
 
     #[tokio::test]
+    async fn a_restart_with_other_default_settings_lifts_a_provider_pause_only() {
+        let store = MemoryStore::new(MemStore::new());
+        let pause = |settings: Option<&str>| StoreOp::PauseSender {
+            tenant: TenantId::default_tenant(),
+            reason: "Cloud API error 190".into(),
+            code: settings.map(|_| 190),
+            temporary: false,
+            settings: settings.map(str::to_string),
+            now_ms: 1,
+        };
+        let paused = |store: &MemoryStore| {
+            let store = store.clone();
+            async move {
+                match store
+                    .apply(StoreOp::GetSender {
+                        tenant: TenantId::default_tenant(),
+                    })
+                    .await
+                    .unwrap()
+                {
+                    StoreReply::Sender(p) => p.is_some(),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        // Nothing to lift.
+        assert!(!lift_outlived_default_pause(&store, "a").await.unwrap());
+        store.apply(pause(Some("a"))).await.unwrap();
+        // The same settings: the provider would refuse them again.
+        assert!(!lift_outlived_default_pause(&store, "a").await.unwrap());
+        assert!(paused(&store).await);
+        // A new token: lifted.
+        assert!(lift_outlived_default_pause(&store, "b").await.unwrap());
+        assert!(!paused(&store).await);
+        // A pause by hand stays, whatever the settings.
+        store.apply(pause(None)).await.unwrap();
+        assert!(!lift_outlived_default_pause(&store, "c").await.unwrap());
+        assert!(paused(&store).await);
+    }
+
+    #[test]
+    fn the_settings_fingerprint_changes_with_the_token_and_never_shows_it() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            engine: EngineArgs,
+        }
+        let args = |token: &str| {
+            Cli::parse_from([
+                "engine",
+                "--provider",
+                "cloud-api",
+                "--cloud-api-token",
+                token,
+                "--phone-number-id",
+                "1234",
+            ])
+            .engine
+        };
+        let a = default_settings_fingerprint(&args("EAAGsecret1"));
+        assert_eq!(a, default_settings_fingerprint(&args("EAAGsecret1")));
+        assert_ne!(a, default_settings_fingerprint(&args("EAAGsecret2")));
+        assert!(!a.contains("secret"), "{a}");
+    }
+
+    #[tokio::test]
     async fn pruning_deletes_only_runs_finished_before_the_retention() {
         let store = MemoryStore::new(MemStore::new());
         let mut ids = Vec::new();

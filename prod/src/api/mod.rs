@@ -752,6 +752,7 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
                 "provider_message_id": d.as_ref().and_then(|d| d.provider_message_id.clone()),
                 "attempts": d.as_ref().map_or(0, |d| d.attempts),
                 "last_error": d.as_ref().and_then(|d| d.last_error.clone()),
+                "error_code": d.as_ref().and_then(|d| d.last_error.as_deref()).and_then(oncesend_core::provider_error::code_in_reason),
             })
         })
         .collect();
@@ -967,6 +968,7 @@ async fn metrics<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Pr
             ("{outcome=\"fenced\"}", e.fenced),
             ("{outcome=\"busy\"}", e.busy),
             ("{outcome=\"paced\"}", e.paced),
+            ("{outcome=\"throttled\"}", e.throttled),
             ("{outcome=\"sender_blocked\"}", e.sender_blocked),
             ("{outcome=\"held_for_pause\"}", e.held_for_pause),
         ],
