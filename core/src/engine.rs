@@ -5,7 +5,6 @@
 //! only if that succeeded, records the outcome, and answers. A driver feeds
 //! it events and executes the effects it asks for; it decides everything.
 
-use crate::ids::TenantId;
 use crate::pacing::{Pacer, PacingConfig};
 use crate::provider_error::{classify_cloud_api, code_in_reason, retry_later_wait_ms, ErrorClass};
 use crate::send::{DeliveryOutcome, OutboundMessage, SendRequest, SendResponse};
@@ -369,25 +368,16 @@ impl Engine {
                     replayed: false,
                 }
             }
-            DeliveryOutcome::SenderBlocked {
-                reason,
-                code,
-                temporary,
-            } => {
+            DeliveryOutcome::SenderBlocked { reason, .. } => {
                 // The sender, not this message, is refused: pause the
                 // tenant; the run waits and loses no attempt.
                 self.stats.sender_blocked += 1;
-                let tenant = &flight.request.tenant;
-                then = Some(StoreOp::PauseSender {
-                    tenant: tenant.clone(),
-                    reason: reason.clone(),
-                    code: *code,
-                    temporary: *temporary,
-                    settings: (*tenant == TenantId::default_tenant())
-                        .then(|| self.config.default_settings.clone())
-                        .flatten(),
+                then = StoreOp::pause_for(
+                    &flight.request.tenant,
+                    &outcome,
+                    self.config.default_settings.as_deref(),
                     now_ms,
-                });
+                );
                 SendResponse::Paused {
                     reason: reason.clone(),
                 }

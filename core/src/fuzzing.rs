@@ -89,6 +89,9 @@ struct Book {
     terminal: BTreeMap<RunId, RunView>,
     /// Keys the provider is known to have.
     sent: BTreeSet<DeliveryKey>,
+    /// The sender's pause, if any: `Some(true)` for a temporary one (a
+    /// probe may go), `Some(false)` for one that waits for a person.
+    paused: Option<bool>,
 }
 
 fn get_run(store: &mut MemStore, run: RunId) -> RunView {
@@ -121,7 +124,7 @@ pub fn store_ops(data: &[u8]) {
         if r.is_empty() {
             break;
         }
-        let tag = r.below(12);
+        let tag = r.below(13);
         let pick = |book: &Book, b: u8| -> Option<RunId> {
             (!book.runs.is_empty()).then(|| book.runs[b as usize % book.runs.len()])
         };
@@ -184,6 +187,10 @@ pub fn store_ops(data: &[u8]) {
                     panic!("claim did not answer Claimed");
                 };
                 assert!(claimed.len() as u32 <= max, "claimed more than asked");
+                assert!(
+                    claimed.is_empty() || book.paused != Some(false),
+                    "claimed runs of a paused sender"
+                );
                 let mut convs = BTreeSet::new();
                 for c in &claimed {
                     let before = book.epoch.get(&c.id).copied().unwrap_or(0);
@@ -365,7 +372,13 @@ pub fn store_ops(data: &[u8]) {
                     send_timeout_ms,
                     now_ms: now,
                 }) {
-                    StoreReply::Begun { .. } => {
+                    StoreReply::Begun { probe, .. } => {
+                        assert_ne!(book.paused, Some(false), "{key} begun for a paused sender");
+                        assert_eq!(
+                            probe,
+                            book.paused.is_some(),
+                            "{key}: a probe is the paused sender's only send"
+                        );
                         assert_eq!(Some(&epoch), book.epoch.get(&id), "stale epoch began");
                         assert!(!book.sent.contains(&key), "{key} begun after it was sent");
                         assert!(
@@ -380,6 +393,9 @@ pub fn store_ops(data: &[u8]) {
                     }
                     StoreReply::AlreadySent { .. } => {
                         assert!(before.is_some_and(|s| s.is_sent()));
+                    }
+                    StoreReply::SenderPaused { .. } => {
+                        assert!(book.paused.is_some(), "{key} held for a pause never set")
                     }
                     StoreReply::InProgress
                     | StoreReply::DeliveryUnknown
@@ -427,6 +443,38 @@ pub fn store_ops(data: &[u8]) {
                     | StoreReply::Conflict { .. }
                     | StoreReply::NotFound => {}
                     other => panic!("finish answered {other:?}"),
+                }
+            }
+            12 => {
+                if r.bool() {
+                    let temporary = r.bool();
+                    let reply = store.apply(StoreOp::PauseSender {
+                        tenant: tenant.clone(),
+                        reason: "refused".into(),
+                        code: Some(if temporary { 368 } else { 190 }),
+                        temporary,
+                        settings: None,
+                        now_ms: now,
+                    });
+                    match reply {
+                        StoreReply::Paused { newly } => {
+                            assert_eq!(newly, book.paused.is_none());
+                            // A pause that waits for a person stays one.
+                            let was_temporary = book.paused.unwrap_or(true);
+                            book.paused = Some(temporary && was_temporary);
+                        }
+                        other => panic!("pause answered {other:?}"),
+                    }
+                } else {
+                    match store.apply(StoreOp::ResumeSender {
+                        tenant: tenant.clone(),
+                    }) {
+                        StoreReply::Resumed { was_paused } => {
+                            assert_eq!(was_paused, book.paused.is_some());
+                            book.paused = None;
+                        }
+                        other => panic!("resume answered {other:?}"),
+                    }
                 }
             }
             _ => {

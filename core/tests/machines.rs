@@ -403,32 +403,7 @@ fn two_workers_deliver_every_step_once_in_order() {
     while world.now < 20_000 {
         world.step();
     }
-    let mut history = History {
-        accepted,
-        calls: world.calls.clone(),
-        ..History::default()
-    };
-    for a in &history.accepted {
-        let StoreReply::Run(v) = world.store.apply(StoreOp::GetRun { run: a.run }) else {
-            panic!()
-        };
-        history.finals.insert(
-            a.run,
-            FinalRun {
-                status: v.status,
-                cursor: v.cursor,
-                reason: v.reason,
-                unknown_steps: vec![],
-            },
-        );
-    }
-    let report = check(&history);
-    assert!(report.is_clean(), "{report}");
-    assert_eq!(report.deliveries, 36);
-    assert!(history
-        .finals
-        .values()
-        .all(|f| f.status == RunStatus::Completed));
+    assert_all_completed(&mut world, &accepted, 3);
     let claimed: u64 = world.workers.iter().map(|w| w.stats().claimed).sum();
     assert!(
         world.workers.iter().all(|w| w.stats().claimed > 0),
@@ -608,8 +583,8 @@ fn sender(store: &mut MemStore) -> Option<oncesend_core::tenant::SenderPause> {
     }
 }
 
-/// Every run completed, exactly once and in order.
-fn assert_all_completed(world: &mut World, accepted: &[Accepted]) {
+/// Every run completed, each of its `steps` exactly once and in order.
+fn assert_all_completed(world: &mut World, accepted: &[Accepted], steps: u64) {
     let mut history = History {
         accepted: accepted.to_vec(),
         calls: world.calls.clone(),
@@ -632,7 +607,7 @@ fn assert_all_completed(world: &mut World, accepted: &[Accepted]) {
     }
     let report = check(&history);
     assert!(report.is_clean(), "{report}");
-    assert_eq!(report.deliveries, accepted.len() as u64 * 2);
+    assert_eq!(report.deliveries, accepted.len() as u64 * steps);
 }
 
 /// The token is expired until a person fixes it at 4 s (and resumes).
@@ -693,7 +668,7 @@ fn a_token_error_pauses_the_sender_its_runs_wait_and_a_resume_sends_everything_o
         world.step();
     }
     assert_eq!(sender(&mut world.store), None);
-    assert_all_completed(&mut world, &accepted);
+    assert_all_completed(&mut world, &accepted, 2);
     assert_eq!(world.refused.len(), 1);
 }
 
@@ -726,7 +701,7 @@ fn a_temporary_block_is_probed_once_after_growing_waits_and_ends_by_itself() {
         "the second probe waited twice as long: {refused:?}, resumed at {resumed_at}"
     );
     assert_eq!(sender(&mut world.store), None, "the probe resumed it");
-    assert_all_completed(&mut world, &accepted);
+    assert_all_completed(&mut world, &accepted, 2);
 }
 
 #[test]

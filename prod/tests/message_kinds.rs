@@ -144,17 +144,6 @@ async fn every_kind_once_in_order(api: &Api, mock: &MockCloudApi) {
     }
 }
 
-fn engine_flags() -> Vec<&'static str> {
-    vec![
-        "--recipient-gap-ms",
-        "0",
-        "--rate-per-sec",
-        "100000",
-        "--send-timeout-ms",
-        "1000",
-    ]
-}
-
 async fn through_up(db: TestDb) {
     let mock = MockCloudApi::start(|_, _| Fault::Accept).await;
     let (up, url) = start_up(
@@ -170,7 +159,7 @@ async fn through_up(db: TestDb) {
 async fn through_engine_and_two_workers(db: TestDb) {
     let mock = MockCloudApi::start(|_, _| Fault::Accept).await;
     let (engine, url) = start_engine(
-        &engine_flags(),
+        ENGINE_FAST,
         &[cloud_env(&mock), vec![("DATABASE_URL", db.url())]].concat(),
     )
     .await;

@@ -51,18 +51,7 @@ async fn token_expires_mid_flow(split: bool, db: TestDb) -> Figures {
     ]
     .concat();
     let (procs, url) = if split {
-        let (engine, url) = start_engine(
-            &[
-                "--recipient-gap-ms",
-                "0",
-                "--rate-per-sec",
-                "100000",
-                "--send-timeout-ms",
-                "1000",
-            ],
-            &env,
-        )
-        .await;
+        let (engine, url) = start_engine(ENGINE_FAST, &env).await;
         let a = start_worker(&url, &db.url(), "pause-a", &[]).await;
         let b = start_worker(&url, &db.url(), "pause-b", &[]).await;
         (vec![engine, a, b], url)
@@ -211,7 +200,14 @@ async fn an_operator_pause_holds_every_send_until_resumed_and_new_settings_end_a
     let db = TestDb::sqlite("pause-by-hand");
     let (up, url) = start_up(
         FAST,
-        &[cloud_env(&mock), vec![("DATABASE_URL", db.url())]].concat(),
+        &[
+            cloud_env(&mock),
+            vec![
+                ("DATABASE_URL", db.url()),
+                ("ONCESEND_APP_SECRET", APP_SECRET.to_string()),
+            ],
+        ]
+        .concat(),
     )
     .await;
     let api = Api::new(&url, None);
@@ -259,6 +255,34 @@ async fn an_operator_pause_holds_every_send_until_resumed_and_new_settings_end_a
     assert_eq!((s, &j["paused"]), (200, &serde_json::Value::Null), "{j}");
     all_finished(&api, 10, Duration::from_secs(30)).await;
     check_exactly_once(&api, &mock, &accepted).await;
+
+    // A `failed` status with a sender-level code (the account's payment
+    // failed after the send) pauses the tenant as a send's answer would;
+    // the step stays sent and nothing is resent.
+    let (code, title, details) = documented_error(131042);
+    assert_eq!(code, 400);
+    let failed = serde_json::json!({"id": "wamid.1", "status": "failed", "timestamp": "1764756000",
+        "recipient_id": "5511900010000", "biz_opaque_callback_data": format!("{}:0", accepted[0].run),
+        "errors": [{"code": 131042, "title": title, "message": title, "error_data": {"details": details}}]});
+    let (s, _, j) = post_status(&api, APP_SECRET, failed).await;
+    assert_eq!(s, 200, "{j}");
+    let (_, j) = api.get("/v1/tenants/default").await;
+    assert_eq!(j["paused"]["code"], 131042, "{j}");
+    assert!(
+        j["paused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("payment method"),
+        "{j}"
+    );
+    let calls = mock.calls().len();
+    let (_, r) = api.get(&format!("/v1/runs/{}", accepted[0].run)).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let (s, j) = api
+        .json("POST", "/v1/tenants/default/resume", serde_json::json!({}))
+        .await;
+    assert_eq!((s, &j["paused"]), (200, &serde_json::Value::Null), "{j}");
+    assert_eq!(mock.calls().len(), calls, "nothing was resent");
 
     // A stored tenant: paused by hand, then new settings end the pause.
     let settings = serde_json::json!({"provider": "cloud-api", "cloud_api": {

@@ -654,6 +654,37 @@ impl Default for Guards {
 pub struct StoreUnavailable(pub String);
 
 impl StoreOp {
+    /// The pause a provider's refusal of the sender itself calls for
+    /// (`None` for any other outcome), whether the refusal answered a send
+    /// or came in a `failed` status webhook. `default_settings` is the
+    /// fingerprint of the `default` tenant's settings, kept with its pause
+    /// (see [`crate::tenant::SenderPause::outlived_by`]).
+    pub fn pause_for(
+        tenant: &TenantId,
+        outcome: &DeliveryOutcome,
+        default_settings: Option<&str>,
+        now_ms: u64,
+    ) -> Option<StoreOp> {
+        let DeliveryOutcome::SenderBlocked {
+            reason,
+            code,
+            temporary,
+        } = outcome
+        else {
+            return None;
+        };
+        Some(StoreOp::PauseSender {
+            tenant: tenant.clone(),
+            reason: reason.clone(),
+            code: *code,
+            temporary: *temporary,
+            settings: default_settings
+                .filter(|_| *tenant == TenantId::default_tenant())
+                .map(str::to_string),
+            now_ms,
+        })
+    }
+
     /// The store time the op carries, if any.
     pub fn now_ms(&self) -> Option<u64> {
         match self {

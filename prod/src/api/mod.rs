@@ -482,24 +482,15 @@ async fn trigger<S: Store>(
     }
 }
 
-/// 422 naming the tenant unless it is `default` or stored.
+/// 422 naming the tenant unless it is `default` or stored (a tenant named
+/// in a body is invalid input, not a missing resource).
 async fn tenant_exists<S: Store>(st: &AppState<S>, tenant: &TenantId) -> Result<(), Problem> {
-    if *tenant == TenantId::default_tenant() {
-        return Ok(());
-    }
-    let reply = st
-        .store
-        .apply(StoreOp::GetTenant {
-            tenant: tenant.clone(),
-        })
-        .await;
-    match store_reply(reply)? {
-        StoreReply::Tenant(_) => Ok(()),
-        StoreReply::NotFound => Err(Problem::invalid(format!(
+    match tenant_provider(st, tenant).await {
+        Err(p) if p.status == StatusCode::NOT_FOUND => Err(Problem::invalid(format!(
             "unknown tenant {:?}; create it with PUT /v1/tenants/{tenant} or use \"default\"",
             tenant.as_str()
         ))),
-        other => Err(unexpected(other)),
+        other => other.map(|_| ()),
     }
 }
 

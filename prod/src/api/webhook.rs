@@ -180,13 +180,10 @@ pub async fn receive<S: Store>(
         // expired between the send and its delivery, say) pauses the
         // tenant, as the same code in a send's answer would.
         if status == ReceiptStatus::Failed {
-            if let Some(DeliveryOutcome::SenderBlocked {
-                reason,
-                code,
-                temporary,
-            }) = s.error.as_ref().map(CloudApiError::outcome)
-            {
-                pause_for_status(&st, key, reason, code, temporary, now_ms).await?;
+            if let Some(outcome) = s.error.as_ref().map(CloudApiError::outcome) {
+                if matches!(outcome, DeliveryOutcome::SenderBlocked { .. }) {
+                    pause_for_status(&st, key, &outcome, now_ms).await?;
+                }
             }
         }
     }
@@ -197,12 +194,11 @@ pub async fn receive<S: Store>(
         .into_response())
 }
 
+/// Pauses the tenant of `key`'s run for a refusal a status reported.
 async fn pause_for_status<S: Store>(
     st: &AppState<S>,
     key: DeliveryKey,
-    reason: String,
-    code: Option<i64>,
-    temporary: bool,
+    outcome: &DeliveryOutcome,
     now_ms: u64,
 ) -> Result<(), Problem> {
     let tenant = match store_reply(st.store.apply(StoreOp::GetRun { run: key.run }).await)? {
@@ -210,21 +206,14 @@ async fn pause_for_status<S: Store>(
         StoreReply::NotFound => return Ok(()),
         other => return Err(unexpected(other)),
     };
-    let settings = (tenant == oncesend_core::TenantId::default_tenant())
-        .then(|| st.config.default_settings.clone())
-        .flatten();
-    let op = StoreOp::PauseSender {
-        tenant: tenant.clone(),
-        reason: reason.clone(),
-        code,
-        temporary,
-        settings,
-        now_ms,
+    let settings = st.config.default_settings.as_deref();
+    let Some(op) = StoreOp::pause_for(&tenant, outcome, settings, now_ms) else {
+        return Ok(());
     };
     match store_reply(st.store.apply(op).await)? {
         StoreReply::Paused { newly } => {
             if newly {
-                tracing::warn!(%tenant, idempotency_key = %key, reason, "sender paused by a failed status: nothing more of this tenant goes to the provider until it is resumed");
+                tracing::warn!(%tenant, idempotency_key = %key, ?outcome, "sender paused by a failed status: nothing more of this tenant goes to the provider until it is resumed");
             }
             Ok(())
         }

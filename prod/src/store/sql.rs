@@ -295,15 +295,7 @@ impl SqlStore {
     /// one), then migrates afresh: an empty store. For tests and benchmarks
     /// on a scratch database; never called by the daemons.
     pub async fn recreate(&self) -> Result<(), StoreUnavailable> {
-        for table in [
-            "runs",
-            "deliveries",
-            "trigger_keys",
-            "flows",
-            "tenants",
-            "sender_pauses",
-            "_sqlx_migrations",
-        ] {
+        for table in TABLES.iter().chain(&["_sqlx_migrations"]) {
             sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}"))
                 .execute(&self.inner.pool)
                 .await
@@ -518,6 +510,16 @@ fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
 
 const DELIVERY_COLUMNS: &str =
     "run_id, step, state, deadline_ms, retryable, epoch, attempts, provider_message_id, last_error";
+
+/// Every table the store keeps.
+pub const TABLES: [&str; 6] = [
+    "runs",
+    "deliveries",
+    "trigger_keys",
+    "flows",
+    "tenants",
+    "sender_pauses",
+];
 
 const PAUSE_COLUMNS: &str = "tenant, reason, code, since_ms, probe_at_ms, probes, settings";
 

@@ -444,38 +444,46 @@ async fn post_statuses(
     let to = request["to"]
         .as_str()
         .unwrap_or("+")
-        .trim_start_matches('+')
-        .to_string();
+        .trim_start_matches('+');
     for status in ["sent", "delivered", "read"] {
-        let body = serde_json::json!({
-            "object": "whatsapp_business_account",
-            "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
-                "messaging_product": "whatsapp",
-                "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
-                "statuses": [{
-                    "id": id,
-                    "status": status,
-                    "timestamp": "1764756000",
-                    "recipient_id": to,
-                    "biz_opaque_callback_data": request["biz_opaque_callback_data"],
-                    "pricing": {"billable": true, "pricing_model": "PMP", "type": "regular", "category": "utility"},
-                }],
-            }}]}],
+        let status = serde_json::json!({
+            "id": id,
+            "status": status,
+            "timestamp": "1764756000",
+            "recipient_id": to,
+            "biz_opaque_callback_data": request["biz_opaque_callback_data"],
+            "pricing": {"billable": true, "pricing_model": "PMP", "type": "regular", "category": "utility"},
         });
-        let body = serde_json::to_vec(&body).unwrap();
-        let signature = oncesend::api::webhook::sign(&secret, &body);
-        let (code, _, _) = api
-            .raw(
-                "POST",
-                "/v1/providers/cloud-api/webhook",
-                &[("x-hub-signature-256", signature)],
-                Some(body),
-            )
-            .await;
+        let (code, _, _) = post_status(&api, &secret, status).await;
         if code == 200 {
             state.lock().unwrap().statuses_posted += 1;
         }
     }
+}
+
+/// Posts one status in a webhook shaped and signed as Meta sends it.
+pub async fn post_status(
+    api: &Api,
+    secret: &str,
+    status: serde_json::Value,
+) -> (u16, String, serde_json::Value) {
+    let body = serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
+            "statuses": [status],
+        }}]}],
+    });
+    let body = serde_json::to_vec(&body).unwrap();
+    let signature = oncesend::api::webhook::sign(secret, &body);
+    api.raw(
+        "POST",
+        "/v1/providers/cloud-api/webhook",
+        &[("x-hub-signature-256", signature)],
+        Some(body),
+    )
+    .await
 }
 
 /// A child process killed when dropped.
@@ -921,6 +929,17 @@ pub fn faults(key: &DeliveryKey, attempt: u32) -> Fault {
         _ => Fault::Accept,
     }
 }
+
+/// Flags for `oncesend-engine` that keep tests fast: no pacing, a short
+/// send timeout.
+pub const ENGINE_FAST: &[&str] = &[
+    "--recipient-gap-ms",
+    "0",
+    "--rate-per-sec",
+    "100000",
+    "--send-timeout-ms",
+    "1000",
+];
 
 /// Flags for `oncesend up` that keep tests fast: no pacing, short leases
 /// and timeouts.

@@ -71,14 +71,7 @@ pub async fn sqlite_store(name: &str, clock: SqlClock) -> SqlStore {
 
 /// Empties every table.
 pub async fn reset(store: &SqlStore) {
-    for table in [
-        "runs",
-        "deliveries",
-        "trigger_keys",
-        "flows",
-        "tenants",
-        "sender_pauses",
-    ] {
+    for table in oncesend::store::sql::TABLES {
         sqlx::query(&format!("DELETE FROM {table}"))
             .execute(store.pool())
             .await
