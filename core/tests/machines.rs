@@ -288,11 +288,11 @@ struct World {
     inbox: Vec<(usize, u64, SendRequest)>,
     /// The provider's answer at a time: `None` delivers; `Some` refuses
     /// (and the refusal is kept in `refused`).
-    provider: fn(u64) -> Option<DeliveryOutcome>,
+    provider: fn(&TenantId, u64) -> Option<DeliveryOutcome>,
     refused: Vec<ProviderCall>,
 }
 
-fn delivers(_now_ms: u64) -> Option<DeliveryOutcome> {
+fn delivers(_tenant: &TenantId, _now_ms: u64) -> Option<DeliveryOutcome> {
     None
 }
 
@@ -329,7 +329,7 @@ impl World {
                             key,
                             at_ms: self.now,
                         };
-                        let outcome = match (self.provider)(self.now) {
+                        let outcome = match (self.provider)(&message.tenant, self.now) {
                             Some(refusal) => {
                                 self.refused.push(call);
                                 refusal
@@ -543,7 +543,10 @@ fn a_wake_up_claims_before_the_next_poll_but_not_during_backoff() {
 
 /// A world of `runs` two-step runs of the default tenant, one worker, and
 /// `provider` answering.
-fn pause_world(runs: u64, provider: fn(u64) -> Option<DeliveryOutcome>) -> (World, Vec<Accepted>) {
+fn pause_world(
+    runs: u64,
+    provider: fn(&TenantId, u64) -> Option<DeliveryOutcome>,
+) -> (World, Vec<Accepted>) {
     let mut store = MemStore::new();
     let mut accepted = Vec::new();
     for i in 0..runs {
@@ -610,9 +613,10 @@ fn assert_all_completed(world: &mut World, accepted: &[Accepted], steps: u64) {
     assert_eq!(report.deliveries, accepted.len() as u64 * steps);
 }
 
-/// The token is expired until a person fixes it at 4 s (and resumes).
-fn token_expired_until_4s(now_ms: u64) -> Option<DeliveryOutcome> {
-    (0..4_000).contains(&now_ms).then(|| {
+/// The default tenant's token is expired until a person fixes it at 4 s
+/// (and resumes); other tenants' accounts are fine.
+fn token_expired_until_4s(tenant: &TenantId, now_ms: u64) -> Option<DeliveryOutcome> {
+    (*tenant == TenantId::default_tenant() && (0..4_000).contains(&now_ms)).then(|| {
         oncesend_core::CloudApiError::parse(
             401,
             None,
@@ -625,8 +629,31 @@ fn token_expired_until_4s(now_ms: u64) -> Option<DeliveryOutcome> {
 #[test]
 fn a_token_error_pauses_the_sender_its_runs_wait_and_a_resume_sends_everything_once() {
     let (mut world, accepted) = pause_world(9, token_expired_until_4s);
+    // Another tenant, with runs to the same recipients.
+    let acme = TenantId::new("acme").unwrap();
+    let others: Vec<Accepted> = (0..3)
+        .map(|i| {
+            let mut run = new_run(100 + i, "+5511913390707", &[0, 0]);
+            run.tenant = acme.clone();
+            let a = Accepted {
+                run: run.id,
+                tenant: acme.clone(),
+                to: run.to.clone(),
+                steps: 2,
+            };
+            world.store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+            a
+        })
+        .collect();
     while world.now < 4_500 {
         world.step();
+    }
+    // The other tenant kept sending: its runs are done.
+    for a in &others {
+        let StoreReply::Run(v) = world.store.apply(StoreOp::GetRun { run: a.run }) else {
+            panic!()
+        };
+        assert_eq!(v.status, RunStatus::Completed, "{v:?}");
     }
     // One refused request paused the tenant; nothing else of it reached
     // the provider while it was paused, and no run failed or lost an
@@ -638,9 +665,13 @@ fn a_token_error_pauses_the_sender_its_runs_wait_and_a_resume_sends_everything_o
     assert_eq!(pause.probe_at_ms, None, "a token error waits for a person");
     assert_eq!(pause.settings.as_deref(), Some("settings-a"));
     let since = pause.since_ms;
+    let ours: std::collections::BTreeSet<RunId> = accepted.iter().map(|a| a.run).collect();
     assert!(
-        world.calls.iter().all(|c| c.at_ms <= since),
-        "a send reached the provider after the pause: {:?}",
+        world
+            .calls
+            .iter()
+            .all(|c| c.at_ms <= since || !ours.contains(&c.key.run)),
+        "a send of the paused tenant reached the provider after the pause: {:?}",
         world.calls
     );
     for a in &accepted {
@@ -668,12 +699,13 @@ fn a_token_error_pauses_the_sender_its_runs_wait_and_a_resume_sends_everything_o
         world.step();
     }
     assert_eq!(sender(&mut world.store), None);
-    assert_all_completed(&mut world, &accepted, 2);
+    let everyone: Vec<Accepted> = accepted.into_iter().chain(others).collect();
+    assert_all_completed(&mut world, &everyone, 2);
     assert_eq!(world.refused.len(), 1);
 }
 
 /// Meta blocks the sender temporarily (368) for its first 100 s.
-fn blocked_until_100s(now_ms: u64) -> Option<DeliveryOutcome> {
+fn blocked_until_100s(_tenant: &TenantId, now_ms: u64) -> Option<DeliveryOutcome> {
     (0..100_000).contains(&now_ms).then(|| {
         oncesend_core::CloudApiError::parse(
             400,
