@@ -19,6 +19,8 @@ fn run(i: u64, conversations: u64, steps: usize) -> NewRun {
             .map(|s| PlannedStep {
                 message: oncesend_core::Message::text(format!("message {s}")),
                 delay_ms: 0,
+                after: Default::default(),
+                after_timeout_ms: None,
             })
             .collect(),
         trigger_key: None,

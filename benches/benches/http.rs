@@ -69,6 +69,8 @@ impl Loopback {
                     steps: vec![PlannedStep {
                         message: oncesend_core::Message::text("Hi from the bench"),
                         delay_ms: 0,
+                        after: Default::default(),
+                        after_timeout_ms: None,
                     }],
                     trigger_key: None,
                 },

@@ -27,10 +27,14 @@ fn new_run() -> NewRun {
             PlannedStep {
                 message: oncesend_core::Message::text("first"),
                 delay_ms: 0,
+                after: Default::default(),
+                after_timeout_ms: None,
             },
             PlannedStep {
                 message: oncesend_core::Message::text("second"),
                 delay_ms: 0,
+                after: Default::default(),
+                after_timeout_ms: None,
             },
         ],
         trigger_key: None,

@@ -244,11 +244,9 @@ pub fn check(history: &History) -> Report {
             });
         }
         match fin.status {
-            RunStatus::Pending | RunStatus::Leased => report.lost.push(lost(format!(
-                "still {} at step {}",
-                fin.status.as_str(),
-                fin.cursor
-            ))),
+            RunStatus::Pending | RunStatus::Leased | RunStatus::Waiting => report.lost.push(lost(
+                format!("still {} at step {}", fin.status.as_str(), fin.cursor),
+            )),
             RunStatus::Completed => {
                 if let Some(step) = (0..a.steps).find(|s| {
                     !counts.contains_key(&DeliveryKey {

@@ -6,7 +6,7 @@ use crate::ids::{FlowId, RunId, TenantId};
 use crate::limits::{MAX_DELAY_MS, MAX_STEPS, MAX_TRIGGER_KEY_BYTES, MAX_VARS, MAX_VAR_BYTES};
 use crate::message::{Message, MessageError, MessageTemplate};
 use crate::recipient::Recipient;
-use crate::store::{NewRun, PlannedStep};
+use crate::store::{After, NewRun, PlannedStep};
 use crate::template::{Template, TemplateError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,9 +29,17 @@ pub struct FlowStep {
     /// The message.
     pub send: StepMessage,
     /// Delay before this step is sent, counted from the previous step (or
-    /// from the trigger, for the first step).
+    /// from the trigger, for the first step; with `after`, from when the
+    /// previous step reached it).
     pub delay_ms: u64,
+    /// Not sent before the previous step's status reaches this.
+    pub after: After,
+    /// The longest it waits for `after`; then it goes anyway.
+    pub after_timeout_ms: Option<u64>,
 }
+
+/// Longest a step may wait for the previous step's status: one day.
+pub const MAX_AFTER_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// A step as JSON, before it is checked: exactly one of `text` and
 /// `message`.
@@ -47,6 +55,12 @@ pub struct RawFlowStep {
     /// Delay before the step, in ms.
     #[serde(default)]
     pub delay_ms: u64,
+    /// `sent` (default), `delivered` or `read`.
+    #[serde(default, skip_serializing_if = "After::is_sent")]
+    pub after: After,
+    /// How long to wait for `after` at most, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_timeout_ms: Option<u64>,
 }
 
 /// What is wrong with one step, at a path inside it.
@@ -85,6 +99,8 @@ impl FlowStep {
         Self {
             send: StepMessage::Text(text),
             delay_ms,
+            after: After::Sent,
+            after_timeout_ms: None,
         }
     }
 
@@ -112,9 +128,25 @@ impl FlowStep {
                 StepMessage::Message(MessageTemplate::parse(message).map_err(StepError::message)?)
             }
         };
+        if let Some(t) = raw.after_timeout_ms {
+            if raw.after.is_sent() {
+                return Err(StepError {
+                    path: "after_timeout_ms".into(),
+                    problem: "only a step with \"after\": \"delivered\" or \"read\" waits; drop after_timeout_ms or set after".into(),
+                });
+            }
+            if t > MAX_AFTER_TIMEOUT_MS {
+                return Err(StepError {
+                    path: "after_timeout_ms".into(),
+                    problem: format!("{t} is over the limit of {MAX_AFTER_TIMEOUT_MS} (one day)"),
+                });
+            }
+        }
         Ok(Self {
             send,
             delay_ms: raw.delay_ms,
+            after: raw.after,
+            after_timeout_ms: raw.after_timeout_ms,
         })
     }
 
@@ -152,6 +184,8 @@ impl From<FlowStep> for RawFlowStep {
             text,
             message,
             delay_ms: s.delay_ms,
+            after: s.after,
+            after_timeout_ms: s.after_timeout_ms,
         }
     }
 }
@@ -255,6 +289,15 @@ impl Flow {
                     delay_ms: s.delay_ms,
                 });
             }
+            if step == 0 && !s.after.is_sent() {
+                return Err(PlanError::step(
+                    step,
+                    StepError {
+                        path: "after".into(),
+                        problem: "the first step has no step before it to wait for".into(),
+                    },
+                ));
+            }
             if let StepMessage::Text(t) = &s.send {
                 t.check_length()
                     .map_err(|e| PlanError::step(step, StepError::text(e)))?;
@@ -302,6 +345,8 @@ pub fn plan_run(flow: &Flow, trigger: Trigger, id: RunId) -> Result<NewRun, Plan
                     .render(&trigger.vars)
                     .map_err(|e| PlanError::step(step, e))?,
                 delay_ms: s.delay_ms,
+                after: s.after,
+                after_timeout_ms: s.after_timeout_ms,
             })
         })
         .collect::<Result<Vec<_>, PlanError>>()?;

@@ -92,6 +92,8 @@ struct Book {
     /// The sender's pause, if any: `Some(true)` for a temporary one (a
     /// probe may go), `Some(false)` for one that waits for a person.
     paused: Option<bool>,
+    /// Keys an operator asked to send again.
+    retried: BTreeSet<DeliveryKey>,
 }
 
 fn get_run(store: &mut MemStore, run: RunId) -> RunView {
@@ -124,7 +126,7 @@ pub fn store_ops(data: &[u8]) {
         if r.is_empty() {
             break;
         }
-        let tag = r.below(13);
+        let tag = r.below(15);
         let pick = |book: &Book, b: u8| -> Option<RunId> {
             (!book.runs.is_empty()).then(|| book.runs[b as usize % book.runs.len()])
         };
@@ -154,6 +156,12 @@ pub fn store_ops(data: &[u8]) {
                         .map(|s| PlannedStep {
                             message: crate::Message::text(format!("m{s}")),
                             delay_ms: if s == 0 { delay_ms } else { delay_ms / 2 },
+                            after: match (s, delay_ms % 3) {
+                                (0, _) | (_, 0) => crate::store::After::Sent,
+                                (_, 1) => crate::store::After::Delivered,
+                                _ => crate::store::After::Read,
+                            },
+                            after_timeout_ms: Some(delay_ms),
                         })
                         .collect(),
                     trigger_key: (key < 16).then(|| format!("k{}", key % 4)),
@@ -265,7 +273,7 @@ pub fn store_ops(data: &[u8]) {
                     StoreReply::Advanced { cursor, released } => {
                         assert_eq!(Some(&epoch), book.epoch.get(&id), "stale advance");
                         assert_eq!(cursor, step + 1);
-                        assert_eq!(released, delay_ms.is_some());
+                        assert!(released || delay_ms.is_none());
                         if released {
                             book.live_until.remove(&id);
                         }
@@ -380,7 +388,10 @@ pub fn store_ops(data: &[u8]) {
                             "{key}: a probe is the paused sender's only send"
                         );
                         assert_eq!(Some(&epoch), book.epoch.get(&id), "stale epoch began");
-                        assert!(!book.sent.contains(&key), "{key} begun after it was sent");
+                        assert!(
+                            !book.sent.contains(&key) || book.retried.contains(&key),
+                            "{key} begun after it was sent"
+                        );
                         assert!(
                             matches!(
                                 before,
@@ -427,7 +438,8 @@ pub fn store_ops(data: &[u8]) {
                 let op = if r.bool() {
                     StoreOp::ResolveUnknown {
                         key,
-                        outcome,
+                        sent: matches!(outcome, DeliveryOutcome::Sent { .. }),
+                        by: "operator".into(),
                         now_ms: now,
                     }
                 } else {
@@ -438,11 +450,62 @@ pub fn store_ops(data: &[u8]) {
                     }
                 };
                 match store.apply(op) {
+                    StoreReply::RunIs { status } => {
+                        if !status.is_terminal() {
+                            book.terminal.remove(&id);
+                        }
+                    }
                     StoreReply::Finished(_)
-                    | StoreReply::Resolved
                     | StoreReply::Conflict { .. }
                     | StoreReply::NotFound => {}
                     other => panic!("finish answered {other:?}"),
+                }
+            }
+            13 => {
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
+                let epoch = epoch_for(&book, id, r.u8());
+                let v = get_run(&mut store, id);
+                let wait_ms = r.bool().then(|| r.below(40) as u64);
+                match store.apply(StoreOp::AwaitOutcome {
+                    run: id,
+                    epoch,
+                    step: v.cursor,
+                    wait_ms,
+                    reason: "lost".into(),
+                    now_ms: now,
+                }) {
+                    StoreReply::RunIs { status } => {
+                        assert_eq!(Some(&epoch), book.epoch.get(&id), "stale await");
+                        assert_ne!(status, RunStatus::Leased, "a waiting run holds no lease");
+                        book.live_until.remove(&id);
+                    }
+                    StoreReply::Fenced | StoreReply::Conflict { .. } => {}
+                    other => panic!("await answered {other:?}"),
+                }
+            }
+            14 => {
+                let Some(id) = pick(&book, r.u8()) else {
+                    continue;
+                };
+                let v = get_run(&mut store, id);
+                match store.apply(StoreOp::RetryRun {
+                    run: id,
+                    by: "operator".into(),
+                    now_ms: now,
+                }) {
+                    StoreReply::RunIs { status } => {
+                        assert_eq!(v.status, RunStatus::Failed, "retried a run not failed");
+                        assert!(!status.is_terminal() || status == RunStatus::Completed);
+                        book.terminal.remove(&id);
+                        book.retried.insert(DeliveryKey {
+                            run: id,
+                            step: v.cursor,
+                        });
+                    }
+                    StoreReply::Conflict { .. } => {}
+                    other => panic!("retry answered {other:?}"),
                 }
             }
             12 => {
@@ -496,6 +559,7 @@ pub fn store_ops(data: &[u8]) {
                     status,
                     provider_message_id: r.bool().then(|| format!("wamid.{i}")),
                     reason: None,
+                    resend: r.bool(),
                     now_ms: now,
                 }) {
                     StoreReply::ReceiptRecorded { .. } | StoreReply::NotFound => {}
@@ -548,7 +612,9 @@ fn check_book(store: &mut MemStore, book: &mut Book, now: u64) {
                 // A provider that had the message may still report that it
                 // failed to deliver it; never may it become sendable again.
                 assert!(
-                    d.state.is_sent() || d.state == DeliveryState::Failed { retryable: false },
+                    d.state.is_sent()
+                        || d.state == DeliveryState::Failed { retryable: false }
+                        || book.retried.contains(&d.key),
                     "{} moved back to {:?}",
                     d.key,
                     d.state

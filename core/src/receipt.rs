@@ -54,17 +54,31 @@ fn rank(state: &DeliveryState) -> Option<u8> {
 
 /// The state `receipt` moves `current` to, or `None` when it is late,
 /// repeated, or would move the delivery back.
-pub fn progress(current: &DeliveryState, receipt: ReceiptStatus) -> Option<DeliveryState> {
+///
+/// A failure before the provider took the message (the step is still
+/// `sending`, or `unknown`) means it did not go out: with `resend` (the
+/// error table says retry, or the sender itself was refused) the step may
+/// be sent again. A failure after it was taken is recorded on the step
+/// and final: later steps may have gone out, and order comes first.
+pub fn progress(
+    current: &DeliveryState,
+    receipt: ReceiptStatus,
+    resend: bool,
+) -> Option<DeliveryState> {
     let now = rank(current)?;
     let (next, next_rank) = match receipt {
         ReceiptStatus::Sent => (DeliveryState::Sent, 1),
         ReceiptStatus::Delivered => (DeliveryState::Delivered, 2),
         ReceiptStatus::Read => (DeliveryState::Read, 3),
-        // A failure report after delivery is stale; before it, final.
-        ReceiptStatus::Failed if now <= 1 => {
-            return Some(DeliveryState::Failed { retryable: false })
+        ReceiptStatus::Failed => {
+            let next = match now {
+                0 => DeliveryState::Failed { retryable: resend },
+                1 => DeliveryState::Failed { retryable: false },
+                // A failure report after delivery is stale.
+                _ => return None,
+            };
+            return (next != *current).then_some(next);
         }
-        ReceiptStatus::Failed => return None,
     };
     (next_rank > now).then_some(next)
 }
@@ -80,39 +94,43 @@ mod tests {
     #[test]
     fn receipts_move_a_delivery_forward_only() {
         assert_eq!(
-            progress(&DeliveryState::Sent, Delivered),
+            progress(&DeliveryState::Sent, Delivered, false),
             Some(DeliveryState::Delivered)
         );
         assert_eq!(
-            progress(&DeliveryState::Delivered, Read),
+            progress(&DeliveryState::Delivered, Read, false),
             Some(DeliveryState::Read)
         );
         assert_eq!(
-            progress(&DeliveryState::Sent, Read),
+            progress(&DeliveryState::Sent, Read, false),
             Some(DeliveryState::Read)
         );
         // Late or repeated: nothing moves back or sideways.
-        assert_eq!(progress(&DeliveryState::Read, Delivered), None);
-        assert_eq!(progress(&DeliveryState::Read, Sent), None);
-        assert_eq!(progress(&DeliveryState::Delivered, Delivered), None);
-        assert_eq!(progress(&DeliveryState::Sent, Sent), None);
+        assert_eq!(progress(&DeliveryState::Read, Delivered, false), None);
+        assert_eq!(progress(&DeliveryState::Read, Sent, false), None);
+        assert_eq!(progress(&DeliveryState::Delivered, Delivered, false), None);
+        assert_eq!(progress(&DeliveryState::Sent, Sent, false), None);
     }
 
     #[test]
     fn failure_counts_only_before_delivery_and_is_final() {
-        assert_eq!(progress(&DeliveryState::Sent, Failed), Some(FAILED));
-        assert_eq!(progress(&DeliveryState::Delivered, Failed), None);
-        assert_eq!(progress(&DeliveryState::Read, Failed), None);
-        assert_eq!(progress(&FAILED, Read), None);
-        assert_eq!(progress(&FAILED, Failed), None);
+        assert_eq!(progress(&DeliveryState::Sent, Failed, true), Some(FAILED));
+        assert_eq!(progress(&DeliveryState::Delivered, Failed, false), None);
+        assert_eq!(progress(&DeliveryState::Read, Failed, false), None);
+        assert_eq!(progress(&FAILED, Read, false), None);
+        assert_eq!(progress(&FAILED, Failed, false), None);
     }
 
     #[test]
     fn any_receipt_settles_an_unknown_or_sending_delivery() {
         for from in [DeliveryState::Unknown, SENDING] {
-            assert_eq!(progress(&from, Sent), Some(DeliveryState::Sent));
-            assert_eq!(progress(&from, Read), Some(DeliveryState::Read));
-            assert_eq!(progress(&from, Failed), Some(FAILED));
+            assert_eq!(progress(&from, Sent, false), Some(DeliveryState::Sent));
+            assert_eq!(progress(&from, Read, false), Some(DeliveryState::Read));
+            assert_eq!(progress(&from, Failed, false), Some(FAILED));
+            assert_eq!(
+                progress(&from, Failed, true),
+                Some(DeliveryState::Failed { retryable: true })
+            );
         }
     }
 
@@ -131,7 +149,7 @@ mod tests {
         for p in perms {
             let mut state = DeliveryState::Unknown;
             for i in p.iter().chain(p.iter()) {
-                if let Some(next) = progress(&state, all[*i]) {
+                if let Some(next) = progress(&state, all[*i], false) {
                     state = next;
                 }
             }

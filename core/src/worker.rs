@@ -11,7 +11,7 @@ use crate::ids::{DeliveryKey, RunId, WorkerId};
 use crate::retry::RetryPolicy;
 use crate::rng::SplitMix64;
 use crate::send::{SendRequest, SendResponse};
-use crate::store::{ClaimedRun, StoreOp, StoreReply, StoreUnavailable};
+use crate::store::{ClaimedRun, RunStatus, RunWait, StoreOp, StoreReply, StoreUnavailable};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Waits the engine asks for up to this long are waited out with the lease
@@ -65,7 +65,15 @@ pub struct WorkerConfig {
     pub send_timeout_ms: u64,
     /// Backoff and attempt limits.
     pub retry: RetryPolicy,
+    /// How long a run waits at a step whose outcome is unknown for the
+    /// provider's word (a status webhook) before it fails.
+    pub unknown_timeout_ms: u64,
 }
+
+/// How long a run waits for the provider's word on an unknown step, unless
+/// configured: one hour. Meta retries a status webhook for days, but a
+/// flow that waits longer has lost its moment.
+pub const DEFAULT_UNKNOWN_TIMEOUT_MS: u64 = 3_600_000;
 
 impl WorkerConfig {
     /// Sensible production defaults for a worker named `id`.
@@ -78,6 +86,7 @@ impl WorkerConfig {
             poll_ms: 500,
             send_timeout_ms: 10_000,
             retry: RetryPolicy::default(),
+            unknown_timeout_ms: DEFAULT_UNKNOWN_TIMEOUT_MS,
         }
     }
 
@@ -158,6 +167,8 @@ pub struct WorkerStats {
     pub completed: u64,
     /// Runs failed for good.
     pub failed: u64,
+    /// Runs left waiting for the provider's word on an unknown step.
+    pub awaiting: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -478,7 +489,38 @@ impl Worker {
             self.store(OpKind::Heartbeat, Some((id, epoch)), request, now_ms);
         }
         let h = self.held.get_mut(&id).expect("still held");
+        let max_attempts = self.config.retry.max_attempts;
         match &h.stage {
+            Stage::Ready { .. } if h.run.waited == Some(RunWait::Outcome) => {
+                // The wait for the provider's word on this step ran out:
+                // the store gives it up, unless the ledger settled it.
+                h.run.waited = None;
+                let request = StoreOp::AwaitOutcome {
+                    run: id,
+                    epoch,
+                    step: h.run.cursor,
+                    wait_ms: None,
+                    reason: "no status from the provider".into(),
+                    now_ms,
+                };
+                self.write(id, epoch, request, now_ms);
+            }
+            Stage::Ready { .. } if h.run.attempts >= max_attempts => {
+                // The provider reported the step failed once too often.
+                let step = h.run.cursor;
+                let reason = format!(
+                    "step {step}: gave up after {} attempts: the provider kept reporting it failed",
+                    h.run.attempts
+                );
+                let request = StoreOp::Fail {
+                    run: id,
+                    epoch,
+                    reason,
+                    retry_after_ms: None,
+                    now_ms,
+                };
+                self.write(id, epoch, request, now_ms);
+            }
             Stage::Ready { at_ms } if *at_ms <= now_ms => {
                 if draining {
                     let request = StoreOp::Release {
@@ -632,6 +674,16 @@ impl Worker {
                 self.stats.failed += 1;
                 self.drop_run(id, "failed");
             }
+            Ok(StoreReply::RunIs { status }) => {
+                match status {
+                    RunStatus::Waiting => self.stats.awaiting += 1,
+                    RunStatus::Failed => self.stats.failed += 1,
+                    RunStatus::Completed => self.stats.completed += 1,
+                    _ => {}
+                }
+                tracing::info!(worker_id = %worker_id, run_id = %id, status = status.as_str(), "run handed to the provider's word");
+                self.drop_run(id, "awaiting the provider");
+            }
             Ok(StoreReply::Advanced { released: true, .. })
             | Ok(StoreReply::Failed { dead: false })
             | Ok(StoreReply::Released) => self.drop_run(id, "released"),
@@ -689,10 +741,13 @@ impl Worker {
                         now_ms,
                     }
                 } else {
-                    let delay = h.run.steps[step as usize + 1].delay_ms;
-                    // A delay, or a shutdown, gives the lease up; the next
-                    // step is then claimed afresh when it falls due.
-                    let delay_ms = (delay > 0 || self.draining).then_some(delay);
+                    let next = &h.run.steps[step as usize + 1];
+                    let delay = next.delay_ms;
+                    // A delay, a wait for this step's status, or a
+                    // shutdown gives the lease up; the next step is then
+                    // claimed afresh when it falls due.
+                    let delay_ms =
+                        (delay > 0 || !next.after.is_sent() || self.draining).then_some(delay);
                     StoreOp::Advance {
                         run: id,
                         epoch,
@@ -778,13 +833,16 @@ impl Worker {
             }
             Ok(SendResponse::Unknown { reason }) => {
                 // It may have been delivered: never resend it blindly. The
-                // run stops here and the step stays `unknown` in the ledger.
-                tracing::warn!(worker_id = %worker_id, run_id = %id, step, epoch, idempotency_key = %key, reason, "delivery outcome unknown; the run stops at this step");
-                StoreOp::Fail {
+                // run waits at this step, without a lease, for the
+                // provider's status (or an operator) to settle it.
+                let wait_ms = self.config.unknown_timeout_ms;
+                tracing::warn!(worker_id = %worker_id, run_id = %id, step, epoch, idempotency_key = %key, reason, wait_ms, "delivery outcome unknown; the run waits at this step for the provider's status");
+                StoreOp::AwaitOutcome {
                     run: id,
                     epoch,
-                    reason: format!("step {step}: delivery unknown: {reason}"),
-                    retry_after_ms: None,
+                    step,
+                    wait_ms: Some(wait_ms),
+                    reason,
                     now_ms,
                 }
             }

@@ -21,6 +21,8 @@ fn new_run(i: u64, to: &str, delays: &[u64]) -> NewRun {
             .map(|(s, d)| PlannedStep {
                 message: oncesend_core::Message::text(format!("message {s}")),
                 delay_ms: *d,
+                after: Default::default(),
+                after_timeout_ms: None,
             })
             .collect(),
         trigger_key: None,

@@ -132,6 +132,8 @@ fn run_ops(mut store: MemStore, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .map(|s| PlannedStep {
                             message: oncesend_core::Message::text(format!("m{s}")),
                             delay_ms: if s == 0 { delay_ms } else { delay_ms / 2 },
+                            after: Default::default(),
+                            after_timeout_ms: None,
                         })
                         .collect(),
                     trigger_key: key.map(|k| format!("k{k}")),
@@ -462,10 +464,14 @@ fn a_well_behaved_sequence_completes_every_run() {
                 PlannedStep {
                     message: oncesend_core::Message::text("a"),
                     delay_ms: 0,
+                    after: Default::default(),
+                    after_timeout_ms: None,
                 },
                 PlannedStep {
                     message: oncesend_core::Message::text("b"),
                     delay_ms: 5,
+                    after: Default::default(),
+                    after_timeout_ms: None,
                 },
             ],
             trigger_key: None,

@@ -17,6 +17,8 @@ fn begun(store: &mut MemStore) -> DeliveryKey {
             steps: vec![PlannedStep {
                 message: oncesend_core::Message::text("hi"),
                 delay_ms: 0,
+                after: Default::default(),
+                after_timeout_ms: None,
             }],
             trigger_key: None,
         },
@@ -53,6 +55,7 @@ fn receipt(store: &mut MemStore, key: DeliveryKey, status: ReceiptStatus) -> Sto
         status,
         provider_message_id: Some("wamid.X".into()),
         reason: None,
+        resend: false,
         now_ms: 5,
     })
 }
@@ -154,6 +157,7 @@ fn a_failure_receipt_is_kept_with_its_reason() {
         status: ReceiptStatus::Failed,
         provider_message_id: None,
         reason: Some("131026: message undeliverable".into()),
+        resend: false,
         now_ms: 2,
     });
     let StoreReply::Run(v) = store.apply(StoreOp::GetRun { run: key.run }) else {

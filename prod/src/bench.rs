@@ -415,6 +415,8 @@ fn plan_runs(args: &BenchArgs, clock: &TokioClock) -> anyhow::Result<Vec<NewRun>
         .map(|s| PlannedStep {
             message: oncesend_core::Message::text(format!("bench message {}", s + 1)),
             delay_ms: if s == 0 { 0 } else { args.delay_ms },
+            after: Default::default(),
+            after_timeout_ms: None,
         })
         .collect();
     let recipients: Vec<Recipient> = (0..args.conversations)

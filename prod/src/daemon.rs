@@ -386,6 +386,8 @@ mod tests {
                 steps: vec![PlannedStep {
                     message: oncesend_core::Message::text("hi"),
                     delay_ms: 0,
+                    after: Default::default(),
+                    after_timeout_ms: None,
                 }],
                 trigger_key: Some(format!("k{i}")),
             };

@@ -27,10 +27,14 @@ fn new_run(i: u64) -> NewRun {
             PlannedStep {
                 message: oncesend_core::Message::text("one"),
                 delay_ms: 0,
+                after: Default::default(),
+                after_timeout_ms: None,
             },
             PlannedStep {
                 message: oncesend_core::Message::text("two"),
                 delay_ms: 0,
+                after: Default::default(),
+                after_timeout_ms: None,
             },
         ],
         trigger_key: None,
@@ -257,6 +261,7 @@ async fn migrate_twice(store: &SqlStore, postgres: bool) {
     let runs = store
         .apply(StoreOp::ListRuns {
             status: None,
+            filter: Default::default(),
             limit: 10,
         })
         .await

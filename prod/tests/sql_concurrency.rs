@@ -74,6 +74,8 @@ async fn enqueue_all(store: &SqlStore) {
                     .map(|s| PlannedStep {
                         message: oncesend_core::Message::text(format!("step {s}")),
                         delay_ms: 0,
+                        after: Default::default(),
+                        after_timeout_ms: None,
                     })
                     .collect(),
                 trigger_key: None,

@@ -42,6 +42,8 @@ async fn an_enqueue_wakes_a_listening_store() {
             steps: vec![PlannedStep {
                 message: oncesend_core::Message::text("hi"),
                 delay_ms: 0,
+                after: Default::default(),
+                after_timeout_ms: None,
             }],
             trigger_key: None,
         };

@@ -204,6 +204,7 @@ fn host_clock() -> TokioClock {
 fn note_sending(store: &MemoryStore, shared: &Shared) {
     let StoreReply::Runs(runs) = store.apply_now(StoreOp::ListRuns {
         status: None,
+        filter: Default::default(),
         limit: u32::MAX,
     }) else {
         return;
@@ -562,6 +563,7 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         Mode::Fixed => {
             let StoreReply::Runs(mut runs) = store.apply_now(StoreOp::ListRuns {
                 status: None,
+                filter: Default::default(),
                 limit: u32::MAX,
             }) else {
                 unreachable!("ListRuns answers Runs")
@@ -690,6 +692,7 @@ async fn operator(shared: Shared, http: HttpClient<SimConnector>) {
 fn all_finished(store: &MemoryStore) -> bool {
     let StoreReply::Runs(runs) = store.apply_now(StoreOp::ListRuns {
         status: None,
+        filter: Default::default(),
         limit: u32::MAX,
     }) else {
         return false;

@@ -98,35 +98,13 @@ impl MemStore {
             | StoreOp::Complete { .. }
             | StoreOp::Fail { .. }
             | StoreOp::Release { .. }
-            | StoreOp::Cancel { .. }) => self.on_run(op),
-            StoreOp::BeginDelivery {
-                key,
-                epoch,
-                send_timeout_ms,
-                now_ms,
-            } => {
-                let mut rec = self.ledger.get(&key).cloned();
-                let run = self.runs.get(&key.run);
-                let tenant = run.map(|r| r.tenant.clone());
-                let mut pause = tenant.as_ref().and_then(|t| self.pauses.get(t).cloned());
-                let reply = rules::begin_delivery(
-                    run,
-                    &mut rec,
-                    &mut pause,
-                    self.guards,
-                    key,
-                    epoch,
-                    send_timeout_ms,
-                    now_ms,
-                );
-                if let Some(rec) = rec {
-                    self.ledger.insert(key, rec);
-                }
-                if let (Some(t), Some(p)) = (tenant, pause) {
-                    self.pauses.insert(t, p);
-                }
-                reply
-            }
+            | StoreOp::Cancel { .. }
+            | StoreOp::AwaitOutcome { .. }
+            | StoreOp::RetryRun { .. }
+            | StoreOp::BeginDelivery { .. }
+            | StoreOp::FinishDelivery { .. }
+            | StoreOp::ResolveUnknown { .. }
+            | StoreOp::RecordReceipt { .. }) => self.on_row(op),
             StoreOp::PauseSender {
                 tenant,
                 reason,
@@ -158,27 +136,23 @@ impl MemStore {
                     .map(|(t, p)| (t.clone(), p.clone()))
                     .collect(),
             ),
-            op @ (StoreOp::FinishDelivery { .. }
-            | StoreOp::ResolveUnknown { .. }
-            | StoreOp::RecordReceipt { .. }) => {
-                let key = match &op {
-                    StoreOp::FinishDelivery { key, .. }
-                    | StoreOp::ResolveUnknown { key, .. }
-                    | StoreOp::RecordReceipt { key, .. } => *key,
-                    _ => unreachable!("matched above"),
-                };
-                rules::apply_to_delivery(self.ledger.get_mut(&key), self.guards, op)
-            }
             StoreOp::GetRun { run } => match self.runs.get(&run) {
                 Some(row) => StoreReply::Run(self.view(row, true)),
                 None => StoreReply::NotFound,
             },
-            StoreOp::ListRuns { status, limit } => {
+            StoreOp::ListRuns {
+                status,
+                filter,
+                limit,
+            } => {
                 // Newest first: by trigger order, descending.
                 let mut rows: Vec<&RunRecord> = self
                     .runs
                     .values()
                     .filter(|r| status.is_none_or(|s| r.status == s))
+                    .filter(|r| {
+                        filter.matches(&r.flow, &r.tenant, r.reason.as_deref(), r.created_at_ms)
+                    })
                     .collect();
                 rows.sort_by_key(|r| std::cmp::Reverse(r.seq));
                 StoreReply::Runs(
@@ -258,26 +232,48 @@ impl MemStore {
         StoreReply::Claimed(claimed)
     }
 
-    /// A holder's write or a cancel: the shared rules decide; a run that
-    /// became terminal leaves its conversation's queue, which lets the
-    /// conversation's next run become the head.
-    fn on_run(&mut self, op: StoreOp) -> StoreReply {
-        let id = rules::is_run_op(&op).expect("an op on one run");
-        let row = self.runs.get_mut(&id);
-        let was_open = row.as_ref().is_some_and(|r| !r.status.is_terminal());
-        let reply = rules::apply_to_run(row, self.guards, &op);
-        let Some(row) = self.runs.get(&id) else {
+    /// A row op: the shared rules decide. A run that became terminal
+    /// leaves its conversation's queue, which lets the conversation's next
+    /// run become the head; one an operator sent on again rejoins it.
+    fn on_row(&mut self, op: StoreOp) -> StoreReply {
+        let id = rules::row_op_run(&op).expect("a row op");
+        let was_open = self.runs.get(&id).map(|r| !r.status.is_terminal());
+        let MemStore {
+            guards,
+            runs,
+            ledger,
+            pauses,
+            open,
+            ..
+        } = self;
+        let other_open = |row: &RunRecord| {
+            open.get(&conversation(row))
+                .is_some_and(|q| q.values().any(|other| *other != row.id))
+        };
+        let mut rows = rules::Rows {
+            runs,
+            ledger,
+            pauses,
+        };
+        let reply = rules::apply_row_op(&mut rows, *guards, op, &other_open);
+        let (Some(was_open), Some(row)) = (was_open, self.runs.get(&id)) else {
             return reply;
         };
-        if was_open && row.status.is_terminal() {
-            let conversation = conversation(row);
-            let seq = row.seq;
-            if let Some(queue) = self.open.get_mut(&conversation) {
-                queue.remove(&seq);
-                if queue.is_empty() {
-                    self.open.remove(&conversation);
+        let conversation = conversation(row);
+        let seq = row.seq;
+        match (was_open, row.status.is_terminal()) {
+            (true, true) => {
+                if let Some(queue) = self.open.get_mut(&conversation) {
+                    queue.remove(&seq);
+                    if queue.is_empty() {
+                        self.open.remove(&conversation);
+                    }
                 }
             }
+            (false, false) => {
+                self.open.entry(conversation).or_default().insert(seq, id);
+            }
+            _ => {}
         }
         reply
     }
@@ -305,6 +301,7 @@ impl MemStore {
                     }
                 }
                 RunStatus::Leased => s.leased += 1,
+                RunStatus::Waiting => s.waiting += 1,
                 _ => {}
             }
         }

@@ -24,8 +24,15 @@ use serde::{Deserialize, Serialize};
 pub struct PlannedStep {
     /// The exact message to send.
     pub message: Message,
-    /// Wait this long after the previous step (or the trigger) before sending.
+    /// Wait this long after the previous step (or the trigger) before
+    /// sending; with `after`, counted from when the previous step reached it.
     pub delay_ms: u64,
+    /// Not sent before the previous step's status reaches this.
+    #[serde(default, skip_serializing_if = "After::is_sent")]
+    pub after: After,
+    /// How long to wait for `after` at most; then the step goes anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_timeout_ms: Option<u64>,
 }
 
 impl PlannedStep {
@@ -34,7 +41,92 @@ impl PlannedStep {
         Self {
             message: Message::text(text),
             delay_ms,
+            after: After::Sent,
+            after_timeout_ms: None,
         }
+    }
+
+    /// How long this step waits at most for its `after` state.
+    pub fn after_timeout(&self) -> u64 {
+        self.after_timeout_ms.unwrap_or(DEFAULT_AFTER_TIMEOUT_MS)
+    }
+}
+
+/// How long a step with `after` waits for the previous step's status when
+/// its flow does not say: ten minutes.
+pub const DEFAULT_AFTER_TIMEOUT_MS: u64 = 600_000;
+
+/// How far the previous step must have got before a step is sent
+/// (`"after"` in a flow step). The Cloud API takes messages in order but
+/// may deliver a large one after a small one that followed it.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum After {
+    /// The provider accepted it (the default: no wait).
+    #[default]
+    Sent,
+    /// Its status webhook said `delivered` (or `read`).
+    Delivered,
+    /// Its status webhook said `read`.
+    Read,
+}
+
+impl After {
+    /// True for the default, which waits for nothing.
+    pub fn is_sent(&self) -> bool {
+        *self == After::Sent
+    }
+
+    /// The state's name, as flows and the databases spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            After::Sent => "sent",
+            After::Delivered => "delivered",
+            After::Read => "read",
+        }
+    }
+
+    /// Whether a delivery in `state` has got this far.
+    pub fn reached_by(self, state: &DeliveryState) -> bool {
+        match self {
+            After::Sent => state.is_sent(),
+            After::Delivered => matches!(state, DeliveryState::Delivered | DeliveryState::Read),
+            After::Read => matches!(state, DeliveryState::Read),
+        }
+    }
+}
+
+/// What a `waiting` run waits for, always about its cursor's step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "for", content = "state")]
+pub enum RunWait {
+    /// The provider's word on the step, whose outcome is unknown: a
+    /// status webhook, a late reply, or an operator's resolution.
+    Outcome,
+    /// The previous step's status to reach this state.
+    After(After),
+}
+
+impl RunWait {
+    /// The database spelling: `outcome`, `delivered`, `read`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunWait::Outcome => "outcome",
+            RunWait::After(a) => a.as_str(),
+        }
+    }
+
+    /// Parses [`RunWait::as_str`]'s spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "outcome" => RunWait::Outcome,
+            "sent" => RunWait::After(After::Sent),
+            "delivered" => RunWait::After(After::Delivered),
+            "read" => RunWait::After(After::Read),
+            _ => return None,
+        })
     }
 }
 
@@ -47,6 +139,10 @@ struct PlannedStepRepr {
     #[serde(default)]
     text: Option<String>,
     delay_ms: u64,
+    #[serde(default)]
+    after: After,
+    #[serde(default)]
+    after_timeout_ms: Option<u64>,
 }
 
 impl TryFrom<PlannedStepRepr> for PlannedStep {
@@ -60,6 +156,8 @@ impl TryFrom<PlannedStepRepr> for PlannedStep {
         Ok(Self {
             message,
             delay_ms: r.delay_ms,
+            after: r.after,
+            after_timeout_ms: r.after_timeout_ms,
         })
     }
 }
@@ -90,6 +188,9 @@ pub enum RunStatus {
     Pending,
     /// A worker holds a lease on it.
     Leased,
+    /// Waiting for the provider's word (see [`RunWait`]); holds no lease,
+    /// and keeps its conversation's place.
+    Waiting,
     /// Every step was delivered.
     Completed,
     /// Stopped for good, with a reason.
@@ -109,6 +210,7 @@ impl RunStatus {
         match self {
             Self::Pending => "pending",
             Self::Leased => "leased",
+            Self::Waiting => "waiting",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -120,6 +222,7 @@ impl RunStatus {
         Some(match s {
             "pending" => Self::Pending,
             "leased" => Self::Leased,
+            "waiting" => Self::Waiting,
             "completed" => Self::Completed,
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
@@ -163,6 +266,10 @@ pub struct ClaimedRun {
     /// True when the run was still leased to a holder whose lease had
     /// lapsed: the claim rescued it.
     pub rescued: bool,
+    /// Set when the run was `waiting` and its wait ran out: for
+    /// [`RunWait::Outcome`] the worker gives the step up (unless the
+    /// ledger settled it meanwhile); for [`RunWait::After`] it sends anyway.
+    pub waited: Option<RunWait>,
 }
 
 /// A delivery's state in the engine's ledger.
@@ -223,6 +330,10 @@ pub struct DeliveryRecord {
     pub provider_message_id: Option<String>,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// Who settled it by hand, when it was unknown (or retried it).
+    pub resolved_by: Option<String>,
+    /// When they did, in store time.
+    pub resolved_at_ms: Option<u64>,
 }
 
 /// Everything known about a run, for `GET /v1/runs/{id}`.
@@ -246,16 +357,58 @@ pub struct RunView {
     pub attempts: u32,
     /// The latest claim's epoch (0 if never claimed).
     pub epoch: u64,
-    /// Not to be sent before this store time.
+    /// Not to be sent before this store time; for a waiting run, when its
+    /// wait runs out.
     pub run_at_ms: u64,
     /// The live or lapsed lease, while leased.
     pub lease: Option<Lease>,
+    /// What it waits for, while waiting.
+    pub wait: Option<RunWait>,
+    /// Something it did that its flow did not ask for (a step sent
+    /// without the status it was to wait for).
+    pub note: Option<String>,
     /// Why it failed, or the last retryable error.
     pub reason: Option<String>,
     /// When it was enqueued.
     pub created_at_ms: u64,
     /// The ledger row of each step, where one exists (empty in lists).
     pub deliveries: Vec<Option<DeliveryRecord>>,
+}
+
+/// Which runs `ListRuns` answers, besides their status: every field set
+/// must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFilter {
+    /// Runs of this flow.
+    pub flow: Option<FlowId>,
+    /// Runs of this tenant.
+    pub tenant: Option<TenantId>,
+    /// Runs whose reason holds this text (case as written).
+    pub reason_contains: Option<String>,
+    /// Runs triggered before this store time.
+    pub created_before_ms: Option<u64>,
+    /// Runs triggered after this store time.
+    pub created_after_ms: Option<u64>,
+}
+
+impl RunFilter {
+    /// Whether a run with these fields matches.
+    pub fn matches(
+        &self,
+        flow: &FlowId,
+        tenant: &TenantId,
+        reason: Option<&str>,
+        created_at_ms: u64,
+    ) -> bool {
+        self.flow.as_ref().is_none_or(|f| f == flow)
+            && self.tenant.as_ref().is_none_or(|t| t == tenant)
+            && self
+                .reason_contains
+                .as_deref()
+                .is_none_or(|needle| reason.is_some_and(|r| r.contains(needle)))
+            && self.created_before_ms.is_none_or(|t| created_at_ms < t)
+            && self.created_after_ms.is_none_or(|t| created_at_ms > t)
+    }
 }
 
 /// Queue health figures, for `/metrics`.
@@ -267,6 +420,8 @@ pub struct QueueStats {
     pub due: u64,
     /// Runs leased.
     pub leased: u64,
+    /// Runs waiting for the provider's word.
+    pub waiting: u64,
     /// How long the longest-waiting due run has waited, in ms.
     pub oldest_due_age_ms: u64,
     /// Deliveries whose outcome is unknown.
@@ -386,6 +541,34 @@ pub enum StoreOp {
         /// The store's time.
         now_ms: u64,
     },
+    /// The current step's outcome is unknown (the engine answered
+    /// `Unknown`): with `wait_ms`, the run gives its lease up and waits
+    /// that long for the provider's word; without, its wait ran out and it
+    /// fails. Either way, if the ledger already settled the step, the run
+    /// goes on as the ledger says instead.
+    AwaitOutcome {
+        /// The run.
+        run: RunId,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The step whose outcome is unknown (the cursor).
+        step: u32,
+        /// How long to wait (`None`: the wait ran out).
+        wait_ms: Option<u64>,
+        /// What happened to the send.
+        reason: String,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// An operator sends a failed run on from its failed step.
+    RetryRun {
+        /// The run.
+        run: RunId,
+        /// Who asked.
+        by: String,
+        /// The store's time.
+        now_ms: u64,
+    },
     /// Stop a run that has not finished.
     Cancel {
         /// The run.
@@ -416,13 +599,16 @@ pub enum StoreOp {
         /// The store's time.
         now_ms: u64,
     },
-    /// Settle an `unknown` delivery from a provider callback or an
-    /// operator's decision.
+    /// An operator settles an `unknown` delivery: `sent` (the run goes
+    /// on) or not (the step is sent again). A run that failed waiting
+    /// for it goes on too.
     ResolveUnknown {
         /// `run_id:step`.
         key: DeliveryKey,
-        /// What is now known (`Sent` or `Failed`).
-        outcome: DeliveryOutcome,
+        /// True: it went out; false: it did not, send it again.
+        sent: bool,
+        /// Who decided.
+        by: String,
         /// The store's time.
         now_ms: u64,
     },
@@ -437,6 +623,9 @@ pub enum StoreOp {
         provider_message_id: Option<String>,
         /// The provider's reason, for a failure.
         reason: Option<String>,
+        /// For a failure: whether the step may be sent again (the error
+        /// table says retry, or the sender itself was refused).
+        resend: bool,
         /// The store's time.
         now_ms: u64,
     },
@@ -482,6 +671,8 @@ pub enum StoreOp {
     ListRuns {
         /// Only runs of this status.
         status: Option<RunStatus>,
+        /// Only runs that match this too.
+        filter: RunFilter,
         /// At most this many.
         limit: u32,
     },
@@ -551,6 +742,12 @@ pub enum StoreReply {
     Released,
     /// The run is cancelled.
     Cancelled,
+    /// `AwaitOutcome`, `RetryRun` or `ResolveUnknown` done: the run's
+    /// status now.
+    RunIs {
+        /// Its status.
+        status: RunStatus,
+    },
     /// `sending` recorded: call the provider now.
     Begun {
         /// The attempt's number, from 1.
@@ -696,6 +893,8 @@ impl StoreOp {
             | StoreOp::Fail { now_ms, .. }
             | StoreOp::Release { now_ms, .. }
             | StoreOp::Cancel { now_ms, .. }
+            | StoreOp::AwaitOutcome { now_ms, .. }
+            | StoreOp::RetryRun { now_ms, .. }
             | StoreOp::BeginDelivery { now_ms, .. }
             | StoreOp::FinishDelivery { now_ms, .. }
             | StoreOp::ResolveUnknown { now_ms, .. }
@@ -728,6 +927,8 @@ impl StoreOp {
             | StoreOp::Fail { now_ms, .. }
             | StoreOp::Release { now_ms, .. }
             | StoreOp::Cancel { now_ms, .. }
+            | StoreOp::AwaitOutcome { now_ms, .. }
+            | StoreOp::RetryRun { now_ms, .. }
             | StoreOp::BeginDelivery { now_ms, .. }
             | StoreOp::FinishDelivery { now_ms, .. }
             | StoreOp::ResolveUnknown { now_ms, .. }
@@ -762,6 +963,8 @@ impl StoreOp {
             StoreOp::Fail { .. } => "fail",
             StoreOp::Release { .. } => "release",
             StoreOp::Cancel { .. } => "cancel",
+            StoreOp::AwaitOutcome { .. } => "await_outcome",
+            StoreOp::RetryRun { .. } => "retry_run",
             StoreOp::BeginDelivery { .. } => "begin_delivery",
             StoreOp::FinishDelivery { .. } => "finish_delivery",
             StoreOp::ResolveUnknown { .. } => "resolve_unknown",

@@ -9,14 +9,15 @@
 //! differential tests.
 
 use super::{
-    ClaimedRun, DeliveryRecord, DeliveryState, Guards, Lease, NewRun, PlannedStep, RunStatus,
-    RunView, StoreOp, StoreReply,
+    After, ClaimedRun, DeliveryRecord, DeliveryState, Guards, Lease, NewRun, PlannedStep,
+    RunStatus, RunView, RunWait, StoreOp, StoreReply,
 };
 use crate::ids::{DeliveryKey, FlowId, RunId, TenantId, WorkerId};
 use crate::limits::clip_reason;
 use crate::recipient::Recipient;
 use crate::send::DeliveryOutcome;
 use crate::tenant::SenderPause;
+use std::collections::BTreeMap;
 
 /// A run as every backend stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,11 @@ pub struct RunRecord {
     pub epoch: u64,
     /// The lease, while leased.
     pub lease: Option<Lease>,
+    /// What it waits for, while waiting.
+    pub wait: Option<RunWait>,
+    /// Something it did that its flow did not ask for (a step sent
+    /// without the status it was to wait for).
+    pub note: Option<String>,
     /// Why it failed, or the last retryable error.
     pub reason: Option<String>,
     /// The trigger's idempotency key.
@@ -72,6 +78,8 @@ impl RunRecord {
             attempts: 0,
             epoch: 0,
             lease: None,
+            wait: None,
+            note: None,
             reason: None,
             trigger_key: run.trigger_key,
             created_at_ms: now_ms,
@@ -89,7 +97,8 @@ impl RunRecord {
     /// yet seen marked.
     pub fn claimable(&self, guards: Guards, now_ms: u64) -> bool {
         match self.status {
-            RunStatus::Pending => self.run_at_ms <= now_ms,
+            // A waiting run is claimed when its wait runs out.
+            RunStatus::Pending | RunStatus::Waiting => self.run_at_ms <= now_ms,
             RunStatus::Leased => {
                 !guards.fencing || self.lease.as_ref().is_none_or(|l| l.until_ms <= now_ms)
             }
@@ -102,6 +111,18 @@ impl RunRecord {
         // A run claimed while still leased had a holder whose lease lapsed:
         // this claim rescues it.
         let rescued = self.status == RunStatus::Leased;
+        let waited = if self.status == RunStatus::Waiting {
+            self.wait.take()
+        } else {
+            None
+        };
+        if let Some(RunWait::After(after)) = waited {
+            self.note = Some(after_expired_note(
+                self.cursor,
+                after,
+                self.steps[self.cursor as usize].after_timeout(),
+            ));
+        }
         let before = self.epoch;
         self.epoch += 1;
         assert!(self.epoch > before, "epochs only grow");
@@ -123,6 +144,7 @@ impl RunRecord {
             lease_until_ms: until_ms,
             attempts: self.attempts,
             rescued,
+            waited,
         }
     }
 
@@ -140,6 +162,8 @@ impl RunRecord {
             epoch: self.epoch,
             run_at_ms: self.run_at_ms,
             lease: self.lease.clone(),
+            wait: self.wait,
+            note: self.note.clone(),
             reason: self.reason.clone(),
             created_at_ms: self.created_at_ms,
             deliveries,
@@ -172,6 +196,7 @@ impl RunRecord {
         assert!(status.is_terminal());
         self.status = status;
         self.lease = None;
+        self.wait = None;
         self.reason = reason;
         self.finished_at_ms = Some(now_ms);
     }
@@ -186,65 +211,363 @@ impl From<Fenced> for StoreReply {
     }
 }
 
-/// The ops [`apply_to_run`] decides: the lease holder's writes and cancel.
-pub fn is_run_op(op: &StoreOp) -> Option<RunId> {
+/// The note a run keeps when a step went without its `after` state.
+pub fn after_expired_note(step: u32, after: After, timeout_ms: u64) -> String {
+    format!(
+        "step {step} went without step {}'s `{}` status: none came within {timeout_ms} ms (after_timeout_ms)",
+        step.saturating_sub(1),
+        after.as_str()
+    )
+}
+
+/// The run a row op reads and writes: the lease holder's writes, cancel,
+/// the ledger ops (which move a run waiting on them), and the operator's
+/// retry. Every other op spans rows and is the backend's own.
+pub fn row_op_run(op: &StoreOp) -> Option<RunId> {
     match op {
         StoreOp::Heartbeat { run, .. }
         | StoreOp::Advance { run, .. }
         | StoreOp::Complete { run, .. }
         | StoreOp::Fail { run, .. }
         | StoreOp::Release { run, .. }
-        | StoreOp::Cancel { run, .. } => Some(*run),
+        | StoreOp::Cancel { run, .. }
+        | StoreOp::AwaitOutcome { run, .. }
+        | StoreOp::RetryRun { run, .. } => Some(*run),
+        StoreOp::BeginDelivery { key, .. }
+        | StoreOp::FinishDelivery { key, .. }
+        | StoreOp::ResolveUnknown { key, .. }
+        | StoreOp::RecordReceipt { key, .. } => Some(key.run),
         _ => None,
     }
 }
 
-/// Applies a holder's write (heartbeat, advance, complete, fail, release)
-/// or a cancel to its run. The caller found the row (`None`: no such run)
-/// and stores it back if it changed; a run that becomes terminal leaves its
-/// conversation's queue, which is the caller's to do.
+/// Whether `op` is decided by [`apply_row_op`].
+pub fn is_row_op(op: &StoreOp) -> bool {
+    row_op_run(op).is_some()
+}
+
+/// Whether `op` reads its run's ledger rows, given the run as loaded. The
+/// hot writes (heartbeat, advance to a step that waits for nothing,
+/// complete, fail, release) do not, so a backend need not load them.
+pub fn needs_ledger(op: &StoreOp, run: Option<&RunRecord>) -> bool {
+    match op {
+        StoreOp::Heartbeat { .. }
+        | StoreOp::Complete { .. }
+        | StoreOp::Fail { .. }
+        | StoreOp::Release { .. }
+        | StoreOp::Cancel { .. } => false,
+        StoreOp::Advance { step, .. } => run.is_some_and(|r| {
+            step.checked_add(1)
+                .and_then(|next| r.steps.get(next as usize))
+                .is_some_and(|s| !s.after.is_sent())
+        }),
+        _ => true,
+    }
+}
+
+/// Whether `op` reads its run's tenant's pause.
+pub fn needs_pause(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::BeginDelivery { .. })
+}
+
+/// The rows row ops read and write: the model keeps all of them, a SQL
+/// store the ones its ops named, loaded and locked for one transaction.
+#[derive(Debug)]
+pub struct Rows<'a> {
+    /// Runs by id.
+    pub runs: &'a mut BTreeMap<RunId, RunRecord>,
+    /// Ledger rows by key.
+    pub ledger: &'a mut BTreeMap<DeliveryKey, DeliveryRecord>,
+    /// Paused senders by tenant.
+    pub pauses: &'a mut BTreeMap<TenantId, SenderPause>,
+}
+
+/// Applies one row op (see [`row_op_run`]) to the rows it concerns, which
+/// the caller loaded: the run, and where [`needs_ledger`] and
+/// [`needs_pause`] say so, the run's ledger rows and its tenant's pause.
+/// A run that becomes terminal leaves its conversation's queue, and one
+/// that was terminal and goes on rejoins it: both are the caller's to do.
+///
+/// `other_open` answers whether the run's conversation has another
+/// unfinished run; it is asked only before a finished run goes on again
+/// (an operator's retry or resolution), which it must not do past another.
 ///
 /// # Panics
-/// On an op [`is_run_op`] does not name.
-pub fn apply_to_run(row: Option<&mut RunRecord>, guards: Guards, op: &StoreOp) -> StoreReply {
-    let Some(row) = row else {
-        return StoreReply::NotFound;
-    };
-    match *op {
+/// On an op that is not a row op.
+pub fn apply_row_op(
+    rows: &mut Rows<'_>,
+    guards: Guards,
+    op: StoreOp,
+    other_open: &dyn Fn(&RunRecord) -> bool,
+) -> StoreReply {
+    let id = row_op_run(&op).unwrap_or_else(|| panic!("{} is not a row op", op.name()));
+    match op {
         StoreOp::Heartbeat {
             epoch,
             lease_ms,
             now_ms,
             ..
-        } => heartbeat(row, guards, epoch, lease_ms, now_ms),
+        } => with_run(rows, id, |row| {
+            heartbeat(row, guards, epoch, lease_ms, now_ms)
+        }),
         StoreOp::Advance {
             epoch,
             step,
             delay_ms,
             now_ms,
             ..
-        } => advance(row, guards, epoch, step, delay_ms, now_ms),
+        } => {
+            let Some(row) = rows.runs.get_mut(&id) else {
+                return StoreReply::NotFound;
+            };
+            advance(row, rows.ledger, guards, epoch, step, delay_ms, now_ms)
+        }
         StoreOp::Complete {
             epoch,
             step,
             now_ms,
             ..
-        } => complete(row, guards, epoch, step, now_ms),
+        } => with_run(rows, id, |row| complete(row, guards, epoch, step, now_ms)),
         StoreOp::Fail {
             epoch,
-            ref reason,
+            reason,
             retry_after_ms,
             now_ms,
             ..
-        } => fail(row, guards, epoch, reason, retry_after_ms, now_ms),
+        } => with_run(rows, id, |row| {
+            fail(row, guards, epoch, &reason, retry_after_ms, now_ms)
+        }),
         StoreOp::Release {
             epoch,
             after_ms,
             now_ms,
             ..
-        } => release(row, guards, epoch, after_ms, now_ms),
-        StoreOp::Cancel { now_ms, .. } => cancel(row, now_ms),
-        ref other => panic!("{} is not an op on one run", other.name()),
+        } => with_run(rows, id, |row| {
+            release(row, guards, epoch, after_ms, now_ms)
+        }),
+        StoreOp::Cancel { now_ms, .. } => with_run(rows, id, |row| cancel(row, now_ms)),
+        StoreOp::AwaitOutcome {
+            epoch,
+            step,
+            wait_ms,
+            reason,
+            now_ms,
+            ..
+        } => {
+            let Some(row) = rows.runs.get_mut(&id) else {
+                return StoreReply::NotFound;
+            };
+            await_outcome(
+                row,
+                rows.ledger,
+                guards,
+                epoch,
+                step,
+                wait_ms,
+                &reason,
+                now_ms,
+            )
+        }
+        StoreOp::RetryRun { by, now_ms, .. } => {
+            let Some(row) = rows.runs.get_mut(&id) else {
+                return StoreReply::NotFound;
+            };
+            retry_run(row, rows.ledger, other_open, &by, now_ms)
+        }
+        StoreOp::BeginDelivery {
+            key,
+            epoch,
+            send_timeout_ms,
+            now_ms,
+        } => {
+            let run = rows.runs.get(&key.run);
+            let tenant = run.map(|r| r.tenant.clone());
+            let mut rec = rows.ledger.get(&key).cloned();
+            let mut pause = tenant.as_ref().and_then(|t| rows.pauses.get(t).cloned());
+            let reply = begin_delivery(
+                run,
+                &mut rec,
+                &mut pause,
+                guards,
+                key,
+                epoch,
+                send_timeout_ms,
+                now_ms,
+            );
+            if let Some(rec) = rec {
+                rows.ledger.insert(key, rec);
+            }
+            if let (Some(t), Some(p)) = (tenant, pause) {
+                rows.pauses.insert(t, p);
+            }
+            reply
+        }
+        StoreOp::FinishDelivery {
+            key,
+            outcome,
+            now_ms,
+        } => {
+            let reply = finish_delivery(rows.ledger.get_mut(&key), guards, outcome);
+            follow_run(rows, key.run, now_ms);
+            reply
+        }
+        StoreOp::RecordReceipt {
+            key,
+            status,
+            provider_message_id,
+            reason,
+            resend,
+            now_ms,
+        } => {
+            let reply = record_receipt(
+                rows.ledger.get_mut(&key),
+                status,
+                provider_message_id,
+                reason,
+                resend,
+            );
+            follow_run(rows, key.run, now_ms);
+            reply
+        }
+        StoreOp::ResolveUnknown {
+            key,
+            sent,
+            by,
+            now_ms,
+        } => resolve_unknown(rows, key, sent, &by, other_open, now_ms),
+        _ => unreachable!("row_op_run named it"),
+    }
+}
+
+fn with_run(
+    rows: &mut Rows<'_>,
+    id: RunId,
+    f: impl FnOnce(&mut RunRecord) -> StoreReply,
+) -> StoreReply {
+    match rows.runs.get_mut(&id) {
+        Some(row) => f(row),
+        None => StoreReply::NotFound,
+    }
+}
+
+fn follow_run(rows: &mut Rows<'_>, id: RunId, now_ms: u64) {
+    if let Some(row) = rows.runs.get_mut(&id) {
+        follow(row, rows.ledger, now_ms);
+    }
+}
+
+fn key_of(row: &RunRecord, step: u32) -> DeliveryKey {
+    DeliveryKey { run: row.id, step }
+}
+
+/// A waiting run goes on if the ledger now settles what it waits for;
+/// answers whether it moved.
+fn follow(
+    row: &mut RunRecord,
+    ledger: &BTreeMap<DeliveryKey, DeliveryRecord>,
+    now_ms: u64,
+) -> bool {
+    if row.status != RunStatus::Waiting {
+        return false;
+    }
+    let step = row.cursor;
+    match row.wait {
+        Some(RunWait::Outcome) => {
+            let Some(rec) = ledger.get(&key_of(row, step)) else {
+                return false;
+            };
+            let said = rec
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no reason given".into());
+            match rec.state {
+                ref s if s.is_sent() => go_on(row, ledger, now_ms),
+                DeliveryState::Failed { retryable: true } => {
+                    row.status = RunStatus::Pending;
+                    row.wait = None;
+                    row.attempts += 1;
+                    row.run_at_ms = now_ms;
+                    row.reason = Some(clip_reason(&format!(
+                        "step {step}: the provider reported it failed, so it is sent again: {said}"
+                    )));
+                }
+                DeliveryState::Failed { retryable: false } => row.finish(
+                    RunStatus::Failed,
+                    Some(clip_reason(&format!(
+                        "step {step}: the provider reported it failed: {said}"
+                    ))),
+                    now_ms,
+                ),
+                _ => return false,
+            }
+            true
+        }
+        Some(RunWait::After(after)) => {
+            if !after_met(row, ledger, after) {
+                return false;
+            }
+            let delay = row.steps[step as usize].delay_ms;
+            row.status = RunStatus::Pending;
+            row.wait = None;
+            row.run_at_ms = now_ms.saturating_add(delay);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether the step before the cursor got as far as `after` asks, or can
+/// no longer get there (its delivery failed).
+fn after_met(
+    row: &RunRecord,
+    ledger: &BTreeMap<DeliveryKey, DeliveryRecord>,
+    after: After,
+) -> bool {
+    let Some(prev) = row.cursor.checked_sub(1) else {
+        return true;
+    };
+    ledger.get(&key_of(row, prev)).is_some_and(|r| {
+        after.reached_by(&r.state) || r.state == DeliveryState::Failed { retryable: false }
+    })
+}
+
+/// The cursor's step went out: the run moves to the next step (or is
+/// completed), without a lease.
+fn go_on(row: &mut RunRecord, ledger: &BTreeMap<DeliveryKey, DeliveryRecord>, now_ms: u64) {
+    let step = row.cursor;
+    row.attempts = 0;
+    row.reason = None;
+    row.lease = None;
+    row.wait = None;
+    row.cursor = step + 1;
+    if step >= row.last_step() {
+        row.finish(RunStatus::Completed, None, now_ms);
+        return;
+    }
+    let delay = row.steps[row.cursor as usize].delay_ms;
+    enter_step(row, ledger, delay, now_ms);
+}
+
+/// The run, released, has just moved to its cursor's step: it is due
+/// after `delay_ms`, or, if the step waits for the previous one's status
+/// and that has not come, it waits for it.
+fn enter_step(
+    row: &mut RunRecord,
+    ledger: &BTreeMap<DeliveryKey, DeliveryRecord>,
+    delay_ms: u64,
+    now_ms: u64,
+) {
+    let next = &row.steps[row.cursor as usize];
+    let (after, timeout) = (next.after, next.after_timeout());
+    row.lease = None;
+    if !after.is_sent() && !after_met(row, ledger, after) {
+        row.status = RunStatus::Waiting;
+        row.wait = Some(RunWait::After(after));
+        row.run_at_ms = now_ms.saturating_add(timeout);
+    } else {
+        row.status = RunStatus::Pending;
+        row.wait = None;
+        row.run_at_ms = now_ms.saturating_add(delay_ms);
     }
 }
 
@@ -272,18 +595,27 @@ fn heartbeat(
 
 fn advance(
     row: &mut RunRecord,
+    ledger: &BTreeMap<DeliveryKey, DeliveryRecord>,
     guards: Guards,
     epoch: u64,
     step: u32,
     delay_ms: Option<u64>,
     now_ms: u64,
 ) -> StoreReply {
-    let released = delay_ms.is_some();
+    // A step that waits for the previous one's status is never sent
+    // under the lease that sent the previous one.
+    let waits = step
+        .checked_add(1)
+        .and_then(|next| row.steps.get(next as usize))
+        .is_some_and(|s| !s.after.is_sent());
+    let released = delay_ms.is_some() || waits;
     let repeat = epoch > 0
         && row.epoch == epoch
         && step.checked_add(1) == Some(row.cursor)
         && match released {
-            true => row.status == RunStatus::Pending && row.lease.is_none(),
+            true => {
+                matches!(row.status, RunStatus::Pending | RunStatus::Waiting) && row.lease.is_none()
+            }
             false => row.status == RunStatus::Leased,
         };
     if repeat {
@@ -308,10 +640,9 @@ fn advance(
     row.cursor = step + 1;
     row.attempts = 0;
     row.reason = None;
-    if let Some(delay_ms) = delay_ms {
-        row.status = RunStatus::Pending;
-        row.lease = None;
-        row.run_at_ms = now_ms.saturating_add(delay_ms);
+    if released {
+        let delay = delay_ms.unwrap_or(row.steps[row.cursor as usize].delay_ms);
+        enter_step(row, ledger, delay, now_ms);
     }
     StoreReply::Advanced {
         cursor: row.cursor,
@@ -397,6 +728,194 @@ fn cancel(row: &mut RunRecord, now_ms: u64) -> StoreReply {
     StoreReply::Cancelled
 }
 
+/// A `sending` row whose deadline has passed can no longer expect its
+/// reply: it may have been sent, so it is unknown.
+fn lapse(rec: &mut DeliveryRecord, now_ms: u64) {
+    if let DeliveryState::Sending { deadline_ms } = rec.state {
+        if now_ms >= deadline_ms {
+            rec.state = DeliveryState::Unknown;
+            rec.last_error = Some("no outcome before the send deadline".into());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // One rule, all of whose inputs are rows or fields of the op.
+fn await_outcome(
+    row: &mut RunRecord,
+    ledger: &mut BTreeMap<DeliveryKey, DeliveryRecord>,
+    guards: Guards,
+    epoch: u64,
+    step: u32,
+    wait_ms: Option<u64>,
+    reason: &str,
+    now_ms: u64,
+) -> StoreReply {
+    if let Err(refused) = row.fence(guards, epoch) {
+        return refused.into();
+    }
+    if row.cursor != step {
+        return StoreReply::Conflict {
+            reason: format!("cursor is at step {}, not {step}", row.cursor),
+        };
+    }
+    if let Some(rec) = ledger.get_mut(&key_of(row, step)) {
+        lapse(rec, now_ms);
+    }
+    row.lease = None;
+    row.status = RunStatus::Waiting;
+    row.wait = Some(RunWait::Outcome);
+    row.run_at_ms = now_ms.saturating_add(wait_ms.unwrap_or(0));
+    row.reason = Some(clip_reason(&format!(
+        "step {step}: delivery unknown ({reason}); waiting up to {} ms for the provider's status",
+        wait_ms.unwrap_or(0)
+    )));
+    if !follow(row, ledger, now_ms) && wait_ms.is_none() {
+        let id = row.id;
+        row.finish(
+            RunStatus::Failed,
+            Some(clip_reason(&format!(
+                "step {step}: delivery unknown and no status from the provider within the unknown timeout; \
+                 if the recipient got it, resolve the step as sent, if not, as failed to send it again \
+                 (POST /v1/runs/{id}/steps/{step}/resolve)"
+            ))),
+            now_ms,
+        );
+    }
+    StoreReply::RunIs { status: row.status }
+}
+
+/// The refusal for a finished run that would go on past another
+/// unfinished run of its conversation.
+fn overtakes() -> StoreReply {
+    StoreReply::Conflict {
+        reason: "another run to this recipient is unfinished; this one going on now would \
+                 interleave their messages: wait for it to finish, or cancel it, then try again"
+            .into(),
+    }
+}
+
+/// A finished run goes on from its cursor, due now, as an operator asked.
+fn revive(row: &mut RunRecord, ledger: &BTreeMap<DeliveryKey, DeliveryRecord>, now_ms: u64) {
+    row.status = RunStatus::Pending;
+    row.finished_at_ms = None;
+    row.lease = None;
+    row.wait = None;
+    row.attempts = 0;
+    row.reason = None;
+    row.run_at_ms = now_ms;
+    let sent = ledger
+        .get(&key_of(row, row.cursor))
+        .is_some_and(|r| r.state.is_sent());
+    if sent {
+        go_on(row, ledger, now_ms);
+        // The operator asked for it to go on: it does not wait again.
+        if row.status == RunStatus::Waiting {
+            row.status = RunStatus::Pending;
+            row.wait = None;
+            row.run_at_ms = now_ms;
+        }
+    }
+}
+
+fn retry_run(
+    row: &mut RunRecord,
+    ledger: &mut BTreeMap<DeliveryKey, DeliveryRecord>,
+    other_open: &dyn Fn(&RunRecord) -> bool,
+    by: &str,
+    now_ms: u64,
+) -> StoreReply {
+    if row.status != RunStatus::Failed {
+        return StoreReply::Conflict {
+            reason: format!(
+                "run is {}; only a failed run can be retried",
+                row.status.as_str()
+            ),
+        };
+    }
+    let key = key_of(row, row.cursor);
+    if let Some(rec) = ledger.get_mut(&key) {
+        lapse(rec, now_ms);
+        if rec.state == DeliveryState::Unknown {
+            return StoreReply::Conflict {
+                reason: format!(
+                    "step {}'s outcome is unknown: resolve it as sent or failed first \
+                     (POST /v1/runs/{}/steps/{}/resolve)",
+                    key.step, key.run, key.step
+                ),
+            };
+        }
+    }
+    if other_open(row) {
+        return overtakes();
+    }
+    if let Some(rec) = ledger.get_mut(&key) {
+        // The operator asks for the step again: a refusal that was final
+        // no longer stops it.
+        if rec.state == (DeliveryState::Failed { retryable: false }) {
+            rec.state = DeliveryState::Failed { retryable: true };
+        }
+        rec.resolved_by = Some(by.to_string());
+        rec.resolved_at_ms = Some(now_ms);
+    }
+    revive(row, ledger, now_ms);
+    StoreReply::RunIs { status: row.status }
+}
+
+fn resolve_unknown(
+    rows: &mut Rows<'_>,
+    key: DeliveryKey,
+    sent: bool,
+    by: &str,
+    other_open: &dyn Fn(&RunRecord) -> bool,
+    now_ms: u64,
+) -> StoreReply {
+    let Some(row) = rows.runs.get_mut(&key.run) else {
+        return StoreReply::NotFound;
+    };
+    if key.step as usize >= row.steps.len() {
+        return StoreReply::NotFound;
+    }
+    let Some(rec) = rows.ledger.get_mut(&key) else {
+        return StoreReply::Conflict {
+            reason: format!(
+                "step {} was never sent; there is nothing to resolve",
+                key.step
+            ),
+        };
+    };
+    lapse(rec, now_ms);
+    if rec.state != DeliveryState::Unknown {
+        return StoreReply::Conflict {
+            reason: format!(
+                "step {} is {}, not unknown; only a step whose outcome is unknown can be resolved",
+                key.step,
+                rec.state.as_str()
+            ),
+        };
+    }
+    let finished = row.status == RunStatus::Failed && row.cursor == key.step;
+    if finished && other_open(row) {
+        return overtakes();
+    }
+    if sent {
+        rec.state = DeliveryState::Sent;
+        rec.last_error = None;
+    } else {
+        rec.state = DeliveryState::Failed { retryable: true };
+        rec.last_error = Some(clip_reason(&format!(
+            "resolved as not sent by {by}; it is sent again"
+        )));
+    }
+    rec.resolved_by = Some(by.to_string());
+    rec.resolved_at_ms = Some(now_ms);
+    if finished {
+        revive(row, rows.ledger, now_ms);
+    } else {
+        follow(row, rows.ledger, now_ms);
+    }
+    StoreReply::RunIs { status: row.status }
+}
+
 /// `BeginDelivery` for `key`, given its run (`None`: no such run) and its
 /// ledger row (`None` until first begun; the function may create it). The
 /// run is only read.
@@ -423,6 +942,7 @@ pub fn begin_delivery(
     if guards.ledger {
         if let Some(rec) = ledger.as_mut() {
             attempts = rec.attempts;
+            lapse(rec, now_ms);
             match rec.state {
                 DeliveryState::Sent | DeliveryState::Delivered | DeliveryState::Read => {
                     return StoreReply::AlreadySent {
@@ -434,13 +954,6 @@ pub fn begin_delivery(
                     return StoreReply::DeliveryFailed {
                         reason: rec.last_error.clone().unwrap_or_default(),
                     }
-                }
-                // Past its deadline a call's reply can no longer be
-                // expected: it may have been sent, so it is unknown.
-                DeliveryState::Sending { deadline_ms } if now_ms >= deadline_ms => {
-                    rec.state = DeliveryState::Unknown;
-                    rec.last_error = Some("no outcome before the send deadline".into());
-                    return StoreReply::DeliveryUnknown;
                 }
                 DeliveryState::Sending { .. } => return StoreReply::InProgress,
                 DeliveryState::Failed { retryable: true } => {}
@@ -484,6 +997,8 @@ pub fn begin_delivery(
             attempts: 0,
             provider_message_id: None,
             last_error: None,
+            resolved_by: None,
+            resolved_at_ms: None,
         });
         rec.state = DeliveryState::Sending {
             deadline_ms: now_ms.saturating_add(send_timeout_ms),
@@ -564,58 +1079,18 @@ pub fn finish_delivery(
     StoreReply::Finished(rec.state.clone())
 }
 
-/// `ResolveUnknown`: settle an unknown delivery as sent or failed.
-pub fn resolve_unknown(
-    ledger: Option<&mut DeliveryRecord>,
-    outcome: DeliveryOutcome,
-) -> StoreReply {
-    let Some(rec) = ledger else {
-        return StoreReply::NotFound;
-    };
-    if rec.state != DeliveryState::Unknown {
-        return StoreReply::Conflict {
-            reason: format!(
-                "delivery {} is {}, not unknown",
-                rec.key,
-                rec.state.as_str()
-            ),
-        };
-    }
-    match outcome {
-        DeliveryOutcome::Unknown { .. } | DeliveryOutcome::SenderBlocked { .. } => {
-            StoreReply::Conflict {
-                reason: "resolve an unknown delivery as sent or failed".into(),
-            }
-        }
-        DeliveryOutcome::Failed { reason, .. } => {
-            record(
-                rec,
-                DeliveryOutcome::Failed {
-                    retryable: false,
-                    reason,
-                    retry_after_ms: None,
-                },
-            );
-            StoreReply::Resolved
-        }
-        sent @ DeliveryOutcome::Sent { .. } => {
-            record(rec, sent);
-            StoreReply::Resolved
-        }
-    }
-}
-
 /// `RecordReceipt`: a provider's receipt, applied forward only.
 pub fn record_receipt(
     ledger: Option<&mut DeliveryRecord>,
     status: crate::receipt::ReceiptStatus,
     provider_message_id: Option<String>,
     reason: Option<String>,
+    resend: bool,
 ) -> StoreReply {
     let Some(rec) = ledger else {
         return StoreReply::NotFound;
     };
-    let Some(next) = crate::receipt::progress(&rec.state, status) else {
+    let Some(next) = crate::receipt::progress(&rec.state, status, resend) else {
         return StoreReply::ReceiptRecorded {
             state: rec.state.clone(),
             changed: false,
@@ -638,28 +1113,6 @@ pub fn record_receipt(
     StoreReply::ReceiptRecorded {
         state: rec.state.clone(),
         changed: true,
-    }
-}
-
-/// Applies a ledger op (finish, resolve, receipt) to its row.
-///
-/// # Panics
-/// On any other op.
-pub fn apply_to_delivery(
-    ledger: Option<&mut DeliveryRecord>,
-    guards: Guards,
-    op: StoreOp,
-) -> StoreReply {
-    match op {
-        StoreOp::FinishDelivery { outcome, .. } => finish_delivery(ledger, guards, outcome),
-        StoreOp::ResolveUnknown { outcome, .. } => resolve_unknown(ledger, outcome),
-        StoreOp::RecordReceipt {
-            status,
-            provider_message_id,
-            reason,
-            ..
-        } => record_receipt(ledger, status, provider_message_id, reason),
-        other => panic!("{} is not a ledger op", other.name()),
     }
 }
 
@@ -707,6 +1160,8 @@ mod tests {
                     PlannedStep {
                         message: crate::Message::text("hi"),
                         delay_ms: 0,
+                        after: Default::default(),
+                        after_timeout_ms: None,
                     };
                     steps
                 ],
@@ -715,6 +1170,22 @@ mod tests {
             1,
             100,
         )
+    }
+
+    /// Applies `op` to `row` alone, with no ledger rows and no pauses.
+    fn apply_to_run(row: Option<&mut RunRecord>, guards: Guards, op: &StoreOp) -> StoreReply {
+        let row = row.expect("a row");
+        let mut runs = BTreeMap::from([(row.id, row.clone())]);
+        let mut ledger = BTreeMap::new();
+        let mut pauses = BTreeMap::new();
+        let mut rows = Rows {
+            runs: &mut runs,
+            ledger: &mut ledger,
+            pauses: &mut pauses,
+        };
+        let reply = apply_row_op(&mut rows, guards, op.clone(), &|_| false);
+        *row = runs.remove(&row.id).expect("still there");
+        reply
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! no delivery decisions of their own.
 
 mod problem;
+pub mod runs;
 pub mod webhook;
 
 pub use problem::Problem;
@@ -22,8 +23,8 @@ use oncesend_core::flow::Trigger;
 use oncesend_core::rng::SplitMix64;
 use oncesend_core::worker::WorkerStats;
 use oncesend_core::{
-    plan_run, Flow, FlowId, ProviderSettings, RawFlowStep, Recipient, RunId, RunStatus, RunView,
-    SendBatch, SendBatchResponse, SendRequest, SendResponse, StoreOp, StoreReply, Tenant, TenantId,
+    plan_run, Flow, FlowId, ProviderSettings, RawFlowStep, Recipient, RunId, RunView, SendBatch,
+    SendBatchResponse, SendRequest, SendResponse, StoreOp, StoreReply, Tenant, TenantId,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -80,6 +81,24 @@ pub struct AppState<S> {
     config: Arc<ApiConfig>,
     workers: Arc<Mutex<Vec<Arc<Mutex<WorkerStats>>>>>,
     tenant_hook: Option<TenantHook>,
+    webhook: Arc<WebhookCounts>,
+}
+
+/// What the status webhook did with what it was sent, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WebhookCounts {
+    /// Statuses and messages that changed something.
+    pub applied: std::sync::atomic::AtomicU64,
+    /// Ones that were not ours, repeated, late, or of a kind not tracked.
+    pub ignored: std::sync::atomic::AtomicU64,
+}
+
+impl WebhookCounts {
+    fn add(&self, applied: u32, ignored: u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.applied.fetch_add(applied.into(), Relaxed);
+        self.ignored.fetch_add(ignored.into(), Relaxed);
+    }
 }
 
 impl<S: Clone> Clone for AppState<S> {
@@ -92,6 +111,7 @@ impl<S: Clone> Clone for AppState<S> {
             config: self.config.clone(),
             workers: self.workers.clone(),
             tenant_hook: self.tenant_hook.clone(),
+            webhook: self.webhook.clone(),
         }
     }
 }
@@ -114,6 +134,7 @@ impl<S: Store> AppState<S> {
             config: Arc::new(config),
             workers: Arc::default(),
             tenant_hook: None,
+            webhook: Arc::default(),
         }
     }
 
@@ -141,9 +162,16 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         )
         .route("/v1/tenants/{tenant}/pause", post(pause_tenant::<S>))
         .route("/v1/tenants/{tenant}/resume", post(resume_tenant::<S>))
-        .route("/v1/runs", get(list_runs::<S>))
+        .route("/v1/runs", get(runs::list::<S>))
+        .route("/v1/runs/cancel", post(runs::cancel_many::<S>))
+        .route("/v1/runs/retry", post(runs::retry_many::<S>))
         .route("/v1/runs/{id}", get(get_run::<S>))
         .route("/v1/runs/{id}/cancel", post(cancel::<S>))
+        .route("/v1/runs/{id}/retry", post(runs::retry::<S>))
+        .route(
+            "/v1/runs/{id}/steps/{step}/resolve",
+            post(runs::resolve::<S>),
+        )
         .route("/v1/messages", post(send_message::<S>))
         .route("/v1/messages/batch", post(send_batch::<S>))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::<S>));
@@ -674,51 +702,7 @@ async fn resume_tenant<S: Store>(
 }
 
 /// Most runs one list returns.
-const MAX_LIST: u32 = 1_000;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    status: Option<String>,
-    limit: Option<u32>,
-}
-
-async fn list_runs<S: Store>(
-    State(st): State<AppState<S>>,
-    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, Problem> {
-    let axum::extract::Query(q) = query.map_err(|e| Problem::invalid(e.body_text()))?;
-    let status = match q.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
-            Problem::invalid(format!(
-                "status {s:?} is not one of pending, leased, completed, failed, cancelled"
-            ))
-        })?),
-    };
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
-    match store_reply(st.store.apply(StoreOp::ListRuns { status, limit }).await)? {
-        StoreReply::Runs(runs) => {
-            let runs: Vec<serde_json::Value> = runs
-                .iter()
-                .map(|v| {
-                    serde_json::json!({
-                        "run_id": v.id,
-                        "tenant": v.tenant,
-                        "flow": v.flow,
-                        "to": v.to,
-                        "status": v.status.as_str(),
-                        "cursor": v.cursor,
-                        "steps": v.steps.len(),
-                        "reason": v.reason,
-                    })
-                })
-                .collect();
-            Ok(Json(serde_json::json!({ "runs": runs })).into_response())
-        }
-        other => Err(unexpected(other)),
-    }
-}
+pub const MAX_LIST: u32 = 1_000;
 
 fn parse_run_id(id: &str) -> Result<RunId, Problem> {
     id.parse::<RunId>()
@@ -744,6 +728,9 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
                 "attempts": d.as_ref().map_or(0, |d| d.attempts),
                 "last_error": d.as_ref().and_then(|d| d.last_error.clone()),
                 "error_code": d.as_ref().and_then(|d| d.last_error.as_deref()).and_then(oncesend_core::provider_error::code_in_reason),
+                "after": v.steps[i].after.as_str(),
+                "resolved_by": d.as_ref().and_then(|d| d.resolved_by.clone()),
+                "resolved_at_ms": d.as_ref().and_then(|d| d.resolved_at_ms),
             })
         })
         .collect();
@@ -754,7 +741,11 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
         "to": v.to,
         "status": v.status.as_str(),
         "cursor": v.cursor,
+        "waiting_for": v.wait.map(|w| w.as_str()),
+        "run_at_ms": v.run_at_ms,
         "reason": v.reason,
+        "note": v.note,
+        "created_at_ms": v.created_at_ms,
         "steps": steps,
     })
 }
@@ -786,7 +777,9 @@ async fn cancel<S: Store>(
         StoreReply::Conflict { reason } => Err(Problem::new(
             StatusCode::CONFLICT,
             "Conflict",
-            format!("{reason}; only a pending or leased run can be cancelled"),
+            format!(
+                "{reason}; only an unfinished run (pending, leased or waiting) can be cancelled"
+            ),
         )),
         other => Err(unexpected(other)),
     }
@@ -935,6 +928,24 @@ async fn metrics<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Pr
         "Runs held by a worker.",
         &[("", stats.leased)],
     );
+    metric(
+        "oncesend_runs_waiting",
+        "gauge",
+        "Runs waiting for the provider's word: a status for an unknown step, or for the step before.",
+        &[("", stats.waiting)],
+    );
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        metric(
+            "oncesend_webhook_items_total",
+            "counter",
+            "Statuses and messages the Cloud API webhook brought, by what became of them.",
+            &[
+                ("{result=\"applied\"}", st.webhook.applied.load(Relaxed)),
+                ("{result=\"ignored\"}", st.webhook.ignored.load(Relaxed)),
+            ],
+        );
+    }
     metric(
         "oncesend_oldest_pending_age_ms",
         "gauge",

@@ -149,22 +149,52 @@ pub async fn receive<S: Store>(
         ));
     }
     let payload: serde_json::Value = parse_json(Ok(bytes), st.config.max_body_bytes)?;
-    let (mut applied, mut ignored) = (0u32, 0u32);
     let now_ms = st.clock.now_ms();
+    // Meta batches many statuses into one POST: they are applied in one
+    // store transaction, in order.
+    let mut ignored = 0u32;
+    let mut ours = Vec::new();
     for s in statuses(&payload) {
-        let (Some(key), Some(status)) = (s.key, s.status) else {
+        match (s.key, s.status) {
+            (Some(key), Some(status)) => ours.push((key, status, s)),
             // Not one of ours, or a status we do not track.
-            ignored += 1;
-            continue;
-        };
-        let op = StoreOp::RecordReceipt {
-            key,
-            status,
-            provider_message_id: s.id,
-            reason: s.error.as_ref().map(CloudApiError::reason),
-            now_ms,
-        };
-        match store_reply(st.store.apply(op).await)? {
+            _ => ignored += 1,
+        }
+    }
+    let ops: Vec<StoreOp> = ours
+        .iter()
+        .map(|(key, status, s)| {
+            let outcome = s.error.as_ref().map(CloudApiError::outcome);
+            StoreOp::RecordReceipt {
+                key: *key,
+                status: *status,
+                provider_message_id: s.id.clone(),
+                reason: s.error.as_ref().map(CloudApiError::reason),
+                // What the error table makes of the code: a retryable one,
+                // or one about the sender rather than the message, leaves
+                // the step to be sent again; no code at all is taken as
+                // worth another try.
+                resend: match outcome {
+                    None => true,
+                    Some(DeliveryOutcome::Failed { retryable, .. }) => retryable,
+                    Some(DeliveryOutcome::SenderBlocked { .. }) => true,
+                    Some(_) => false,
+                },
+                now_ms,
+            }
+        })
+        .collect();
+    let replies = if ops.is_empty() {
+        Vec::new()
+    } else {
+        st.store.apply_batch(ops).await.map_err(|e| {
+            tracing::warn!(error = %e, "store unavailable");
+            Problem::store_down(e)
+        })?
+    };
+    let mut applied = 0u32;
+    for ((key, status, s), reply) in ours.into_iter().zip(replies) {
+        match reply {
             StoreReply::ReceiptRecorded { state, changed } => {
                 tracing::info!(idempotency_key = %key, status = ?status, state = state.as_str(), changed, "status webhook");
                 if changed {
@@ -173,7 +203,10 @@ pub async fn receive<S: Store>(
                     ignored += 1;
                 }
             }
-            StoreReply::NotFound => ignored += 1,
+            StoreReply::NotFound => {
+                tracing::debug!(idempotency_key = %key, "status webhook for a delivery we do not have");
+                ignored += 1;
+            }
             other => return Err(unexpected(other)),
         }
         // A failure that the table lays on the sender itself (the token
@@ -187,6 +220,7 @@ pub async fn receive<S: Store>(
             }
         }
     }
+    st.webhook.add(applied, ignored);
     Ok((
         StatusCode::OK,
         Json(serde_json::json!({"applied": applied, "ignored": ignored})),

@@ -38,14 +38,7 @@ pub struct GroupCommit<S> {
 /// Whether `op` is a write to one run or one ledger row: what this module
 /// groups, and what the SQL store decides row by row with the core's rules.
 pub fn is_row_write(op: &StoreOp) -> bool {
-    rules::is_run_op(op).is_some()
-        || matches!(
-            op,
-            StoreOp::BeginDelivery { .. }
-                | StoreOp::FinishDelivery { .. }
-                | StoreOp::ResolveUnknown { .. }
-                | StoreOp::RecordReceipt { .. }
-        )
+    rules::is_row_op(op)
 }
 
 impl<S: Store> GroupCommit<S> {
@@ -167,6 +160,8 @@ mod tests {
                     .map(|s| PlannedStep {
                         message: oncesend_core::Message::text(format!("m{s}")),
                         delay_ms: 0,
+                        after: Default::default(),
+                        after_timeout_ms: None,
                     })
                     .collect(),
                 trigger_key: None,

@@ -29,6 +29,7 @@ use crate::store::group::is_row_write;
 use crate::store::Store;
 use oncesend_core::store::rules::{self, RunRecord};
 use oncesend_core::store::{QueueStats, StoreUnavailable};
+use oncesend_core::store::{RunFilter, RunWait};
 use oncesend_core::tenant::SenderPause;
 use oncesend_core::{
     ClaimedRun, DeliveryKey, DeliveryRecord, DeliveryState, Flow, FlowId, Guards, Lease, NewRun,
@@ -466,7 +467,8 @@ fn tuples(rows: usize, width: usize) -> String {
 }
 
 const RUN_COLUMNS: &str = "seq, id, tenant, flow, recipient, steps, next_step, status, run_at_ms, \
-     attempts, epoch, lease_owner, lease_until_ms, reason, trigger_key, created_at_ms, finished_at_ms";
+     attempts, epoch, lease_owner, lease_until_ms, reason, trigger_key, created_at_ms, finished_at_ms, \
+     wait, note";
 
 fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
     let steps: String = row.try_get("steps")?;
@@ -501,6 +503,11 @@ fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
         attempts: un(row.try_get("attempts")?) as u32,
         epoch,
         lease,
+        wait: match row.try_get::<Option<String>, _>("wait")? {
+            Some(w) => Some(RunWait::parse(&w).ok_or_else(|| decode_err("wait", &w))?),
+            None => None,
+        },
+        note: row.try_get("note")?,
         reason: row.try_get("reason")?,
         trigger_key: row.try_get("trigger_key")?,
         created_at_ms: un(row.try_get("created_at_ms")?),
@@ -508,8 +515,8 @@ fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
     })
 }
 
-const DELIVERY_COLUMNS: &str =
-    "run_id, step, state, deadline_ms, retryable, epoch, attempts, provider_message_id, last_error";
+const DELIVERY_COLUMNS: &str = "run_id, step, state, deadline_ms, retryable, epoch, attempts, \
+     provider_message_id, last_error, resolved_by, resolved_at_ms";
 
 /// Every table the store keeps.
 pub const TABLES: [&str; 6] = [
@@ -568,6 +575,8 @@ fn delivery_from_row(row: &AnyRow) -> Tx<DeliveryRecord> {
         attempts: un(row.try_get("attempts")?) as u32,
         provider_message_id: row.try_get("provider_message_id")?,
         last_error: row.try_get("last_error")?,
+        resolved_by: row.try_get("resolved_by")?,
+        resolved_at_ms: row.try_get::<Option<i64>, _>("resolved_at_ms")?.map(un),
     })
 }
 
@@ -715,31 +724,35 @@ struct RunWrite {
     lease_until_ms: Option<i64>,
     reason: Option<String>,
     finished_at_ms: Option<i64>,
+    wait: Option<&'static str>,
+    note: Option<String>,
 }
 
 /// Writes runs back where their epoch is still the one they were read with.
 const PG_WRITE_RUNS: &str = "UPDATE runs SET status = v.status, next_step = v.next_step, \
          run_at_ms = v.run_at_ms, attempts = v.attempts, epoch = v.epoch, \
          lease_owner = v.lease_owner, lease_until_ms = v.lease_until_ms, \
-         reason = v.reason, finished_at_ms = v.finished_at_ms, \
-         is_head = (runs.is_head AND v.status IN ('pending', 'leased')) \
+         reason = v.reason, finished_at_ms = v.finished_at_ms, wait = v.wait, note = v.note, \
+         is_head = (runs.is_head AND v.status IN ('pending', 'leased', 'waiting')) \
      FROM json_to_recordset($1::json) AS v (id text, read_epoch bigint, status text, \
          next_step integer, run_at_ms bigint, attempts integer, epoch bigint, \
-         lease_owner text, lease_until_ms bigint, reason text, finished_at_ms bigint) \
+         lease_owner text, lease_until_ms bigint, reason text, finished_at_ms bigint, \
+         wait text, note text) \
      WHERE runs.id = decode(v.id, 'hex') AND runs.epoch = v.read_epoch \
        AND runs.id = ANY(ARRAY(SELECT decode(x->>'id', 'hex') FROM json_array_elements($1::json) AS x))";
 
 const SQLITE_WRITE_RUNS: &str = "UPDATE runs SET status = v.status, next_step = v.next_step, \
          run_at_ms = v.run_at_ms, attempts = v.attempts, epoch = v.epoch, \
          lease_owner = v.lease_owner, lease_until_ms = v.lease_until_ms, \
-         reason = v.reason, finished_at_ms = v.finished_at_ms, \
-         is_head = (runs.is_head AND v.status IN ('pending', 'leased')) \
+         reason = v.reason, finished_at_ms = v.finished_at_ms, wait = v.wait, note = v.note, \
+         is_head = (runs.is_head AND v.status IN ('pending', 'leased', 'waiting')) \
      FROM (SELECT unhex(value->>'id') AS id, value->>'read_epoch' AS read_epoch, \
              value->>'status' AS status, value->>'next_step' AS next_step, \
              value->>'run_at_ms' AS run_at_ms, value->>'attempts' AS attempts, \
              value->>'epoch' AS epoch, value->>'lease_owner' AS lease_owner, \
              value->>'lease_until_ms' AS lease_until_ms, value->>'reason' AS reason, \
-             value->>'finished_at_ms' AS finished_at_ms \
+             value->>'finished_at_ms' AS finished_at_ms, value->>'wait' AS wait, \
+             value->>'note' AS note \
            FROM json_each($1)) AS v \
      WHERE runs.id = v.id AND runs.epoch = v.read_epoch";
 
@@ -755,27 +768,32 @@ struct DeliveryWrite {
     attempts: i64,
     provider_message_id: Option<String>,
     last_error: Option<String>,
+    resolved_by: Option<String>,
+    resolved_at_ms: Option<i64>,
 }
 
 const UPSERT_DELIVERY: &str = " ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state, \
          deadline_ms = excluded.deadline_ms, retryable = excluded.retryable, \
          epoch = excluded.epoch, attempts = excluded.attempts, \
          provider_message_id = excluded.provider_message_id, \
-         last_error = excluded.last_error";
+         last_error = excluded.last_error, resolved_by = excluded.resolved_by, \
+         resolved_at_ms = excluded.resolved_at_ms";
 
 const PG_WRITE_DELIVERIES: &str = "INSERT INTO deliveries (run_id, step, state, deadline_ms, \
-         retryable, epoch, attempts, provider_message_id, last_error) \
+         retryable, epoch, attempts, provider_message_id, last_error, resolved_by, resolved_at_ms) \
      SELECT decode(v.run_id, 'hex'), v.step, v.state, v.deadline_ms, v.retryable, v.epoch, \
-         v.attempts, v.provider_message_id, v.last_error \
+         v.attempts, v.provider_message_id, v.last_error, v.resolved_by, v.resolved_at_ms \
      FROM json_to_recordset($1::json) AS v (run_id text, step integer, state text, \
          deadline_ms bigint, retryable integer, epoch bigint, attempts integer, \
-         provider_message_id text, last_error text)";
+         provider_message_id text, last_error text, resolved_by text, resolved_at_ms bigint)";
 
 const SQLITE_WRITE_DELIVERIES: &str = "INSERT INTO deliveries (run_id, step, state, \
-         deadline_ms, retryable, epoch, attempts, provider_message_id, last_error) \
+         deadline_ms, retryable, epoch, attempts, provider_message_id, last_error, resolved_by, \
+         resolved_at_ms) \
      SELECT unhex(value->>'run_id'), value->>'step', value->>'state', value->>'deadline_ms', \
          value->>'retryable', value->>'epoch', value->>'attempts', \
-         value->>'provider_message_id', value->>'last_error' \
+         value->>'provider_message_id', value->>'last_error', value->>'resolved_by', \
+         value->>'resolved_at_ms' \
      FROM json_each($1) WHERE true";
 
 /// Makes the oldest waiting run of each listed conversation its head,
@@ -823,16 +841,6 @@ struct Batch<'c> {
 
 fn is_enqueue(op: &StoreOp) -> bool {
     matches!(op, StoreOp::Enqueue { .. })
-}
-
-fn delivery_key(op: &StoreOp) -> Option<DeliveryKey> {
-    match op {
-        StoreOp::BeginDelivery { key, .. }
-        | StoreOp::FinishDelivery { key, .. }
-        | StoreOp::ResolveUnknown { key, .. }
-        | StoreOp::RecordReceipt { key, .. } => Some(*key),
-        _ => None,
-    }
 }
 
 impl Batch<'_> {
@@ -947,7 +955,11 @@ impl Batch<'_> {
                 ))
             }
             StoreOp::GetRun { run } => self.get_run(run).await,
-            StoreOp::ListRuns { status, limit } => self.list_runs(status, limit).await,
+            StoreOp::ListRuns {
+                status,
+                filter,
+                limit,
+            } => self.list_runs(status, &filter, limit).await,
             StoreOp::Stats { now_ms } => self.stats(now_ms).await,
             StoreOp::Prune {
                 retention_ms,
@@ -1168,9 +1180,9 @@ impl Batch<'_> {
                 // CTE read it is left alone.
                 let rows = sqlx::query(
                     "WITH picked AS ( \
-                         SELECT seq, status AS was FROM runs \
+                         SELECT seq, status AS was, wait AS waited FROM runs \
                          WHERE is_head AND run_at_ms <= $1 \
-                           AND (status = 'pending' OR lease_until_ms <= $1) \
+                           AND (status IN ('pending', 'waiting') OR lease_until_ms <= $1) \
                            AND NOT EXISTS (SELECT 1 FROM sender_pauses p WHERE p.tenant = runs.tenant \
                              AND (p.probe_at_ms IS NULL OR p.probe_at_ms > $1)) \
                          ORDER BY run_at_ms, seq \
@@ -1178,14 +1190,15 @@ impl Batch<'_> {
                          FOR NO KEY UPDATE SKIP LOCKED \
                      ) \
                      UPDATE runs SET status = 'leased', epoch = runs.epoch + 1, \
-                         lease_owner = $3, lease_until_ms = $4 \
+                         lease_owner = $3, lease_until_ms = $4, wait = NULL \
                      FROM picked \
                      WHERE runs.seq = picked.seq AND runs.is_head \
-                       AND ((runs.status = 'pending' AND runs.run_at_ms <= $1) \
+                       AND ((runs.status IN ('pending', 'waiting') AND runs.run_at_ms <= $1) \
                          OR (runs.status = 'leased' AND runs.lease_until_ms <= $1)) \
                      RETURNING runs.seq, runs.id, runs.tenant, runs.flow, runs.recipient, \
                          runs.steps, runs.next_step, runs.epoch, runs.attempts, runs.run_at_ms, \
-                         CASE WHEN picked.was = 'leased' THEN 1 ELSE 0 END AS rescued",
+                         CASE WHEN picked.was = 'leased' THEN 1 ELSE 0 END AS rescued, \
+                         CASE WHEN picked.was = 'waiting' THEN picked.waited END AS waited",
                 )
                 .bind(db(now_ms))
                 .bind(max as i64)
@@ -1193,7 +1206,8 @@ impl Batch<'_> {
                 .bind(db(until))
                 .fetch_all(&mut *self.conn)
                 .await?;
-                rows.iter()
+                let rows = rows
+                    .iter()
                     .map(|row| {
                         let steps: String = row.try_get("steps")?;
                         let id: Vec<u8> = row.try_get("id")?;
@@ -1212,6 +1226,12 @@ impl Batch<'_> {
                             lease_until_ms: until,
                             attempts: un(row.try_get("attempts")?) as u32,
                             rescued: row.try_get::<i64, _>("rescued")? != 0,
+                            waited: match row.try_get::<Option<String>, _>("waited")? {
+                                Some(w) => {
+                                    Some(RunWait::parse(&w).ok_or_else(|| decode_err("wait", &w))?)
+                                }
+                                None => None,
+                            },
                         };
                         Ok((
                             un(row.try_get("run_at_ms")?),
@@ -1219,7 +1239,24 @@ impl Batch<'_> {
                             claimed,
                         ))
                     })
-                    .collect::<Tx<_>>()?
+                    .collect::<Tx<Vec<_>>>()?;
+                // A step whose wait for the previous step's status ran out
+                // goes anyway, and its run says so (rare: one more write).
+                for (_, _, c) in &rows {
+                    if let Some(RunWait::After(after)) = c.waited {
+                        let note = rules::after_expired_note(
+                            c.cursor,
+                            after,
+                            c.steps[c.cursor as usize].after_timeout(),
+                        );
+                        sqlx::query("UPDATE runs SET note = $1 WHERE id = $2")
+                            .bind(note)
+                            .bind(c.id.0.as_bytes().to_vec())
+                            .execute(&mut *self.conn)
+                            .await?;
+                    }
+                }
+                rows
             }
             Backend::Sqlite => {
                 // The one writer holds the database under BEGIN IMMEDIATE:
@@ -1228,7 +1265,7 @@ impl Batch<'_> {
                 let sql = format!(
                     "SELECT {RUN_COLUMNS} FROM runs \
                      WHERE is_head AND run_at_ms <= $1 \
-                       AND (status = 'pending' OR lease_until_ms <= $1) \
+                       AND (status IN ('pending', 'waiting') OR lease_until_ms <= $1) \
                        AND NOT EXISTS (SELECT 1 FROM sender_pauses p WHERE p.tenant = runs.tenant \
                          AND (p.probe_at_ms IS NULL OR p.probe_at_ms > $1)) \
                      ORDER BY run_at_ms, seq LIMIT $2"
@@ -1317,38 +1354,25 @@ impl Batch<'_> {
     /// A run of consecutive per-row ops: read every row they touch once,
     /// decide each op with the core's rules in order, write back what
     /// changed, and promote the next run of every conversation whose head
-    /// finished.
+    /// finished (or give a run an operator sent on again its place).
     async fn rows(&mut self, ops: Vec<StoreOp>) -> Tx<Vec<StoreReply>> {
-        let mut run_ids = BTreeSet::new();
-        let mut ledger_runs = BTreeSet::new();
-        for op in &ops {
-            if let Some(id) = rules::is_run_op(op) {
-                run_ids.insert(id);
-            }
-            match op {
-                StoreOp::BeginDelivery { key, .. } => {
-                    run_ids.insert(key.run);
-                    ledger_runs.insert(key.run);
-                }
-                op => {
-                    if let Some(key) = delivery_key(op) {
-                        ledger_runs.insert(key.run);
-                    }
-                }
-            }
-        }
+        let run_ids: BTreeSet<RunId> = ops.iter().filter_map(rules::row_op_run).collect();
         let before_runs = self.load_runs(&run_ids, true).await?;
+        let ledger_runs: BTreeSet<RunId> = ops
+            .iter()
+            .filter_map(|op| {
+                let id = rules::row_op_run(op)?;
+                rules::needs_ledger(op, before_runs.get(&id)).then_some(id)
+            })
+            .collect();
         let before_ledger = self.load_deliveries(&ledger_runs, true).await?;
         // The pauses of the tenants whose sends begin here (none at all in
         // the common case, and then no query).
         let begin_tenants: Vec<TenantId> = ops
             .iter()
-            .filter_map(|op| match op {
-                StoreOp::BeginDelivery { key, .. } => {
-                    before_runs.get(&key.run).map(|r| r.tenant.clone())
-                }
-                _ => None,
-            })
+            .filter(|op| rules::needs_pause(op))
+            .filter_map(|op| before_runs.get(&rules::row_op_run(op)?))
+            .map(|r| r.tenant.clone())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -1357,45 +1381,45 @@ impl Batch<'_> {
         } else {
             self.load_pauses(&begin_tenants).await?
         };
+        // Runs an operator may send on again: the other unfinished runs of
+        // their conversations, as they stand before this batch; the batch's
+        // own changes are read from the rows as each op comes.
+        let mut others: BTreeMap<RunId, Vec<RunId>> = BTreeMap::new();
+        for op in &ops {
+            if let StoreOp::RetryRun { run, .. }
+            | StoreOp::ResolveUnknown {
+                key: DeliveryKey { run, .. },
+                ..
+            } = op
+            {
+                if let Some(r) = before_runs.get(run) {
+                    if !others.contains_key(run) {
+                        let ids = self.other_open(r).await?;
+                        others.insert(*run, ids);
+                    }
+                }
+            }
+        }
         let mut pauses = before_pauses.clone();
         let mut runs = before_runs.clone();
         let mut ledger = before_ledger.clone();
         let mut replies = Vec::with_capacity(ops.len());
         for op in ops {
-            let reply = if let Some(id) = rules::is_run_op(&op) {
-                rules::apply_to_run(runs.get_mut(&id), GUARDS, &op)
-            } else if let StoreOp::BeginDelivery {
-                key,
-                epoch,
-                send_timeout_ms,
-                now_ms,
-            } = op
-            {
-                let mut rec = ledger.get(&key).cloned();
-                let tenant = runs.get(&key.run).map(|r| r.tenant.clone());
-                let mut pause = tenant.as_ref().and_then(|t| pauses.get(t).cloned());
-                let reply = rules::begin_delivery(
-                    runs.get(&key.run),
-                    &mut rec,
-                    &mut pause,
-                    GUARDS,
-                    key,
-                    epoch,
-                    send_timeout_ms,
-                    now_ms,
-                );
-                if let Some(rec) = rec {
-                    ledger.insert(key, rec);
-                }
-                if let (Some(t), Some(p)) = (tenant, pause) {
-                    pauses.insert(t, p);
-                }
-                reply
-            } else {
-                let key = delivery_key(&op).expect("a ledger op");
-                rules::apply_to_delivery(ledger.get_mut(&key), GUARDS, op)
+            let crowded = rules::row_op_run(&op)
+                .and_then(|id| Some((runs.get(&id)?, others.get(&id)?)))
+                .is_some_and(|(me, ids)| {
+                    let open = |r: &RunRecord| !r.status.is_terminal();
+                    ids.iter().any(|id| runs.get(id).is_none_or(open))
+                        || runs.values().any(|r| {
+                            r.id != me.id && r.tenant == me.tenant && r.to == me.to && open(r)
+                        })
+                });
+            let mut rows = rules::Rows {
+                runs: &mut runs,
+                ledger: &mut ledger,
+                pauses: &mut pauses,
             };
-            replies.push(reply);
+            replies.push(rules::apply_row_op(&mut rows, GUARDS, op, &|_| crowded));
         }
 
         let mut old = Vec::new();
@@ -1404,7 +1428,9 @@ impl Batch<'_> {
         for (id, after) in &runs {
             let before = &before_runs[id];
             if before != after {
-                if !before.status.is_terminal() && after.status.is_terminal() {
+                if before.status.is_terminal() != after.status.is_terminal() {
+                    // A head that finished hands its place on; a run sent
+                    // on again takes the empty place.
                     finished.insert((after.tenant.clone(), after.to.clone()));
                 }
                 if after.status == RunStatus::Pending && before.status != RunStatus::Pending {
@@ -1431,6 +1457,22 @@ impl Batch<'_> {
             self.promote(&finished).await?;
         }
         Ok(replies)
+    }
+
+    /// The unfinished runs of `run`'s conversation besides it.
+    async fn other_open(&mut self, run: &RunRecord) -> Tx<Vec<RunId>> {
+        let rows = sqlx::query(
+            "SELECT id FROM runs WHERE tenant = $1 AND recipient = $2 AND id <> $3 \
+             AND status IN ('pending', 'leased', 'waiting')",
+        )
+        .bind(run.tenant.as_str())
+        .bind(run.to.as_str())
+        .bind(run.id.0.as_bytes().to_vec())
+        .fetch_all(&mut *self.conn)
+        .await?;
+        rows.iter()
+            .map(|row| run_id(&row.try_get::<Vec<u8>, _>(0)?))
+            .collect()
     }
 
     /// Runs a statement that takes its rows as one JSON parameter; answers
@@ -1462,6 +1504,8 @@ impl Batch<'_> {
                 lease_until_ms: n.lease.as_ref().map(|l| db(l.until_ms)),
                 reason: n.reason.clone(),
                 finished_at_ms: n.finished_at_ms.map(db),
+                wait: n.wait.map(RunWait::as_str),
+                note: n.note.clone(),
             })
             .collect();
         let written = self
@@ -1499,6 +1543,8 @@ impl Batch<'_> {
                     attempts: rec.attempts as i64,
                     provider_message_id: rec.provider_message_id.clone(),
                     last_error: rec.last_error.clone(),
+                    resolved_by: rec.resolved_by.clone(),
+                    resolved_at_ms: rec.resolved_at_ms.map(db),
                 }
             })
             .collect();
@@ -1627,26 +1673,65 @@ impl Batch<'_> {
         Ok(StoreReply::Run(record.view(deliveries)))
     }
 
-    async fn list_runs(&mut self, status: Option<RunStatus>, limit: u32) -> Tx<StoreReply> {
-        let rows = match status {
-            Some(status) => {
-                let sql = format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = $1 ORDER BY seq DESC LIMIT $2"
-                );
-                sqlx::query(&sql)
-                    .bind(status.as_str())
-                    .bind(limit as i64)
-                    .fetch_all(&mut *self.conn)
-                    .await?
-            }
-            None => {
-                let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY seq DESC LIMIT $1");
-                sqlx::query(&sql)
-                    .bind(limit as i64)
-                    .fetch_all(&mut *self.conn)
-                    .await?
-            }
+    async fn list_runs(
+        &mut self,
+        status: Option<RunStatus>,
+        filter: &RunFilter,
+        limit: u32,
+    ) -> Tx<StoreReply> {
+        let mut conds: Vec<String> = Vec::new();
+        let mut texts: Vec<String> = Vec::new();
+        let mut nums: Vec<i64> = Vec::new();
+        let mark = |conds: &mut Vec<String>, sql: &dyn Fn(usize) -> String| {
+            let n = conds.len() + 1;
+            conds.push(sql(n));
         };
+        // Text conditions first, then numbers, each bound in that order.
+        if let Some(s) = status {
+            mark(&mut conds, &|n| format!("status = ${n}"));
+            texts.push(s.as_str().to_string());
+        }
+        if let Some(f) = &filter.flow {
+            mark(&mut conds, &|n| format!("flow = ${n}"));
+            texts.push(f.as_str().to_string());
+        }
+        if let Some(t) = &filter.tenant {
+            mark(&mut conds, &|n| format!("tenant = ${n}"));
+            texts.push(t.as_str().to_string());
+        }
+        if let Some(r) = &filter.reason_contains {
+            let backend = self.backend;
+            mark(&mut conds, &|n| match backend {
+                Backend::Postgres => format!("strpos(reason, ${n}) > 0"),
+                Backend::Sqlite => format!("instr(reason, ${n}) > 0"),
+            });
+            texts.push(r.clone());
+        }
+        if let Some(t) = filter.created_before_ms {
+            mark(&mut conds, &|n| format!("created_at_ms < ${n}"));
+            nums.push(db(t));
+        }
+        if let Some(t) = filter.created_after_ms {
+            mark(&mut conds, &|n| format!("created_at_ms > ${n}"));
+            nums.push(db(t));
+        }
+        let limit_mark = conds.len() + 1;
+        let where_ = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs {where_} ORDER BY seq DESC LIMIT ${limit_mark}"
+        );
+        let mut q = sqlx::query(&sql);
+        for t in texts {
+            q = q.bind(t);
+        }
+        for n in nums {
+            q = q.bind(n);
+        }
+        let rows = q.bind(limit as i64).fetch_all(&mut *self.conn).await?;
         let views = rows
             .iter()
             .map(|row| Ok(run_from_row(row)?.view(Vec::new())))
@@ -1661,7 +1746,8 @@ impl Batch<'_> {
             "SELECT COUNT(CASE WHEN status = 'pending' THEN 1 END), \
                     COUNT(CASE WHEN status = 'pending' AND run_at_ms <= $1 THEN 1 END), \
                     COUNT(CASE WHEN status = 'leased' THEN 1 END), \
-                    MIN(CASE WHEN status = 'pending' AND run_at_ms <= $1 THEN run_at_ms END) \
+                    MIN(CASE WHEN status = 'pending' AND run_at_ms <= $1 THEN run_at_ms END), \
+                    COUNT(CASE WHEN status = 'waiting' THEN 1 END) \
              FROM (SELECT status, run_at_ms FROM runs WHERE is_head \
                    UNION ALL \
                    SELECT status, run_at_ms FROM runs WHERE status = 'pending' AND NOT is_head) o",
@@ -1678,6 +1764,7 @@ impl Batch<'_> {
             pending: un(row.try_get(0)?),
             due: un(row.try_get(1)?),
             leased: un(row.try_get(2)?),
+            waiting: un(row.try_get(4)?),
             oldest_due_age_ms: oldest.map_or(0, |t| now_ms.saturating_sub(un(t))),
             unknown_deliveries: un(unknown),
         }))
