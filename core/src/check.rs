@@ -85,6 +85,11 @@ pub struct History {
     pub begun: Vec<BegunSend>,
     /// Sender pauses, as the store recorded them.
     pub pauses: Vec<PauseWindow>,
+    /// Each time the provider (a `failed` status) or an operator (a step
+    /// resolved or retried as not sent) said a key did not go out, in the
+    /// clock of [`ProviderCall::at_ms`]: the one thing that lets a key
+    /// reach the provider again.
+    pub said_failed: Vec<ProviderCall>,
 }
 
 /// A run that did not end as it must.
@@ -182,16 +187,24 @@ pub fn check(history: &History) -> Report {
         .map(|(i, a)| (a.run, (i, a)))
         .collect();
 
-    // 1. No key reaches the provider more than once.
+    // 1. No key reaches the provider more than once, unless between two
+    // of its calls the provider or an operator said it did not go out.
     let mut counts: BTreeMap<DeliveryKey, u32> = BTreeMap::new();
+    let mut last_call: BTreeMap<DeliveryKey, u64> = BTreeMap::new();
+    let mut unexcused: BTreeMap<DeliveryKey, u32> = BTreeMap::new();
     for c in &history.calls {
         *counts.entry(c.key).or_default() += 1;
+        if let Some(prev) = last_call.insert(c.key, c.at_ms) {
+            let excused = history
+                .said_failed
+                .iter()
+                .any(|f| f.key == c.key && prev <= f.at_ms && f.at_ms <= c.at_ms);
+            if !excused {
+                *unexcused.entry(c.key).or_insert(1) += 1;
+            }
+        }
     }
-    report.duplicates = counts
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(k, n)| (*k, *n))
-        .collect();
+    report.duplicates = unexcused.into_iter().collect();
 
     // 2. Steps in order within a run; runs of a conversation not interleaved.
     let mut next_step: BTreeMap<RunId, u32> = BTreeMap::new();
@@ -370,6 +383,34 @@ mod tests {
         assert!(r
             .to_string()
             .contains(&format!("duplicate: {} sent 2 times", key(1, 0))));
+    }
+
+    #[test]
+    fn a_key_sent_again_after_the_provider_said_failed_is_no_duplicate() {
+        let mut h = clean();
+        // Key (1, 0) was called at 0; sent again at 2.
+        h.calls.insert(
+            2,
+            ProviderCall {
+                key: key(1, 0),
+                at_ms: 2,
+            },
+        );
+        // A `failed` said before the first call excuses nothing.
+        h.said_failed.push(ProviderCall {
+            key: key(1, 0),
+            at_ms: 0,
+        });
+        h.calls[0].at_ms = 1;
+        assert_eq!(check(&h).duplicates, vec![(key(1, 0), 2)]);
+        // Said between the two calls, it does; a third call needs another.
+        h.said_failed[0].at_ms = 1;
+        assert!(check(&h).is_clean());
+        h.calls.push(ProviderCall {
+            key: key(1, 0),
+            at_ms: 9,
+        });
+        assert_eq!(check(&h).duplicates, vec![(key(1, 0), 2)]);
     }
 
     #[test]

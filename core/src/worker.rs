@@ -106,6 +106,9 @@ impl WorkerConfig {
 }
 
 /// What happened, as the worker hears of it.
+// A store reply is as large as a run's view; each event is moved once,
+// next to a network round trip, so it is not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerEvent {
     /// Time passed.

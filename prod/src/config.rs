@@ -142,6 +142,12 @@ pub struct LeaseArgs {
     /// Wait before claiming again after finding nothing, in ms.
     #[arg(long, env = "ONCESEND_POLL_MS", default_value_t = 500)]
     pub poll_ms: u64,
+    /// How long a run whose step's outcome is unknown waits for the
+    /// provider's status webhook before it fails, in ms (one hour: Meta
+    /// retries webhooks for days, but a flow that waits longer has lost
+    /// its moment; an operator can still resolve the step).
+    #[arg(long, env = "ONCESEND_UNKNOWN_TIMEOUT_MS", default_value_t = oncesend_core::worker::DEFAULT_UNKNOWN_TIMEOUT_MS)]
+    pub unknown_timeout_ms: u64,
 }
 
 /// The standalone worker's settings.

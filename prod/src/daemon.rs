@@ -256,6 +256,7 @@ pub fn worker_config(
         concurrency: lease.concurrency,
         poll_ms: lease.poll_ms,
         send_timeout_ms,
+        unknown_timeout_ms: lease.unknown_timeout_ms,
         ..WorkerConfig::new(id)
     };
     config

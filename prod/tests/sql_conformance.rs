@@ -522,10 +522,7 @@ impl World {
                                 })
                     })
                     .collect();
-                let Some(v) = (!waiting.is_empty()).then(|| &waiting[run as usize % waiting.len()])
-                else {
-                    return None;
-                };
+                let v = (!waiting.is_empty()).then(|| &waiting[run as usize % waiting.len()])?;
                 let step = match v.wait {
                     Some(oncesend_core::store::RunWait::After(_)) => v.cursor.saturating_sub(1),
                     _ => v.cursor,

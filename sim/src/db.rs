@@ -63,6 +63,12 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(s: &mut TcpStream) -> std::io:
 enum Noted {
     Nothing,
     Begin(oncesend_core::DeliveryKey),
+    /// A status for a run that may be waiting on it.
+    Receipt(oncesend_core::RunId),
+    /// A worker giving up a step after its wait ran out.
+    GiveUp(oncesend_core::RunId),
+    /// A worker about to wait for a status on an unknown step.
+    Await(oncesend_core::RunId),
     Pause(oncesend_core::TenantId, String),
     Resume(oncesend_core::TenantId),
 }
@@ -72,6 +78,11 @@ fn note_of(op: &StoreOp) -> Noted {
         StoreOp::BeginDelivery { key, .. } => Noted::Begin(*key),
         StoreOp::PauseSender { tenant, reason, .. } => Noted::Pause(tenant.clone(), reason.clone()),
         StoreOp::ResumeSender { tenant } => Noted::Resume(tenant.clone()),
+        StoreOp::RecordReceipt { key, .. } => Noted::Receipt(key.run),
+        StoreOp::AwaitOutcome {
+            run, wait_ms: None, ..
+        } => Noted::GiveUp(*run),
+        StoreOp::AwaitOutcome { run, .. } => Noted::Await(*run),
         _ => Noted::Nothing,
     }
 }
@@ -97,6 +108,16 @@ pub async fn serve(
                         let now_ms = shared.db_now_ms();
                         op.set_now_ms(now_ms);
                         let noted = note_of(&op);
+                        let run_of = |run| match store.apply_now(StoreOp::GetRun { run }) {
+                            StoreReply::Run(v) => Some(v),
+                            _ => None,
+                        };
+                        let waiting_before = match &noted {
+                            Noted::Receipt(run) => run_of(*run).is_some_and(|v| {
+                                v.wait == Some(oncesend_core::store::RunWait::Outcome)
+                            }),
+                            _ => false,
+                        };
                         let reply = store.apply_now(op);
                         // The checker orders begun sends and pauses by the
                         // store's own op order: the db's clock may be
@@ -113,6 +134,43 @@ pub async fn serve(
                             (Noted::Resume(tenant), StoreReply::Resumed { was_paused: true }) => {
                                 shared.log(format!("sender {tenant} resumed"));
                                 shared.note_resumed(&tenant, now_ms);
+                            }
+                            (Noted::Receipt(run), StoreReply::ReceiptRecorded { .. })
+                                if waiting_before =>
+                            {
+                                if let Some(v) = run_of(run).filter(|v| v.wait.is_none()) {
+                                    shared.log(format!(
+                                        "run {run} waiting on an unknown step settled by a status: now {}",
+                                        v.status.as_str()
+                                    ));
+                                    shared.note_receipt_settled();
+                                }
+                            }
+                            // The status came before the worker reported the
+                            // step unknown: the run goes on without waiting.
+                            (Noted::Await(run), StoreReply::RunIs { status })
+                                if !matches!(
+                                    status,
+                                    oncesend_core::RunStatus::Waiting
+                                        | oncesend_core::RunStatus::Failed
+                                ) =>
+                            {
+                                shared.log(format!("run {run}: its unknown step was settled by a status before it could wait"));
+                                shared.note_receipt_settled();
+                            }
+                            (
+                                Noted::GiveUp(run),
+                                StoreReply::RunIs {
+                                    status: oncesend_core::RunStatus::Failed,
+                                },
+                            ) => {
+                                let why = run_of(run).and_then(|v| v.reason).unwrap_or_default();
+                                if why.contains("unknown timeout") {
+                                    shared.log(format!(
+                                        "run {run} failed: no status within the unknown timeout"
+                                    ));
+                                    shared.note_unknown_timeout();
+                                }
                             }
                             _ => {}
                         }

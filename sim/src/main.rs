@@ -82,6 +82,7 @@ fn main() -> ExitCode {
     let mut failed = Vec::new();
     let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
     let mut worst_settle = 0u64;
+    let (mut receipt_settled, mut unknown_timeouts) = (0u64, 0u64);
     for &seed in &seeds {
         let r = run_seed(seed, &config);
         if args.trace {
@@ -96,6 +97,8 @@ fn main() -> ExitCode {
         totals.4 += r.report.lost.len() as u64;
         totals.5 += r.report.unknown.len() as u64;
         totals.6 += r.sim_ms;
+        receipt_settled += r.receipt_settled;
+        unknown_timeouts += r.unknown_timeouts;
         worst_settle = worst_settle.max(r.settle_ms.unwrap_or(0));
         for k in &r.fired {
             *fired.entry(k).or_default() += 1;
@@ -145,6 +148,8 @@ fn main() -> ExitCode {
     println!("{:<22} {:>12}", "out of order", totals.3);
     println!("{:<22} {:>12}", "lost runs", totals.4);
     println!("{:<22} {:>12}", "unknown keys", totals.5);
+    println!("{:<22} {:>12}", "settled by a status", receipt_settled);
+    println!("{:<22} {:>12}", "unknown timeouts", unknown_timeouts);
     println!("{:<22} {:>12}", "worst settle (ms)", worst_settle);
     println!(
         "{:<22} {:>12.1}",
@@ -163,7 +168,7 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "RESULT mode={} seeds={} runs={} deliveries={} duplicates={} out_of_order={} lost={} unknown={} sim_secs={:.1} wall_secs={:.2}",
+        "RESULT mode={} seeds={} runs={} deliveries={} duplicates={} out_of_order={} lost={} unknown={} receipt_settled={} unknown_timeouts={} sim_secs={:.1} wall_secs={:.2}",
         mode.name(),
         seeds.len(),
         totals.0,
@@ -172,6 +177,8 @@ fn main() -> ExitCode {
         totals.3,
         totals.4,
         totals.5,
+        receipt_settled,
+        unknown_timeouts,
         sim_secs,
         wall
     );

@@ -52,6 +52,7 @@ impl Provider for SimProvider {
             return CloudApiError::parse(400, None, body.as_bytes()).outcome();
         }
         self.shared.provider_called(key);
+        self.shared.owe_statuses(key);
         self.shared.log(format!(
             "[WhatsApp Engine] Message sent to {}: {}   (key {key})",
             message.to.as_str().trim_start_matches('+'),

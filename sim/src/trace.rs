@@ -3,6 +3,7 @@
 //! the switches the fault schedule flips while the simulation runs.
 
 use oncesend_core::check::{BegunSend, PauseWindow, ProviderCall};
+use oncesend_core::rng::SplitMix64;
 use oncesend_core::{DeliveryKey, TenantId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -32,13 +33,135 @@ struct Inner {
     paused_until_ms: BTreeMap<String, u64>,
     fired: BTreeSet<&'static str>,
     restarts: BTreeMap<String, u64>,
+    /// Status callbacks the provider owes, by when they are due.
+    statuses: Vec<OwedStatus>,
+    status_rng: Option<SplitMix64>,
+    said_failed: Vec<ProviderCall>,
+    receipt_settled: u64,
+    unknown_timeouts: u64,
 }
 
 /// State shared by every host of one simulation and its driver.
 #[derive(Clone, Default)]
 pub struct Shared(Arc<Mutex<Inner>>);
 
+/// One status callback the simulated provider owes the engine's webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedStatus {
+    /// When it is due, in simulated ms.
+    pub due_ms: u64,
+    /// The delivery it names.
+    pub key: DeliveryKey,
+    /// `sent`, `delivered`, `read` or `failed`.
+    pub status: &'static str,
+    /// For `failed`: the Cloud API error code.
+    pub code: Option<i64>,
+}
+
+/// How long after a send a status may come, in simulated ms; a few come
+/// only after the worker's unknown timeout.
+const STATUS_DELAY_MS: u64 = 300;
+/// When a late status comes: after this, plus up to as much again.
+pub const LATE_STATUS_MS: u64 = 3_500;
+
 impl Shared {
+    /// Seeds the provider's status plans.
+    pub fn seed_statuses(&self, seed: u64) {
+        self.with(|s| s.status_rng = Some(SplitMix64::new(seed ^ 0x5747_4154_5553)));
+    }
+
+    /// The provider took `key`: plans the status callbacks it will send,
+    /// as the Cloud API does, late, twice, out of order, or not at all.
+    pub fn owe_statuses(&self, key: DeliveryKey) {
+        let now = sim_ms();
+        self.with(|s| {
+            let Some(rng) = s.status_rng.as_mut() else {
+                return;
+            };
+            let mut roll = |n: u64| rng.next_u64() % n;
+            let fate = roll(100);
+            let late = roll(100) < 6;
+            let plan: &[&'static str] = match fate {
+                // Never a word about it.
+                0..=5 => &[],
+                // It could not be delivered: worth another try.
+                6..=9 => &["failed"],
+                10..=39 => &["sent", "delivered"],
+                40..=79 => &["sent", "delivered", "read"],
+                // `read` without `delivered`.
+                _ => &["read"],
+            };
+            let mut owed = Vec::new();
+            for status in plan {
+                let mut due = now + 1 + roll(STATUS_DELAY_MS);
+                if late {
+                    due = now + LATE_STATUS_MS + roll(LATE_STATUS_MS);
+                }
+                let copies = if roll(100) < 10 { 2 } else { 1 };
+                for c in 0..copies {
+                    owed.push(OwedStatus {
+                        due_ms: due + c * roll(200),
+                        key,
+                        status,
+                        code: (*status == "failed").then_some(131000),
+                    });
+                }
+            }
+            s.statuses.extend(owed);
+        });
+    }
+
+    /// The statuses due by `now_ms`, oldest first, taken off the list.
+    pub fn take_due_statuses(&self, now_ms: u64) -> Vec<OwedStatus> {
+        self.with(|s| {
+            let (due, later): (Vec<_>, Vec<_>) =
+                s.statuses.drain(..).partition(|o| o.due_ms <= now_ms);
+            s.statuses = later;
+            let mut due = due;
+            due.sort_by_key(|o| (o.due_ms, o.key, o.status));
+            due
+        })
+    }
+
+    /// Statuses that could not be posted go back on the list, due later.
+    pub fn owe_again(&self, owed: Vec<OwedStatus>, due_ms: u64) {
+        self.with(|s| {
+            s.statuses
+                .extend(owed.into_iter().map(|o| OwedStatus { due_ms, ..o }))
+        });
+    }
+
+    /// Whether any status is still owed.
+    pub fn statuses_owed(&self) -> bool {
+        self.with(|s| !s.statuses.is_empty())
+    }
+
+    /// The provider is telling the engine that `key` failed.
+    pub fn note_said_failed(&self, key: DeliveryKey) {
+        let at_ms = sim_ms();
+        self.with(|s| s.said_failed.push(ProviderCall { key, at_ms }));
+    }
+
+    /// Every `failed` the provider said, for the checker.
+    pub fn said_failed(&self) -> Vec<ProviderCall> {
+        self.with(|s| s.said_failed.clone())
+    }
+
+    /// A run waiting on an unknown step was moved on by a status.
+    pub fn note_receipt_settled(&self) {
+        self.with(|s| s.receipt_settled += 1);
+    }
+
+    /// A run failed because no status came within the unknown timeout.
+    pub fn note_unknown_timeout(&self) {
+        self.with(|s| s.unknown_timeouts += 1);
+    }
+
+    /// Runs settled by statuses, and runs failed by the unknown timeout.
+    pub fn wait_outcomes(&self) -> (u64, u64) {
+        self.with(|s| (s.receipt_settled, s.unknown_timeouts))
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         f(&mut self.0.lock().expect("shared lock"))
     }

@@ -19,7 +19,7 @@ use oncesend_core::{
     DeliveryKey, DeliveryState, EngineConfig, Guards, MemStore, RetryPolicy, RunId, RunStatus,
     StoreOp, StoreReply, Worker, WorkerConfig, WorkerId,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ const TRIGGER_WINDOW_MS: u64 = 3_000;
 const FAULT_WINDOW_MS: u64 = 8_000;
 /// The engine's port.
 const ENGINE_PORT: u16 = 8080;
+/// How long a run waits for a status on an unknown step in the simulation.
+pub const UNKNOWN_TIMEOUT_MS: u64 = 3_000;
+/// The Meta app secret the simulated provider signs its webhooks with.
+const APP_SECRET: &str = "sim-app-secret";
 
 /// Which system runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +155,10 @@ pub struct SeedResult {
     pub sender_refusals: u64,
     /// Runs that ended `failed`.
     pub failed: u64,
+    /// Runs waiting on an unknown step that a status moved on.
+    pub receipt_settled: u64,
+    /// Runs failed because no status came within the unknown timeout.
+    pub unknown_timeouts: u64,
 }
 
 impl SeedResult {
@@ -187,6 +195,7 @@ fn worker_config(name: &str) -> WorkerConfig {
             cap_ms: 1_000,
             max_attempts: 6,
         },
+        unknown_timeout_ms: UNKNOWN_TIMEOUT_MS,
         ..WorkerConfig::new(WorkerId::new(name).expect("valid name"))
     }
 }
@@ -276,6 +285,9 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         Faults::Explicit(s) => s.clone(),
     };
     let last_heal_ms = schedule.iter().map(FaultEvent::heal_ms).max().unwrap_or(0);
+    if config.mode == Mode::Fixed {
+        shared.seed_statuses(seed);
+    }
     let hard_limit_ms = last_heal_ms.max(TRIGGER_WINDOW_MS) + LIVENESS_BOUND_MS * 2;
 
     let mut sim = turmoil::Builder::new()
@@ -328,7 +340,10 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                     engine.clone(),
                     clock.clone(),
                     seed ^ (restart << 32) ^ 0xE,
-                    ApiConfig::default(),
+                    ApiConfig {
+                        app_secret: Some(APP_SECRET.into()),
+                        ..ApiConfig::default()
+                    },
                 );
                 let mut router = api::router(state);
                 match mode {
@@ -421,6 +436,20 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         });
     }
 
+    // Meta's webhook sender: posts the statuses the provider owes to the
+    // engine's webhook, signed, several to a POST, retrying what the
+    // engine did not take.
+    if config.mode == Mode::Fixed {
+        let shared = shared.clone();
+        sim.host("meta", move || {
+            let shared = shared.clone();
+            async move {
+                post_statuses(shared).await;
+                Ok(())
+            }
+        });
+    }
+
     // The client: creates the flow, triggers runs, waits for them to finish.
     let done_at: Arc<Mutex<Option<u64>>> = Arc::default();
     {
@@ -433,6 +462,9 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         let delays: Vec<u64> = (0..steps)
             .map(|s| if s == 0 { 0 } else { rng.next_u64() % 400 })
             .collect();
+        // In half the seeds the last step waits for the one before it to
+        // be delivered (an image overtaken by the text after it).
+        let wait_for_delivery = steps > 1 && rng.next_u64().is_multiple_of(2);
         let mut plan: Vec<(u64, u32)> = (0..runs)
             .map(|_| {
                 (
@@ -453,7 +485,14 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
             let flow_steps: Vec<serde_json::Value> = delays
                 .iter()
                 .enumerate()
-                .map(|(s, d)| serde_json::json!({"text": format!("Hi {{{{name}}}}, message {} of {steps}", s + 1), "delay_ms": d}))
+                .map(|(s, d)| {
+                    let mut step = serde_json::json!({"text": format!("Hi {{{{name}}}}, message {} of {steps}", s + 1), "delay_ms": d});
+                    if wait_for_delivery && s + 1 == steps as usize {
+                        step["after"] = "delivered".into();
+                        step["after_timeout_ms"] = 1_500.into();
+                    }
+                    step
+                })
                 .collect();
             let body = serde_json::to_vec(&serde_json::json!({"steps": flow_steps})).expect("json");
             if mode == Mode::Fixed {
@@ -557,6 +596,7 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         calls: calls.clone(),
         begun,
         pauses,
+        said_failed: shared.said_failed(),
         ..History::default()
     };
     match config.mode {
@@ -627,16 +667,13 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
     }
     let report = check(&history);
     let ambiguous = shared.ambiguous();
-    let mut sent_count: BTreeMap<DeliveryKey, u32> = BTreeMap::new();
-    for c in &calls {
-        *sent_count.entry(c.key).or_default() += 1;
-    }
     let unexplained_unknown: Vec<DeliveryKey> = report
         .unknown
         .iter()
-        .filter(|k| !ambiguous.contains_key(k) || sent_count.get(k).copied().unwrap_or(0) > 1)
+        .filter(|k| !ambiguous.contains_key(k) || report.duplicates.iter().any(|(d, _)| d == *k))
         .copied()
         .collect();
+    let (receipt_settled, unknown_timeouts) = shared.wait_outcomes();
     let done = *done_at.lock().expect("done lock");
     let settle_ms = done.map(|d| d.saturating_sub(last_heal_ms));
     let liveness = match settle_ms {
@@ -668,6 +705,87 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
             .values()
             .filter(|f| f.status == RunStatus::Failed)
             .count() as u64,
+        receipt_settled,
+        unknown_timeouts,
+    }
+}
+
+/// The Cloud API's status webhook body for `owed`, as Meta sends it.
+fn status_payload(owed: &[crate::trace::OwedStatus]) -> serde_json::Value {
+    let statuses: Vec<serde_json::Value> = owed
+        .iter()
+        .map(|o| {
+            let mut s = serde_json::json!({
+                "id": format!("wamid.{}", o.key),
+                "status": o.status,
+                "timestamp": (BASE_MS + o.due_ms) / 1000,
+                "recipient_id": "5511913390000",
+                "biz_opaque_callback_data": o.key.to_string(),
+            });
+            if let Some(code) = o.code {
+                s["errors"] = serde_json::json!([{
+                    "code": code,
+                    "title": "Something went wrong",
+                    "error_data": {"details": "the message could not be delivered"}
+                }]);
+            }
+            s
+        })
+        .collect();
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+            "statuses": statuses,
+        }}]}],
+    })
+}
+
+/// Posts owed statuses as they fall due, up to 20 to a POST; what the
+/// engine did not answer 200 is posted again later, as Meta retries.
+async fn post_statuses(shared: Shared) {
+    let http = HttpClient::new(
+        SimConnector::new(format!("engine:{ENGINE_PORT}")),
+        "engine",
+        None,
+        Duration::from_millis(1_000),
+    );
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let due = shared.take_due_statuses(sim_ms());
+        for chunk in due.chunks(20) {
+            for o in chunk.iter().filter(|o| o.status == "failed") {
+                shared.note_said_failed(o.key);
+            }
+            let body = serde_json::to_vec(&status_payload(chunk)).expect("json");
+            let signature = (
+                "x-hub-signature-256",
+                oncesend::api::webhook::sign(APP_SECRET, &body),
+            );
+            let answer = http
+                .request(
+                    hyper::Method::POST,
+                    "/v1/providers/cloud-api/webhook",
+                    std::slice::from_ref(&signature),
+                    Some(body),
+                )
+                .await;
+            match answer {
+                Ok((s, _, _)) if s.is_success() => {}
+                other => {
+                    let why = match other {
+                        Ok((s, _, _)) => s.to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    shared.log(format!(
+                        "meta: {} statuses not taken ({why}); again later",
+                        chunk.len()
+                    ));
+                    shared.owe_again(chunk.to_vec(), sim_ms() + 250);
+                }
+            }
+        }
     }
 }
 

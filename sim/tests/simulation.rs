@@ -53,6 +53,7 @@ fn fixed_design_has_no_duplicates() {
     let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
     let mut worst_settle = 0;
     let mut deliveries = 0;
+    let (mut settled, mut timeouts, mut completed, mut runs) = (0, 0, 0, 0);
     for seed in 0..seeds {
         let r = run_seed(seed, &config);
         assert!(r.ok(), "{}", replay(&r, ""));
@@ -61,7 +62,22 @@ fn fixed_design_has_no_duplicates() {
         }
         worst_settle = worst_settle.max(r.settle_ms.expect("finished"));
         deliveries += r.report.deliveries;
+        settled += r.receipt_settled;
+        timeouts += r.unknown_timeouts;
+        runs += r.runs;
+        completed += r.runs - r.failed;
     }
+    // Unknown is a wait: statuses settle most unknown steps and their runs
+    // go on; only those no status ever names run out of time.
+    assert!(
+        settled > timeouts,
+        "{settled} runs settled by a status, {timeouts} failed waiting"
+    );
+    assert!(timeouts > 0, "no run ever waited out its unknown timeout");
+    assert!(
+        completed * 100 >= runs * 95,
+        "only {completed} of {runs} runs did not fail"
+    );
     // A fault kind that never fires proves nothing.
     for kind in FAULT_KINDS {
         let n = fired.get(kind).copied().unwrap_or(0);
