@@ -120,6 +120,23 @@ pub struct EngineArgs {
     /// Token for the webhook's GET verification challenge.
     #[arg(long, env = "ONCESEND_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
     pub webhook_verify_token: Option<String>,
+    /// Inbound texts that opt a recipient out of the tenant's messages
+    /// (the whole text, trimmed, any case), comma-separated.
+    #[arg(
+        long,
+        env = "ONCESEND_OPT_OUT_KEYWORDS",
+        value_delimiter = ',',
+        default_value = "STOP,UNSUBSCRIBE,PARAR,SAIR,CANCELAR"
+    )]
+    pub opt_out_keywords: Vec<String>,
+    /// Inbound texts that opt a recipient back in, comma-separated.
+    #[arg(
+        long,
+        env = "ONCESEND_OPT_IN_KEYWORDS",
+        value_delimiter = ',',
+        default_value = "START,VOLTAR"
+    )]
+    pub opt_in_keywords: Vec<String>,
     /// Keep finished runs (and their ledger rows and trigger keys) this
     /// long, in ms, then delete them. A trigger key is reusable once its
     /// run is gone.

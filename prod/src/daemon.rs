@@ -181,6 +181,8 @@ pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<En
         webhook_verify_token: args.webhook_verify_token.clone(),
         default_provider: args.provider.name(),
         default_settings: Some(default_settings_fingerprint(args)),
+        default_phone_number_id: args.phone_number_id.clone(),
+        keywords: crate::api::Keywords::new(&args.opt_out_keywords, &args.opt_in_keywords),
     };
     let state = AppState::new(db, handle.clone(), clock, os_random(), api_config)
         .on_tenant_put(Arc::new(move |t| providers.forget(t)));

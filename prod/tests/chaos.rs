@@ -16,7 +16,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 const SECRET: &str = "chaos-app-secret";
-const SMALL: &[&str] = &["--batch", "4", "--concurrency", "8"];
+/// Small claims, so every worker gets some; statuses come within seconds,
+/// however long the engine is down, so runs may wait a minute for them.
+const SMALL: &[&str] = &[
+    "--batch",
+    "4",
+    "--concurrency",
+    "8",
+    "--unknown-timeout-ms",
+    "60000",
+];
 
 /// 5% of keys: the message is taken and the reply lost. 3%: a 500 on the
 /// first try.

@@ -307,6 +307,127 @@ async fn operators_resolve_and_retry(db: TestDb) {
     db.remove().await;
 }
 
+/// One webhook POST carrying an inbound text from `from` (digits).
+async fn post_inbound(api: &Api, from: &str, text: &str) -> serde_json::Value {
+    let body = serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_NUMBER_ID},
+            "contacts": [{"profile": {"name": "Ana"}, "wa_id": from}],
+            "messages": [
+                {"from": from, "id": "wamid.in1", "timestamp": "1764756000", "type": "text", "text": {"body": text}},
+                // A reaction: it opens the window too, and is no keyword.
+                {"from": from, "id": "wamid.in2", "timestamp": "1764756001", "type": "reaction", "reaction": {"message_id": "wamid.x", "emoji": "👍"}},
+            ],
+        }}]}],
+    });
+    let body = serde_json::to_vec(&body).unwrap();
+    let signature = oncesend::api::webhook::sign(SECRET, &body);
+    let (s, _, j) = api
+        .raw(
+            "POST",
+            "/v1/providers/cloud-api/webhook",
+            &[("x-hub-signature-256", signature)],
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 200, "{j}");
+    j
+}
+
+async fn opt_out_and_back_in(db: TestDb) {
+    let (up, api, mock, plan) = setup(&db).await;
+    let to = "+5511913390009";
+    // A run whose first step is a second away.
+    let id = run_with(&api, &plan, to, Fault::Accept, Fault::Accept).await;
+    // The recipient writes " Stop " (any case, spaces around).
+    post_inbound(&api, "5511913390009", " Stop ").await;
+    let (_, v) = api.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(v["status"], "cancelled", "{v}");
+    assert_eq!(v["reason"], "recipient opted out", "{v}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        mock.calls().iter().all(|c| c.to != to),
+        "nothing is sent after the opt-out"
+    );
+    // A trigger to them is refused, saying how to lift it.
+    let trigger = serde_json::json!({"to": to, "vars": {"name": "Ana"}});
+    let (s, j) = api
+        .json("POST", "/v1/flows/two/runs", trigger.clone())
+        .await;
+    assert_eq!(s, 409, "{j}");
+    let detail = j["detail"].as_str().unwrap();
+    assert!(detail.contains(to), "{j}");
+    assert!(
+        detail.contains(&format!("DELETE /v1/tenants/default/suppressions/{to}")),
+        "{j}"
+    );
+    let (s, j) = api
+        .get(&format!("/v1/tenants/default/suppressions/{to}"))
+        .await;
+    assert_eq!(s, 200, "{j}");
+    assert!(j["reason"].as_str().unwrap().contains("Stop"), "{j}");
+    let (_, list) = api.get("/v1/tenants/default/suppressions?limit=10").await;
+    assert_eq!(list["suppressions"][0]["to"], to, "{list}");
+    let (s, r) = api
+        .get(&format!("/v1/tenants/default/recipients/{to}"))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["customer_service_window_open"], true, "{r}");
+    assert!(r["last_inbound_ms"].as_u64().is_some(), "{r}");
+    assert!(r["suppressed"].is_object(), "{r}");
+    // A stranger's window is closed; a number that is no number is refused.
+    let (_, r) = api
+        .get("/v1/tenants/default/recipients/+5511913390010")
+        .await;
+    assert_eq!(r["customer_service_window_open"], false, "{r}");
+    assert_eq!(r["last_inbound_ms"], serde_json::Value::Null, "{r}");
+    let (s, _) = api.get("/v1/tenants/default/recipients/12ab").await;
+    assert_eq!(s, 422);
+    // "VOLTAR" opts them back in; triggers go again.
+    post_inbound(&api, "5511913390009", "voltar").await;
+    let (s, j) = api
+        .json("POST", "/v1/flows/two/runs", trigger.clone())
+        .await;
+    assert_eq!(s, 201, "{j}");
+    let again = j["run_id"].as_str().unwrap().to_string();
+    run_until(&api, &again, "completed", |v| v["status"] == "completed").await;
+
+    // By hand: PUT suppresses (cancelling what is open), DELETE lifts.
+    let later = run_with(&api, &plan, to, Fault::Accept, Fault::Accept).await;
+    let path = format!("/v1/tenants/default/suppressions/{to}");
+    let (s, j) = api
+        .json(
+            "PUT",
+            &path,
+            serde_json::json!({"reason": "asked by phone"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{j}");
+    assert_eq!(j["cancelled"], 1, "{j}");
+    let (_, v) = api.get(&format!("/v1/runs/{later}")).await;
+    assert_eq!(v["status"], "cancelled", "{v}");
+    let (s, _, _) = api.raw("DELETE", &path, &[], None).await;
+    assert_eq!(s, 204);
+    let (s, _, _) = api.raw("DELETE", &path, &[], None).await;
+    assert_eq!(s, 404);
+    drop(up);
+    db.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_who_sends_stop_gets_nothing_more_until_they_opt_in_on_sqlite() {
+    opt_out_and_back_in(TestDb::sqlite("ops-optout")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_who_sends_stop_gets_nothing_more_until_they_opt_in_on_postgres() {
+    if let Some(db) = TestDb::postgres("ops_optout").await {
+        opt_out_and_back_in(db).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_step_waits_for_its_status_on_sqlite() {
     unknown_waits_for_its_status(TestDb::sqlite("ops-wait")).await;

@@ -148,6 +148,28 @@ enum Op {
     Wait {
         ms: u64,
     },
+    Suppress {
+        tenant: u8,
+        conv: u8,
+    },
+    Unsuppress {
+        tenant: u8,
+        conv: u8,
+    },
+    GetRecipient {
+        tenant: u8,
+        conv: u8,
+    },
+    ListSuppressed {
+        tenant: u8,
+        after: Option<u8>,
+        limit: u32,
+    },
+    Inbound {
+        tenant: u8,
+        conv: u8,
+    },
+    ListTenants,
 }
 
 fn epoch() -> impl Strategy<Value = Epoch> {
@@ -188,6 +210,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(|tenant| Op::GetSender { tenant }),
         1 => Just(Op::ListPausedSenders),
         1 => (0u64..50, 0u32..3).prop_map(|(retention_ms, max)| Op::Prune { retention_ms, max }),
+        2 => (0u8..2, 0u8..4).prop_map(|(tenant, conv)| Op::Suppress { tenant, conv }),
+        1 => (0u8..2, 0u8..4).prop_map(|(tenant, conv)| Op::Unsuppress { tenant, conv }),
+        1 => (0u8..2, 0u8..4).prop_map(|(tenant, conv)| Op::GetRecipient { tenant, conv }),
+        1 => (0u8..2, proptest::option::of(0u8..4), 0u32..4).prop_map(|(tenant, after, limit)| Op::ListSuppressed { tenant, after, limit }),
+        1 => (0u8..2, 0u8..4).prop_map(|(tenant, conv)| Op::Inbound { tenant, conv }),
+        1 => Just(Op::ListTenants),
         // Now and then a jump past a temporary pause's first probe wait.
         4 => prop_oneof![12 => 0u64..40, 1 => Just(oncesend_core::tenant::FIRST_PROBE_WAIT_MS)].prop_map(|ms| Op::Wait { ms }),
     ]
@@ -294,6 +322,35 @@ impl World {
                 self.now += ms;
                 return None;
             }
+            Op::Suppress { tenant: t, conv } => StoreOp::Suppress {
+                tenant: tenant(t),
+                to: recipient(conv),
+                reason: "STOP".into(),
+                now_ms,
+            },
+            Op::Unsuppress { tenant: t, conv } => StoreOp::Unsuppress {
+                tenant: tenant(t),
+                to: recipient(conv),
+            },
+            Op::GetRecipient { tenant: t, conv } => StoreOp::GetRecipient {
+                tenant: tenant(t),
+                to: recipient(conv),
+            },
+            Op::ListSuppressed {
+                tenant: t,
+                after,
+                limit,
+            } => StoreOp::ListSuppressed {
+                tenant: tenant(t),
+                after: after.map(recipient),
+                limit,
+            },
+            Op::Inbound { tenant: t, conv } => StoreOp::RecordInbound {
+                tenant: tenant(t),
+                to: recipient(conv),
+                now_ms,
+            },
+            Op::ListTenants => StoreOp::ListTenants,
             Op::PutFlow { flow, steps } => StoreOp::PutFlow {
                 tenant: tenant(flow % 2),
                 flow: Flow::new(
@@ -709,6 +766,8 @@ fn assert_covered() {
         "by resolve_unknown",
         "wait Some(\"delivered\") ended by",
         "finished run sent on by retry_run",
+        "suppress cancelled runs",
+        "enqueue refused an opted-out recipient",
     ] {
         assert!(seen(want), "never seen: {want}; seen: {c:?}");
     }
@@ -748,6 +807,18 @@ async fn check_case(store: &SqlStore, ops: Vec<(Op, bool)>) -> Result<(), TestCa
             let reply = world.model.apply(concrete.clone());
             let after = run.and_then(|r| world.view(r)).map(|v| (v.status, v.wait));
             tally(concrete.name(), before, after);
+            let mark = |what: &str| {
+                COVERAGE.with_borrow_mut(|c| *c.entry(what.to_string()).or_default() += 1)
+            };
+            match &reply {
+                StoreReply::Suppressed { cancelled, .. } if *cancelled > 0 => {
+                    mark("suppress cancelled runs")
+                }
+                StoreReply::RecipientSuppressed(_) => {
+                    mark("enqueue refused an opted-out recipient")
+                }
+                _ => {}
+            }
             if let StoreReply::Claimed(claimed) = &reply {
                 for c in claimed.iter().filter(|c| c.waited.is_some()) {
                     tally(

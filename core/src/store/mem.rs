@@ -39,6 +39,7 @@ pub struct MemStore {
     trigger_keys: BTreeMap<(TenantId, String), RunId>,
     ledger: BTreeMap<DeliveryKey, DeliveryRecord>,
     pauses: BTreeMap<TenantId, SenderPause>,
+    recipients: BTreeMap<Conversation, super::RecipientInfo>,
 }
 
 impl MemStore {
@@ -126,6 +127,60 @@ impl MemStore {
                     .insert(tenant, pause.expect("pause_sender leaves a pause"));
                 reply
             }
+            StoreOp::ListTenants => StoreReply::Tenants(self.tenants.values().cloned().collect()),
+            StoreOp::Suppress {
+                tenant,
+                to,
+                reason,
+                now_ms,
+            } => {
+                let conversation = (tenant, to);
+                let info = self.recipients.entry(conversation.clone()).or_default();
+                let newly = info.suppressed.is_none();
+                if newly {
+                    info.suppressed = Some(super::Suppression {
+                        since_ms: now_ms,
+                        reason: crate::limits::clip_reason(&reason),
+                    });
+                }
+                let mut cancelled = 0;
+                for (_, id) in self.open.remove(&conversation).unwrap_or_default() {
+                    let row = self.runs.get_mut(&id).expect("open runs exist");
+                    cancelled += u32::from(rules::opt_out(row, now_ms));
+                }
+                StoreReply::Suppressed { newly, cancelled }
+            }
+            StoreOp::Unsuppress { tenant, to } => {
+                let was_suppressed = self
+                    .recipients
+                    .get_mut(&(tenant, to))
+                    .and_then(|i| i.suppressed.take())
+                    .is_some();
+                StoreReply::Unsuppressed { was_suppressed }
+            }
+            StoreOp::GetRecipient { tenant, to } => StoreReply::RecipientIs(
+                self.recipients
+                    .get(&(tenant, to))
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            StoreOp::ListSuppressed {
+                tenant,
+                after,
+                limit,
+            } => StoreReply::Suppressions(
+                self.recipients
+                    .iter()
+                    .filter(|((t, to), _)| *t == tenant && after.as_ref().is_none_or(|a| to > a))
+                    .filter_map(|((_, to), i)| Some((to.clone(), i.suppressed.clone()?)))
+                    .take(limit as usize)
+                    .collect(),
+            ),
+            StoreOp::RecordInbound { tenant, to, now_ms } => {
+                let info = self.recipients.entry((tenant, to)).or_default();
+                info.last_inbound_ms = Some(info.last_inbound_ms.unwrap_or(0).max(now_ms));
+                StoreReply::InboundRecorded
+            }
             StoreOp::ResumeSender { tenant } => StoreReply::Resumed {
                 was_paused: self.pauses.remove(&tenant).is_some(),
             },
@@ -179,6 +234,13 @@ impl MemStore {
                     created: false,
                 };
             }
+        }
+        if let Some(s) = self
+            .recipients
+            .get(&(run.tenant.clone(), run.to.clone()))
+            .and_then(|i| i.suppressed.clone())
+        {
+            return StoreReply::RecipientSuppressed(s);
         }
         if self.runs.contains_key(&run.id) {
             return StoreReply::Conflict {
@@ -244,8 +306,14 @@ impl MemStore {
             ledger,
             pauses,
             open,
+            recipients,
             ..
         } = self;
+        let suppressed = |t: &TenantId, to: &Recipient| {
+            recipients
+                .get(&(t.clone(), to.clone()))
+                .is_some_and(|i| i.suppressed.is_some())
+        };
         let other_open = |row: &RunRecord| {
             open.get(&conversation(row))
                 .is_some_and(|q| q.values().any(|other| *other != row.id))
@@ -254,6 +322,7 @@ impl MemStore {
             runs,
             ledger,
             pauses,
+            suppressed: &suppressed,
         };
         let reply = rules::apply_row_op(&mut rows, *guards, op, &other_open);
         let (Some(was_open), Some(row)) = (was_open, self.runs.get(&id)) else {

@@ -375,6 +375,42 @@ pub struct RunView {
     pub deliveries: Vec<Option<DeliveryRecord>>,
 }
 
+/// How long after a recipient's last message a free-form (non-template)
+/// message may be sent: WhatsApp's customer-service window, 24 hours.
+pub const CUSTOMER_SERVICE_WINDOW_MS: u64 = 24 * 3_600_000;
+
+/// The reason a run cancelled by its recipient's opt-out keeps.
+pub const OPTED_OUT: &str = "recipient opted out";
+
+/// A recipient who asked a tenant for no more messages (or whom an
+/// operator suppressed): triggers to them are refused and nothing more
+/// is sent to them until it is lifted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// When it was recorded (store time).
+    pub since_ms: u64,
+    /// Why: the keyword they sent, or who suppressed them.
+    pub reason: String,
+}
+
+/// What a tenant knows of one recipient.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientInfo {
+    /// When they last wrote to the tenant (store time), if ever.
+    pub last_inbound_ms: Option<u64>,
+    /// Their opt-out, if any.
+    pub suppressed: Option<Suppression>,
+}
+
+impl RecipientInfo {
+    /// Whether a free-form message may reach them at `now_ms`: they wrote
+    /// within the last 24 hours.
+    pub fn window_open(&self, now_ms: u64) -> bool {
+        self.last_inbound_ms
+            .is_some_and(|t| now_ms < t.saturating_add(CUSTOMER_SERVICE_WINDOW_MS))
+    }
+}
+
 /// Which runs `ListRuns` answers, besides their status: every field set
 /// must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -662,6 +698,53 @@ pub enum StoreOp {
     },
     /// Every paused sender, by tenant.
     ListPausedSenders,
+    /// Every stored tenant (not `default`), by name.
+    ListTenants,
+    /// A recipient opts out of a tenant's messages: recorded, and every
+    /// unfinished run to them is cancelled ("recipient opted out").
+    Suppress {
+        /// The tenant.
+        tenant: TenantId,
+        /// The recipient.
+        to: Recipient,
+        /// Why (the keyword, or who).
+        reason: String,
+        /// The store's time.
+        now_ms: u64,
+    },
+    /// Lifts a recipient's opt-out.
+    Unsuppress {
+        /// The tenant.
+        tenant: TenantId,
+        /// The recipient.
+        to: Recipient,
+    },
+    /// What a tenant knows of a recipient.
+    GetRecipient {
+        /// The tenant.
+        tenant: TenantId,
+        /// The recipient.
+        to: Recipient,
+    },
+    /// A tenant's suppressed recipients, by number, after `after`.
+    ListSuppressed {
+        /// The tenant.
+        tenant: TenantId,
+        /// Only recipients after this one (paging).
+        after: Option<Recipient>,
+        /// At most this many.
+        limit: u32,
+    },
+    /// A recipient wrote to the tenant: their customer-service window
+    /// opens (or stays open) from now.
+    RecordInbound {
+        /// The tenant.
+        tenant: TenantId,
+        /// The recipient.
+        to: Recipient,
+        /// The store's time.
+        now_ms: u64,
+    },
     /// Read a run with its ledger rows.
     GetRun {
         /// The run.
@@ -775,6 +858,28 @@ pub enum StoreReply {
     Sender(Option<crate::tenant::SenderPause>),
     /// `ListPausedSenders`' pauses.
     PausedSenders(Vec<(TenantId, crate::tenant::SenderPause)>),
+    /// `ListTenants`' tenants.
+    Tenants(Vec<crate::tenant::Tenant>),
+    /// `Suppress` done.
+    Suppressed {
+        /// False when they were suppressed already.
+        newly: bool,
+        /// Unfinished runs to them that were cancelled.
+        cancelled: u32,
+    },
+    /// `Unsuppress` done.
+    Unsuppressed {
+        /// Whether they were suppressed.
+        was_suppressed: bool,
+    },
+    /// `GetRecipient`'s answer (all empty for a stranger).
+    RecipientIs(RecipientInfo),
+    /// `ListSuppressed`' recipients.
+    Suppressions(Vec<(Recipient, Suppression)>),
+    /// `RecordInbound` done.
+    InboundRecorded,
+    /// `Enqueue` refused: the recipient opted out of this tenant.
+    RecipientSuppressed(Suppression),
     /// The key was sent before; nothing is to be sent again.
     AlreadySent {
         /// The provider's id from that send.
@@ -900,6 +1005,8 @@ impl StoreOp {
             | StoreOp::ResolveUnknown { now_ms, .. }
             | StoreOp::RecordReceipt { now_ms, .. }
             | StoreOp::PauseSender { now_ms, .. }
+            | StoreOp::Suppress { now_ms, .. }
+            | StoreOp::RecordInbound { now_ms, .. }
             | StoreOp::Stats { now_ms }
             | StoreOp::Prune { now_ms, .. } => Some(*now_ms),
             StoreOp::PutFlow { .. }
@@ -909,6 +1016,10 @@ impl StoreOp {
             | StoreOp::ResumeSender { .. }
             | StoreOp::GetSender { .. }
             | StoreOp::ListPausedSenders
+            | StoreOp::ListTenants
+            | StoreOp::Unsuppress { .. }
+            | StoreOp::GetRecipient { .. }
+            | StoreOp::ListSuppressed { .. }
             | StoreOp::GetRun { .. }
             | StoreOp::ListRuns { .. } => None,
         }
@@ -934,6 +1045,8 @@ impl StoreOp {
             | StoreOp::ResolveUnknown { now_ms, .. }
             | StoreOp::RecordReceipt { now_ms, .. }
             | StoreOp::PauseSender { now_ms, .. }
+            | StoreOp::Suppress { now_ms, .. }
+            | StoreOp::RecordInbound { now_ms, .. }
             | StoreOp::Stats { now_ms }
             | StoreOp::Prune { now_ms, .. } => *now_ms = clock_ms,
             StoreOp::PutFlow { .. }
@@ -943,6 +1056,10 @@ impl StoreOp {
             | StoreOp::ResumeSender { .. }
             | StoreOp::GetSender { .. }
             | StoreOp::ListPausedSenders
+            | StoreOp::ListTenants
+            | StoreOp::Unsuppress { .. }
+            | StoreOp::GetRecipient { .. }
+            | StoreOp::ListSuppressed { .. }
             | StoreOp::GetRun { .. }
             | StoreOp::ListRuns { .. } => {}
         }
@@ -973,6 +1090,12 @@ impl StoreOp {
             StoreOp::ResumeSender { .. } => "resume_sender",
             StoreOp::GetSender { .. } => "get_sender",
             StoreOp::ListPausedSenders => "list_paused_senders",
+            StoreOp::ListTenants => "list_tenants",
+            StoreOp::Suppress { .. } => "suppress",
+            StoreOp::Unsuppress { .. } => "unsuppress",
+            StoreOp::GetRecipient { .. } => "get_recipient",
+            StoreOp::ListSuppressed { .. } => "list_suppressed",
+            StoreOp::RecordInbound { .. } => "record_inbound",
             StoreOp::GetRun { .. } => "get_run",
             StoreOp::ListRuns { .. } => "list_runs",
             StoreOp::Stats { .. } => "stats",

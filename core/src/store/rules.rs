@@ -265,14 +265,14 @@ pub fn needs_ledger(op: &StoreOp, run: Option<&RunRecord>) -> bool {
     }
 }
 
-/// Whether `op` reads its run's tenant's pause.
+/// Whether `op` reads its run's tenant's pause and its recipient's
+/// opt-out.
 pub fn needs_pause(op: &StoreOp) -> bool {
     matches!(op, StoreOp::BeginDelivery { .. })
 }
 
 /// The rows row ops read and write: the model keeps all of them, a SQL
 /// store the ones its ops named, loaded and locked for one transaction.
-#[derive(Debug)]
 pub struct Rows<'a> {
     /// Runs by id.
     pub runs: &'a mut BTreeMap<RunId, RunRecord>,
@@ -280,6 +280,8 @@ pub struct Rows<'a> {
     pub ledger: &'a mut BTreeMap<DeliveryKey, DeliveryRecord>,
     /// Paused senders by tenant.
     pub pauses: &'a mut BTreeMap<TenantId, SenderPause>,
+    /// Whether a recipient opted out of a tenant (asked by sends only).
+    pub suppressed: &'a dyn Fn(&TenantId, &Recipient) -> bool,
 }
 
 /// Applies one row op (see [`row_op_run`]) to the rows it concerns, which
@@ -381,6 +383,18 @@ pub fn apply_row_op(
             now_ms,
         } => {
             let run = rows.runs.get(&key.run);
+            // Nothing more goes to a recipient once their opt-out is
+            // recorded: checked here, in the transaction that would
+            // record `sending`.
+            if let Some(r) = run.filter(|r| (rows.suppressed)(&r.tenant, &r.to)) {
+                if !r.status.is_terminal()
+                    && rows.ledger.get(&key).is_none_or(|d| !d.state.is_sent())
+                {
+                    return StoreReply::DeliveryFailed {
+                        reason: super::OPTED_OUT.to_string(),
+                    };
+                }
+            }
             let tenant = run.map(|r| r.tenant.clone());
             let mut rec = rows.ledger.get(&key).cloned();
             let mut pause = tenant.as_ref().and_then(|t| rows.pauses.get(t).cloned());
@@ -716,6 +730,20 @@ fn release(row: &mut RunRecord, guards: Guards, epoch: u64, after_ms: u64, now: 
     row.lease = None;
     row.run_at_ms = now.saturating_add(after_ms);
     StoreReply::Released
+}
+
+/// The recipient of an unfinished run opted out: it is cancelled, saying
+/// so. Answers whether it was unfinished.
+pub fn opt_out(row: &mut RunRecord, now_ms: u64) -> bool {
+    if row.status.is_terminal() {
+        return false;
+    }
+    row.finish(
+        RunStatus::Cancelled,
+        Some(super::OPTED_OUT.to_string()),
+        now_ms,
+    );
+    true
 }
 
 fn cancel(row: &mut RunRecord, now_ms: u64) -> StoreReply {
@@ -1182,6 +1210,7 @@ mod tests {
             runs: &mut runs,
             ledger: &mut ledger,
             pauses: &mut pauses,
+            suppressed: &|_, _| false,
         };
         let reply = apply_row_op(&mut rows, guards, op.clone(), &|_| false);
         *row = runs.remove(&row.id).expect("still there");

@@ -3,6 +3,7 @@
 //! no delivery decisions of their own.
 
 mod problem;
+pub mod recipients;
 pub mod runs;
 pub mod webhook;
 
@@ -53,6 +54,57 @@ pub struct ApiConfig {
     /// The fingerprint of the `default` tenant's provider settings, kept
     /// with a pause that a failed status sets (see `EngineConfig`).
     pub default_settings: Option<String>,
+    /// The `default` tenant's Cloud API phone number id: inbound messages
+    /// to it are the default tenant's.
+    pub default_phone_number_id: Option<String>,
+    /// Opt-out and opt-in keywords of inbound messages.
+    pub keywords: Keywords,
+}
+
+/// The inbound texts that opt a recipient out or back in: a text matches
+/// when the whole of it, trimmed and case-folded, equals a keyword.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keywords {
+    opt_out: Vec<String>,
+    opt_in: Vec<String>,
+}
+
+impl Keywords {
+    /// Keywords as given (any case, surrounding spaces ignored).
+    pub fn new(opt_out: &[String], opt_in: &[String]) -> Self {
+        let fold = |k: &[String]| {
+            k.iter()
+                .map(|w| w.trim().to_lowercase())
+                .filter(|w| !w.is_empty())
+                .collect()
+        };
+        Self {
+            opt_out: fold(opt_out),
+            opt_in: fold(opt_in),
+        }
+    }
+
+    /// `Some(true)` for an opt-out, `Some(false)` for an opt-in.
+    pub fn classify(&self, text: &str) -> Option<bool> {
+        let t = text.trim().to_lowercase();
+        if self.opt_out.contains(&t) {
+            Some(true)
+        } else if self.opt_in.contains(&t) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+impl Default for Keywords {
+    fn default() -> Self {
+        let words = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
+        Self::new(
+            &words("STOP,UNSUBSCRIBE,PARAR,SAIR,CANCELAR"),
+            &words("START,VOLTAR"),
+        )
+    }
 }
 
 impl Default for ApiConfig {
@@ -64,6 +116,8 @@ impl Default for ApiConfig {
             webhook_verify_token: None,
             default_provider: "log",
             default_settings: None,
+            default_phone_number_id: None,
+            keywords: Keywords::default(),
         }
     }
 }
@@ -162,6 +216,20 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         )
         .route("/v1/tenants/{tenant}/pause", post(pause_tenant::<S>))
         .route("/v1/tenants/{tenant}/resume", post(resume_tenant::<S>))
+        .route(
+            "/v1/tenants/{tenant}/suppressions",
+            get(recipients::list_suppressed::<S>),
+        )
+        .route(
+            "/v1/tenants/{tenant}/suppressions/{to}",
+            get(recipients::get_suppression::<S>)
+                .put(recipients::suppress::<S>)
+                .delete(recipients::unsuppress::<S>),
+        )
+        .route(
+            "/v1/tenants/{tenant}/recipients/{to}",
+            get(recipients::get_recipient::<S>),
+        )
         .route("/v1/runs", get(runs::list::<S>))
         .route("/v1/runs/cancel", post(runs::cancel_many::<S>))
         .route("/v1/runs/retry", post(runs::retry_many::<S>))
@@ -235,6 +303,17 @@ fn parse_json<T: DeserializeOwned>(
     max_body: usize,
 ) -> Result<T, Problem> {
     parse_json_body(&read_body(body, max_body)?)
+}
+
+/// An optional JSON body: none at all gives the default.
+pub(crate) fn optional_json<T: DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+    max_body: usize,
+) -> Result<T, Problem> {
+    match &body {
+        Ok(b) if b.is_empty() => Ok(T::default()),
+        _ => parse_json(body, max_body),
+    }
 }
 
 /// The request body, or 413 past the size limit and 400 when it could not
@@ -480,6 +559,7 @@ async fn trigger<S: Store>(
     };
     let now_ms = st.clock.now_ms();
     let random = st.ids.lock().expect("ids lock").next_u64();
+    let (tenant_for_problem, to_for_problem) = (tenant.clone(), to.clone());
     let run = plan_run(
         &flow,
         Trigger {
@@ -505,6 +585,17 @@ async fn trigger<S: Store>(
             StatusCode::CONFLICT,
             "Conflict",
             format!("{reason}; retry the trigger"),
+        )),
+        StoreReply::RecipientSuppressed(s) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Recipient opted out",
+            format!(
+                "{to} opted out of tenant {tenant:?}'s messages ({reason}) at {since} ms; nothing is sent to them until they opt in again (an opt-in keyword such as START) or an operator lifts it: DELETE /v1/tenants/{tenant}/suppressions/{to}",
+                to = to_for_problem,
+                tenant = tenant_for_problem.as_str(),
+                reason = s.reason,
+                since = s.since_ms,
+            ),
         )),
         other => Err(unexpected(other)),
     }
@@ -557,7 +648,7 @@ async fn put_tenant<S: Store>(
 }
 
 /// A tenant's provider kind, or 404 when it is neither `default` nor stored.
-async fn tenant_provider<S: Store>(
+pub(crate) async fn tenant_provider<S: Store>(
     st: &AppState<S>,
     tenant: &TenantId,
 ) -> Result<&'static str, Problem> {
@@ -580,7 +671,7 @@ async fn tenant_provider<S: Store>(
     }
 }
 
-fn parse_tenant(tenant: String) -> Result<TenantId, Problem> {
+pub(crate) fn parse_tenant(tenant: String) -> Result<TenantId, Problem> {
     TenantId::new(tenant).map_err(|e| Problem::not_found(format!("no such tenant: {e}")))
 }
 

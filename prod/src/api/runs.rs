@@ -142,17 +142,6 @@ struct ByBody {
     by: Option<String>,
 }
 
-/// An optional JSON body; none at all is fine.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(
-    body: Result<Bytes, BytesRejection>,
-    max: usize,
-) -> Result<T, Problem> {
-    match &body {
-        Ok(b) if b.is_empty() => Ok(T::default()),
-        _ => parse_json(body, max),
-    }
-}
-
 async fn show<S: Store>(st: &AppState<S>, run: oncesend_core::RunId) -> Result<Response, Problem> {
     match store_reply(st.store.apply(StoreOp::GetRun { run }).await)? {
         StoreReply::Run(v) => Ok(Json(run_json(&v)).into_response()),
@@ -167,7 +156,7 @@ pub async fn retry<S: Store>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let run = parse_run_id(&id)?;
-    let b: ByBody = optional_body(body, st.config.max_body_bytes)?;
+    let b: ByBody = super::optional_json(body, st.config.max_body_bytes)?;
     let by = actor(b.by)?;
     let now_ms = st.clock.now_ms();
     match store_reply(

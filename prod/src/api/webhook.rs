@@ -117,7 +117,79 @@ pub fn statuses(payload: &serde_json::Value) -> Vec<Status> {
     out
 }
 
-/// `POST`: verify the signature, then apply each status.
+/// One inbound message out of a webhook payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// The business number it was sent to (`metadata.phone_number_id`).
+    pub phone_number_id: Option<String>,
+    /// Who wrote, as a recipient (`+` and the `from` digits).
+    pub from: Option<oncesend_core::Recipient>,
+    /// The text, for a `text` message.
+    pub text: Option<String>,
+}
+
+/// Every inbound message in a webhook payload, in order.
+pub fn inbound(payload: &serde_json::Value) -> Vec<Inbound> {
+    fn arr(v: Option<&serde_json::Value>) -> &[serde_json::Value] {
+        v.and_then(|v| v.as_array()).map_or(&[], Vec::as_slice)
+    }
+    let mut out = Vec::new();
+    for entry in arr(payload.get("entry")) {
+        for change in arr(entry.get("changes")) {
+            let phone = change
+                .pointer("/value/metadata/phone_number_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            for m in arr(change.pointer("/value/messages")) {
+                let from = m
+                    .get("from")
+                    .and_then(|v| v.as_str())
+                    .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|d| oncesend_core::Recipient::parse(&format!("+{d}")).ok());
+                let text = (m.get("type").and_then(|t| t.as_str()) == Some("text"))
+                    .then(|| m.pointer("/text/body").and_then(|b| b.as_str()))
+                    .flatten()
+                    .map(str::to_string);
+                out.push(Inbound {
+                    phone_number_id: phone.clone(),
+                    from,
+                    text,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The tenant whose business number is `phone_number_id`.
+async fn tenant_of<S: Store>(
+    st: &AppState<S>,
+    phone_number_id: &str,
+    tenants: &mut Option<Vec<oncesend_core::Tenant>>,
+) -> Result<Option<oncesend_core::TenantId>, Problem> {
+    if st.config.default_phone_number_id.as_deref() == Some(phone_number_id) {
+        return Ok(Some(oncesend_core::TenantId::default_tenant()));
+    }
+    if tenants.is_none() {
+        *tenants = Some(
+            match store_reply(st.store.apply(StoreOp::ListTenants).await)? {
+                StoreReply::Tenants(t) => t,
+                other => return Err(unexpected(other)),
+            },
+        );
+    }
+    Ok(tenants.iter().flatten().find_map(|t| match &t.provider {
+        oncesend_core::ProviderSettings::CloudApi { cloud_api }
+            if cloud_api.phone_number_id == phone_number_id =>
+        {
+            Some(t.id.clone())
+        }
+        _ => None,
+    }))
+}
+
+/// `POST`: verify the signature, then apply each status and inbound
+/// message, all in one store transaction.
 pub async fn receive<S: Store>(
     State(st): State<AppState<S>>,
     headers: HeaderMap,
@@ -184,7 +256,47 @@ pub async fn receive<S: Store>(
             }
         })
         .collect();
-    let replies = if ops.is_empty() {
+    // Inbound messages: each opens its sender's 24-hour window; an
+    // opt-out keyword suppresses them, an opt-in keyword lifts it.
+    let mut tenants = None;
+    let mut inbound_ops = Vec::new();
+    for m in inbound(&payload) {
+        let (Some(phone), Some(from)) = (&m.phone_number_id, m.from) else {
+            ignored += 1;
+            continue;
+        };
+        let Some(tenant) = tenant_of(&st, phone, &mut tenants).await? else {
+            tracing::debug!(phone_number_id = %phone, "inbound message for a number no tenant sends from");
+            ignored += 1;
+            continue;
+        };
+        inbound_ops.push(StoreOp::RecordInbound {
+            tenant: tenant.clone(),
+            to: from.clone(),
+            now_ms,
+        });
+        match m
+            .text
+            .as_deref()
+            .and_then(|t| st.config.keywords.classify(t))
+        {
+            Some(true) => inbound_ops.push(StoreOp::Suppress {
+                tenant,
+                to: from,
+                reason: format!(
+                    "the recipient sent {:?}",
+                    m.text.as_deref().unwrap_or("").trim()
+                ),
+                now_ms,
+            }),
+            Some(false) => inbound_ops.push(StoreOp::Unsuppress { tenant, to: from }),
+            None => {}
+        }
+    }
+    let statuses_len = ops.len();
+    let mut ops = ops;
+    ops.extend(inbound_ops.iter().cloned());
+    let mut replies = if ops.is_empty() {
         Vec::new()
     } else {
         st.store.apply_batch(ops).await.map_err(|e| {
@@ -192,7 +304,25 @@ pub async fn receive<S: Store>(
             Problem::store_down(e)
         })?
     };
+    let inbound_replies = replies.split_off(statuses_len);
     let mut applied = 0u32;
+    for (op, reply) in inbound_ops.iter().zip(inbound_replies) {
+        match (op, reply) {
+            (StoreOp::RecordInbound { .. }, StoreReply::InboundRecorded) => applied += 1,
+            (
+                StoreOp::Suppress {
+                    tenant, to, reason, ..
+                },
+                StoreReply::Suppressed { newly, cancelled },
+            ) => {
+                tracing::warn!(%tenant, to = %to, reason, newly, cancelled, "recipient opted out: nothing more is sent to them");
+            }
+            (StoreOp::Unsuppress { tenant, to }, StoreReply::Unsuppressed { was_suppressed }) => {
+                tracing::warn!(%tenant, to = %to, was_suppressed, "recipient opted back in");
+            }
+            (_, other) => return Err(unexpected(other)),
+        }
+    }
     for ((key, status, s), reply) in ours.into_iter().zip(replies) {
         match reply {
             StoreReply::ReceiptRecorded { state, changed } => {

@@ -29,7 +29,7 @@ use crate::store::group::is_row_write;
 use crate::store::Store;
 use oncesend_core::store::rules::{self, RunRecord};
 use oncesend_core::store::{QueueStats, StoreUnavailable};
-use oncesend_core::store::{RunFilter, RunWait};
+use oncesend_core::store::{RecipientInfo, RunFilter, RunWait, Suppression};
 use oncesend_core::tenant::SenderPause;
 use oncesend_core::{
     ClaimedRun, DeliveryKey, DeliveryRecord, DeliveryState, Flow, FlowId, Guards, Lease, NewRun,
@@ -519,13 +519,14 @@ const DELIVERY_COLUMNS: &str = "run_id, step, state, deadline_ms, retryable, epo
      provider_message_id, last_error, resolved_by, resolved_at_ms";
 
 /// Every table the store keeps.
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "runs",
     "deliveries",
     "trigger_keys",
     "flows",
     "tenants",
     "sender_pauses",
+    "recipients",
 ];
 
 const PAUSE_COLUMNS: &str = "tenant, reason, code, since_ms, probe_at_ms, probes, settings";
@@ -592,8 +593,26 @@ fn hex_ids<'a>(ids: impl Iterator<Item = &'a RunId>) -> String {
     serde_json::to_string(&ids).expect("ids serialize")
 }
 
+/// `[{"tenant", "recipient"}, …]`, as the statements read conversations.
+fn json_conversations(conversations: &BTreeSet<(&str, &str)>) -> String {
+    #[derive(serde::Serialize)]
+    struct Conversation<'a> {
+        tenant: &'a str,
+        recipient: &'a str,
+    }
+    serde_json::to_string(
+        &conversations
+            .iter()
+            .map(|(tenant, recipient)| Conversation { tenant, recipient })
+            .collect::<Vec<_>>(),
+    )
+    .expect("conversations serialize")
+}
+
 /// One backend's row statements.
 struct RowSql {
+    find_suppressed: &'static str,
+    find_suppressed_locked: &'static str,
     load_runs: String,
     load_runs_locked: String,
     load_deliveries: String,
@@ -617,6 +636,14 @@ fn row_sql(backend: Backend) -> &'static RowSql {
              ORDER BY run_id, step"
         );
         RowSql {
+            find_suppressed: "SELECT r.tenant, r.recipient, r.suppressed_since_ms, r.suppressed_reason \
+                 FROM recipients r JOIN json_to_recordset($1::json) AS c (tenant text, recipient text) \
+                   ON r.tenant = c.tenant AND r.recipient = c.recipient \
+                 WHERE r.suppressed_since_ms IS NOT NULL",
+            find_suppressed_locked: "SELECT r.tenant, r.recipient FROM recipients r \
+                 JOIN json_to_recordset($1::json) AS c (tenant text, recipient text) \
+                   ON r.tenant = c.tenant AND r.recipient = c.recipient \
+                 WHERE r.suppressed_since_ms IS NOT NULL ORDER BY r.tenant, r.recipient FOR SHARE OF r",
             load_runs_locked: format!("{runs} FOR UPDATE"),
             load_runs: runs,
             load_deliveries_locked: format!("{deliveries} FOR UPDATE"),
@@ -654,6 +681,15 @@ fn row_sql(backend: Backend) -> &'static RowSql {
              ORDER BY run_id, step"
         );
         RowSql {
+            find_suppressed:
+                "SELECT r.tenant, r.recipient, r.suppressed_since_ms, r.suppressed_reason \
+                 FROM json_each($1) AS c JOIN recipients r \
+                   ON r.tenant = c.value->>'tenant' AND r.recipient = c.value->>'recipient' \
+                 WHERE r.suppressed_since_ms IS NOT NULL",
+            find_suppressed_locked: "SELECT r.tenant, r.recipient FROM json_each($1) AS c \
+                 JOIN recipients r \
+                   ON r.tenant = c.value->>'tenant' AND r.recipient = c.value->>'recipient' \
+                 WHERE r.suppressed_since_ms IS NOT NULL",
             load_runs_locked: runs.clone(),
             load_runs: runs,
             load_deliveries_locked: deliveries.clone(),
@@ -954,6 +990,108 @@ impl Batch<'_> {
                     rows.iter().map(pause_from_row).collect::<Tx<_>>()?,
                 ))
             }
+            StoreOp::ListTenants => {
+                let rows = sqlx::query("SELECT body FROM tenants ORDER BY id")
+                    .fetch_all(&mut *self.conn)
+                    .await?;
+                let tenants = rows
+                    .iter()
+                    .map(|row| {
+                        let body: String = row.try_get(0)?;
+                        serde_json::from_str(&body).map_err(|e| decode_err("tenant", e))
+                    })
+                    .collect::<Tx<Vec<Tenant>>>()?;
+                Ok(StoreReply::Tenants(tenants))
+            }
+            StoreOp::Suppress {
+                tenant,
+                to,
+                reason,
+                now_ms,
+            } => self.suppress(tenant, to, reason, now_ms).await,
+            StoreOp::Unsuppress { tenant, to } => {
+                let done = sqlx::query(
+                    "UPDATE recipients SET suppressed_since_ms = NULL, suppressed_reason = NULL \
+                     WHERE tenant = $1 AND recipient = $2 AND suppressed_since_ms IS NOT NULL",
+                )
+                .bind(tenant.as_str())
+                .bind(to.as_str())
+                .execute(&mut *self.conn)
+                .await?;
+                Ok(StoreReply::Unsuppressed {
+                    was_suppressed: done.rows_affected() > 0,
+                })
+            }
+            StoreOp::GetRecipient { tenant, to } => {
+                let row = sqlx::query(
+                    "SELECT last_inbound_ms, suppressed_since_ms, suppressed_reason \
+                     FROM recipients WHERE tenant = $1 AND recipient = $2",
+                )
+                .bind(tenant.as_str())
+                .bind(to.as_str())
+                .fetch_optional(&mut *self.conn)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(StoreReply::RecipientIs(RecipientInfo::default()));
+                };
+                let since: Option<i64> = row.try_get(1)?;
+                let reason: Option<String> = row.try_get(2)?;
+                Ok(StoreReply::RecipientIs(RecipientInfo {
+                    last_inbound_ms: row.try_get::<Option<i64>, _>(0)?.map(un),
+                    suppressed: since.map(|s| Suppression {
+                        since_ms: un(s),
+                        reason: reason.unwrap_or_default(),
+                    }),
+                }))
+            }
+            StoreOp::ListSuppressed {
+                tenant,
+                after,
+                limit,
+            } => {
+                let rows = sqlx::query(
+                    "SELECT recipient, suppressed_since_ms, suppressed_reason FROM recipients \
+                     WHERE tenant = $1 AND suppressed_since_ms IS NOT NULL AND recipient > $2 \
+                     ORDER BY recipient LIMIT $3",
+                )
+                .bind(tenant.as_str())
+                .bind(after.as_ref().map_or("", |a| a.as_str()))
+                .bind(limit as i64)
+                .fetch_all(&mut *self.conn)
+                .await?;
+                let list = rows
+                    .iter()
+                    .map(|row| {
+                        let to = Recipient::parse(&row.try_get::<String, _>(0)?)
+                            .map_err(|e| decode_err("recipient", e))?;
+                        Ok((
+                            to,
+                            Suppression {
+                                since_ms: un(row.try_get(1)?),
+                                reason: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+                            },
+                        ))
+                    })
+                    .collect::<Tx<Vec<_>>>()?;
+                Ok(StoreReply::Suppressions(list))
+            }
+            StoreOp::RecordInbound { tenant, to, now_ms } => {
+                let sql = match self.backend {
+                    Backend::Postgres => "INSERT INTO recipients (tenant, recipient, last_inbound_ms) \
+                         VALUES ($1, $2, $3) ON CONFLICT (tenant, recipient) DO UPDATE SET \
+                         last_inbound_ms = GREATEST(COALESCE(recipients.last_inbound_ms, 0), excluded.last_inbound_ms)",
+                    Backend::Sqlite => "INSERT INTO recipients (tenant, recipient, last_inbound_ms) \
+                         VALUES ($1, $2, $3) ON CONFLICT (tenant, recipient) DO UPDATE SET \
+                         last_inbound_ms = MAX(COALESCE(recipients.last_inbound_ms, 0), excluded.last_inbound_ms)",
+                };
+                sqlx::query(sql)
+                    .bind(tenant.as_str())
+                    .bind(to.as_str())
+                    .bind(db(now_ms))
+                    .execute(&mut *self.conn)
+                    .await?;
+                Ok(StoreReply::InboundRecorded)
+            }
             StoreOp::GetRun { run } => self.get_run(run).await,
             StoreOp::ListRuns {
                 status,
@@ -1072,22 +1210,11 @@ impl Batch<'_> {
             taken.insert(run_id(&id)?);
         }
 
-        #[derive(serde::Serialize)]
-        struct Conversation<'a> {
-            tenant: &'a str,
-            recipient: &'a str,
-        }
         let conversations: BTreeSet<(&str, &str)> = runs
             .iter()
             .map(|(run, _)| (run.tenant.as_str(), run.to.as_str()))
             .collect();
-        let json = serde_json::to_string(
-            &conversations
-                .iter()
-                .map(|(tenant, recipient)| Conversation { tenant, recipient })
-                .collect::<Vec<_>>(),
-        )
-        .expect("conversations serialize");
+        let json = json_conversations(&conversations);
         let mut headed: BTreeSet<(String, String)> = BTreeSet::new();
         for row in sqlx::query(sql.lock_heads)
             .bind(json)
@@ -1095,6 +1222,22 @@ impl Batch<'_> {
             .await?
         {
             headed.insert((row.try_get(0)?, row.try_get(1)?));
+        }
+
+        // Recipients who opted out of these tenants.
+        let mut suppressed: BTreeMap<(String, String), Suppression> = BTreeMap::new();
+        for row in sqlx::query(sql.find_suppressed)
+            .bind(json_conversations(&conversations))
+            .fetch_all(&mut *self.conn)
+            .await?
+        {
+            suppressed.insert(
+                (row.try_get(0)?, row.try_get(1)?),
+                Suppression {
+                    since_ms: un(row.try_get(2)?),
+                    reason: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+                },
+            );
         }
 
         let mut replies = Vec::with_capacity(runs.len());
@@ -1110,6 +1253,10 @@ impl Batch<'_> {
                     });
                     continue;
                 }
+            }
+            if let Some(s) = suppressed.get(&(tenant.clone(), run.to.as_str().to_string())) {
+                replies.push(StoreReply::RecipientSuppressed(s.clone()));
+                continue;
             }
             if taken.contains(&run.id) {
                 replies.push(StoreReply::Conflict {
@@ -1381,6 +1528,29 @@ impl Batch<'_> {
         } else {
             self.load_pauses(&begin_tenants).await?
         };
+        // The opt-outs of the recipients sends begin for, read in this
+        // transaction (locked on PostgreSQL, so an opt-out commits
+        // before or after, never beside, the `sending` it would stop).
+        let begin_conversations: BTreeSet<(&str, &str)> = ops
+            .iter()
+            .filter(|op| rules::needs_pause(op))
+            .filter_map(|op| before_runs.get(&rules::row_op_run(op)?))
+            .map(|r| (r.tenant.as_str(), r.to.as_str()))
+            .collect();
+        let mut opted_out: BTreeSet<(String, String)> = BTreeSet::new();
+        if !begin_conversations.is_empty() {
+            let sql = row_sql(self.backend);
+            for row in sqlx::query(sql.find_suppressed_locked)
+                .bind(json_conversations(&begin_conversations))
+                .fetch_all(&mut *self.conn)
+                .await?
+            {
+                opted_out.insert((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        let suppressed = |t: &TenantId, to: &Recipient| {
+            opted_out.contains(&(t.as_str().to_string(), to.as_str().to_string()))
+        };
         // Runs an operator may send on again: the other unfinished runs of
         // their conversations, as they stand before this batch; the batch's
         // own changes are read from the rows as each op comes.
@@ -1418,6 +1588,7 @@ impl Batch<'_> {
                 runs: &mut runs,
                 ledger: &mut ledger,
                 pauses: &mut pauses,
+                suppressed: &suppressed,
             };
             replies.push(rules::apply_row_op(&mut rows, GUARDS, op, &|_| crowded));
         }
@@ -1457,6 +1628,58 @@ impl Batch<'_> {
             self.promote(&finished).await?;
         }
         Ok(replies)
+    }
+
+    /// Records an opt-out and cancels the recipient's unfinished runs, in
+    /// this transaction: a send begun after it commits finds its run
+    /// cancelled and is refused by the fence.
+    async fn suppress(
+        &mut self,
+        tenant: TenantId,
+        to: Recipient,
+        reason: String,
+        now_ms: u64,
+    ) -> Tx<StoreReply> {
+        let newly = sqlx::query(
+            "INSERT INTO recipients (tenant, recipient, suppressed_since_ms, suppressed_reason) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, recipient) DO UPDATE SET \
+             suppressed_since_ms = excluded.suppressed_since_ms, \
+             suppressed_reason = excluded.suppressed_reason \
+             WHERE recipients.suppressed_since_ms IS NULL",
+        )
+        .bind(tenant.as_str())
+        .bind(to.as_str())
+        .bind(db(now_ms))
+        .bind(oncesend_core::limits::clip_reason(&reason))
+        .execute(&mut *self.conn)
+        .await?
+        .rows_affected()
+            > 0;
+        let rows = sqlx::query(
+            "SELECT id FROM runs WHERE tenant = $1 AND recipient = $2 \
+             AND status IN ('pending', 'leased', 'waiting') ORDER BY id",
+        )
+        .bind(tenant.as_str())
+        .bind(to.as_str())
+        .fetch_all(&mut *self.conn)
+        .await?;
+        let ids = rows
+            .iter()
+            .map(|row| run_id(&row.try_get::<Vec<u8>, _>(0)?))
+            .collect::<Tx<BTreeSet<RunId>>>()?;
+        let before = self.load_runs(&ids, true).await?;
+        let mut after = before.clone();
+        let mut cancelled = 0;
+        for row in after.values_mut() {
+            cancelled += u32::from(rules::opt_out(row, now_ms));
+        }
+        let (old, new): (Vec<&RunRecord>, Vec<&RunRecord>) = before
+            .values()
+            .zip(after.values())
+            .filter(|(b, a)| b != a)
+            .unzip();
+        self.write_runs(&old, &new).await?;
+        Ok(StoreReply::Suppressed { newly, cancelled })
     }
 
     /// The unfinished runs of `run`'s conversation besides it.

@@ -740,9 +740,10 @@ pub async fn start_worker(engine_url: &str, database_url: &str, id: &str, extra:
         "1000",
         "--poll-ms",
         "20",
-        "--unknown-timeout-ms",
-        UNKNOWN_TIMEOUT_MS,
     ];
+    if !extra.contains(&"--unknown-timeout-ms") {
+        args.extend_from_slice(&["--unknown-timeout-ms", UNKNOWN_TIMEOUT_MS]);
+    }
     args.extend_from_slice(extra);
     let mut p = spawn_daemon(
         "oncesend-worker",
