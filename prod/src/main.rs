@@ -136,18 +136,136 @@ enum RunCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Send a failed run on from its failed step.
+    Retry {
+        /// The run's id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Settle a step whose outcome is unknown: `sent` (the recipient got
+    /// it; the run goes on) or `failed` (it did not go out; it is sent
+    /// again).
+    Resolve {
+        /// The run's id.
+        id: String,
+        /// The step's index, from 0.
+        step: u32,
+        /// `sent` or `failed`.
+        #[arg(long = "as", value_parser = ["sent", "failed"])]
+        outcome: String,
+        /// Who decides (recorded on the step; default `operator`).
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct RunFilterArgs {
+    /// Only runs of this status: pending, leased, waiting, completed,
+    /// failed, cancelled.
+    #[arg(long)]
+    status: Option<String>,
+    /// Only runs of this flow.
+    #[arg(long)]
+    flow: Option<String>,
+    /// Only runs of this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only runs whose reason holds this text.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only runs triggered before this time (ms since the Unix epoch).
+    #[arg(long)]
+    before_ms: Option<u64>,
+    /// Only runs triggered after this time (ms since the Unix epoch).
+    #[arg(long)]
+    after_ms: Option<u64>,
+}
+
+impl RunFilterArgs {
+    fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({});
+        for (k, val) in [
+            ("status", self.status.clone()),
+            ("flow", self.flow.clone()),
+            ("tenant", self.tenant.clone()),
+            ("reason", self.reason.clone()),
+        ] {
+            if let Some(val) = val {
+                v[k] = val.into();
+            }
+        }
+        if let Some(t) = self.before_ms {
+            v["before_ms"] = t.into();
+        }
+        if let Some(t) = self.after_ms {
+            v["after_ms"] = t.into();
+        }
+        v
+    }
+
+    fn query(&self) -> String {
+        let mut q = String::new();
+        for (k, val) in self.json().as_object().expect("an object") {
+            let val = match val {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let val: String = url_escape(&val);
+            q.push_str(&format!("&{k}={val}"));
+        }
+        q
+    }
+}
+
+/// Percent-escapes a query value.
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Args)]
 struct RunsArgs {
-    /// Only runs of this status: pending, leased, completed, failed, cancelled.
-    #[arg(long)]
-    status: Option<String>,
+    #[command(subcommand)]
+    action: Option<RunsAction>,
+    #[command(flatten)]
+    filter: RunFilterArgs,
     /// At most this many.
     #[arg(long, default_value_t = 50)]
     limit: u32,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum RunsAction {
+    /// Cancel the unfinished runs that match (at most 500 a call).
+    Cancel {
+        #[command(flatten)]
+        filter: RunFilterArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Retry the failed runs that match, each from its failed step (at
+    /// most 500 a call).
+    Retry {
+        #[command(flatten)]
+        filter: RunFilterArgs,
+        /// Who asks (recorded on each retried step).
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[tokio::main]
@@ -260,11 +378,66 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Runs(r) => {
-            let mut path = format!("/v1/runs?limit={}", r.limit);
-            if let Some(s) = &r.status {
-                path.push_str(&format!("&status={s}"));
+        Command::Run {
+            command: RunCommand::Retry { id, client },
+        } => {
+            call(
+                &client,
+                Method::POST,
+                &format!("/v1/runs/{id}/retry"),
+                None,
+                None,
+            )
+            .await
+        }
+        Command::Run {
+            command:
+                RunCommand::Resolve {
+                    id,
+                    step,
+                    outcome,
+                    by,
+                    client,
+                },
+        } => {
+            let mut body = serde_json::json!({"as": outcome});
+            if let Some(by) = by {
+                body["by"] = by.into();
             }
+            call(
+                &client,
+                Method::POST,
+                &format!("/v1/runs/{id}/steps/{step}/resolve"),
+                Some(body),
+                None,
+            )
+            .await
+        }
+        Command::Runs(RunsArgs {
+            action: Some(RunsAction::Cancel { filter, client }),
+            ..
+        }) => {
+            call(
+                &client,
+                Method::POST,
+                "/v1/runs/cancel",
+                Some(filter.json()),
+                None,
+            )
+            .await
+        }
+        Command::Runs(RunsArgs {
+            action: Some(RunsAction::Retry { filter, by, client }),
+            ..
+        }) => {
+            let mut body = filter.json();
+            if let Some(by) = by {
+                body["by"] = by.into();
+            }
+            call(&client, Method::POST, "/v1/runs/retry", Some(body), None).await
+        }
+        Command::Runs(r) => {
+            let path = format!("/v1/runs?limit={}{}", r.limit, r.filter.query());
             call(&r.client, Method::GET, &path, None, None).await
         }
     }

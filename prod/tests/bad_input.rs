@@ -48,6 +48,7 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
             ("ONCESEND_TOKEN", TOKEN.into()),
             ("ONCESEND_APP_SECRET", "app-secret".into()),
             ("ONCESEND_WEBHOOK_VERIFY_TOKEN", "verify-me".into()),
+            ("ONCESEND_PHONE_NUMBER_ID", "1234".into()),
         ],
     )
     .await;
@@ -461,6 +462,31 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
         401,
         "HMAC",
     );
+    // A forged opt-out writes nothing.
+    let stop = br#"{"entry":[{"changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"1234"},"messages":[{"from":"5511913390707","type":"text","text":{"body":"STOP"}}]}}]}]}"#.to_vec();
+    let forged = oncesend::api::webhook::sign("wrong-secret", &stop);
+    assert_problem(
+        "forged opt-out",
+        anon.raw("POST", hook, &[("x-hub-signature-256", forged)], Some(stop))
+            .await,
+        401,
+        "HMAC",
+    );
+    let (s, j) = api
+        .get("/v1/tenants/default/recipients/+5511913390707")
+        .await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["suppressed"], serde_json::Value::Null, "{j}");
+    assert_eq!(j["last_inbound_ms"], serde_json::Value::Null, "{j}");
+    let huge = vec![b' '; 70 * 1024];
+    let signed = oncesend::api::webhook::sign("app-secret", &huge);
+    assert_problem(
+        "oversized webhook",
+        anon.raw("POST", hook, &[("x-hub-signature-256", signed)], Some(huge))
+            .await,
+        413,
+        "bytes",
+    );
     let bad = b"{not json".to_vec();
     let signed = oncesend::api::webhook::sign("app-secret", &bad);
     assert_problem(
@@ -548,6 +574,98 @@ async fn every_endpoint_refuses_bad_input_with_a_problem_and_writes_nothing() {
     );
     let (s, j) = api.get("/v1/tenants/default").await;
     assert_eq!((s, &j["paused"]), (200, &serde_json::Value::Null), "{j}");
+
+    // Operator actions on what is not there, or said wrongly.
+    for (what, method, path, body, status, needle) in [
+        (
+            "retry unknown run",
+            "POST",
+            format!("/v1/runs/{run_id}/retry"),
+            None,
+            404,
+            "no run",
+        ),
+        (
+            "resolve unknown run",
+            "POST",
+            format!("/v1/runs/{run_id}/steps/0/resolve"),
+            Some(r#"{"as":"sent"}"#),
+            404,
+            "no run",
+        ),
+        (
+            "resolve step not a number",
+            "POST",
+            format!("/v1/runs/{run_id}/steps/x/resolve"),
+            Some(r#"{"as":"sent"}"#),
+            404,
+            "numbered from 0",
+        ),
+        (
+            "resolve without as",
+            "POST",
+            format!("/v1/runs/{run_id}/steps/0/resolve"),
+            Some("{}"),
+            422,
+            "as",
+        ),
+        (
+            "bulk without filter",
+            "POST",
+            "/v1/runs/cancel".to_string(),
+            Some("{}"),
+            422,
+            "at least one filter",
+        ),
+        (
+            "bulk retry of completed",
+            "POST",
+            "/v1/runs/retry".to_string(),
+            Some(r#"{"status":"completed"}"#),
+            422,
+            "only failed runs",
+        ),
+        (
+            "list by a status that is none",
+            "GET",
+            "/v1/runs?status=done".to_string(),
+            None,
+            422,
+            "waiting",
+        ),
+        (
+            "suppress a number that is none",
+            "PUT",
+            "/v1/tenants/default/suppressions/12ab".to_string(),
+            None,
+            422,
+            "E.164",
+        ),
+        (
+            "suppress in an unknown tenant",
+            "PUT",
+            "/v1/tenants/acme/suppressions/+5511913390707".to_string(),
+            None,
+            404,
+            "acme",
+        ),
+        (
+            "lift what is not there",
+            "DELETE",
+            "/v1/tenants/default/suppressions/+5511913390707".to_string(),
+            None,
+            404,
+            "has not opted out",
+        ),
+    ] {
+        assert_problem(
+            what,
+            api.raw(method, &path, &[], body.map(|b| b.as_bytes().to_vec()))
+                .await,
+            status,
+            needle,
+        );
+    }
 
     // Nothing was written: no runs at all, no tenant.
     let (s, j) = api.get("/v1/runs").await;

@@ -18,7 +18,26 @@ const SECRET: &str = "operators-app-secret";
 /// The stand-in's answers, set per key by the test: accept by default.
 type Plan = Arc<Mutex<Vec<(DeliveryKey, Fault)>>>;
 
-async fn setup(db: &TestDb) -> (Proc, Api, MockCloudApi, Plan) {
+/// Runs the `oncesend` CLI against the engine at `url`; answers its exit
+/// success and what it printed.
+async fn cli(url: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oncesend"))
+        .args(args)
+        .env("ONCESEND_ENGINE_URL", url)
+        .env_remove("ONCESEND_TOKEN")
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+async fn setup(db: &TestDb) -> (Proc, Api, MockCloudApi, Plan, String) {
     let plan: Plan = Arc::default();
     let mock = {
         let plan = plan.clone();
@@ -55,7 +74,7 @@ async fn setup(db: &TestDb) -> (Proc, Api, MockCloudApi, Plan) {
         )
         .await;
     assert_eq!(s, 201, "{j}");
-    (up, api, mock, plan)
+    (up, api, mock, plan, url)
 }
 
 /// Triggers one run of `two`, with step 0 answered by `first` and step 1
@@ -151,7 +170,7 @@ async fn post_batch(api: &Api, statuses: Vec<serde_json::Value>) -> serde_json::
 }
 
 async fn unknown_waits_for_its_status(db: TestDb) {
-    let (up, api, mock, plan) = setup(&db).await;
+    let (up, api, mock, plan, _) = setup(&db).await;
     let id = run_with(&api, &plan, "+5511913390707", Fault::Drop, Fault::Accept).await;
     let v = run_until(&api, &id, "waited", |v| v["status"] == "waiting").await;
     assert_eq!(v["waiting_for"], "outcome", "{v}");
@@ -195,7 +214,7 @@ async fn unknown_waits_for_its_status(db: TestDb) {
 }
 
 async fn operators_resolve_and_retry(db: TestDb) {
-    let (up, api, mock, plan) = setup(&db).await;
+    let (up, api, mock, plan, url) = setup(&db).await;
     // No status ever names this lost reply: the run fails when its wait
     // (FAST: 1.5 s) runs out, and says what to do.
     let id = run_with(&api, &plan, "+5511913390001", Fault::Drop, Fault::Accept).await;
@@ -223,11 +242,14 @@ async fn operators_resolve_and_retry(db: TestDb) {
         .await;
     assert_eq!(s, 422, "{j}");
     assert!(j["detail"].as_str().unwrap().contains("\"sent\""), "{j}");
-    // The operator checked: the recipient got it. The run goes on.
-    let (s, v) = api
-        .json("POST", &resolve, serde_json::json!({"as": "sent"}))
-        .await;
-    assert_eq!(s, 200, "{v}");
+    // The operator finds it with the CLI, checks: the recipient got it.
+    // The run goes on.
+    let (ok, listed) = cli(&url, &["runs", "--status", "failed", "--flow", "later"]).await;
+    assert!(ok, "{listed}");
+    assert!(listed.contains(&id), "{listed}");
+    let (ok, out) = cli(&url, &["run", "resolve", &id, "0", "--as", "sent"]).await;
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["steps"][0]["resolved_by"], "operator", "{v}");
     assert!(v["steps"][0]["resolved_at_ms"].as_u64().is_some(), "{v}");
     run_until(&api, &id, "completed", |v| v["status"] == "completed").await;
@@ -262,14 +284,22 @@ async fn operators_resolve_and_retry(db: TestDb) {
     assert_eq!(s, 422, "{j}");
     // Retry every failed run of the flow whose reason names the code: it
     // goes on from step 1, not from the start.
-    let (s, j) = api
-        .json(
-            "POST",
-            "/v1/runs/retry",
-            serde_json::json!({"flow": "later", "reason": "131026", "by": "ops@example.com"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{j}");
+    let (ok, out) = cli(
+        &url,
+        &[
+            "runs",
+            "retry",
+            "--flow",
+            "later",
+            "--reason",
+            "131026",
+            "--by",
+            "ops@example.com",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["retried"], 1, "{j}");
     let v = run_until(&api, &other, "completed", |v| v["status"] == "completed").await;
     assert_eq!(v["steps"][1]["resolved_by"], "ops@example.com", "{v}");
@@ -292,15 +322,17 @@ async fn operators_resolve_and_retry(db: TestDb) {
     // Bulk cancel: the waiting and pending runs of one flow, counted.
     let a = run_with(&api, &plan, "+5511913390003", Fault::Drop, Fault::Accept).await;
     run_until(&api, &a, "waited", |v| v["status"] == "waiting").await;
-    let (s, j) = api
-        .json(
-            "POST",
-            "/v1/runs/cancel",
-            serde_json::json!({"flow": "later", "status": "waiting"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{j}");
+    let (ok, out) = cli(
+        &url,
+        &["runs", "cancel", "--flow", "later", "--status", "waiting"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["cancelled"], 1, "{j}");
+    // An action the store refuses fails the CLI with the reason.
+    let (ok, out) = cli(&url, &["run", "retry", &a]).await;
+    assert!(!ok && out.contains("only a failed run"), "{out}");
     let (_, v) = api.get(&format!("/v1/runs/{a}")).await;
     assert_eq!(v["status"], "cancelled", "{v}");
     drop(up);
@@ -337,7 +369,7 @@ async fn post_inbound(api: &Api, from: &str, text: &str) -> serde_json::Value {
 }
 
 async fn opt_out_and_back_in(db: TestDb) {
-    let (up, api, mock, plan) = setup(&db).await;
+    let (up, api, mock, plan, _) = setup(&db).await;
     let to = "+5511913390009";
     // A run whose first step is a second away.
     let id = run_with(&api, &plan, to, Fault::Accept, Fault::Accept).await;
