@@ -5,7 +5,10 @@
 //! Receipts arrive late, twice, and out of order. A delivery's state only
 //! ever moves forward: `sent -> delivered -> read`, or `failed` before it
 //! was delivered. An `unknown` delivery is settled by the first receipt
-//! that names it, because a receipt proves the provider had the message.
+//! that names it: `sent`, `delivered` or `read` prove the provider had the
+//! message; `failed` says it did not go out, so (where the error table
+//! allows) it may be sent again. A run waiting on the delivery moves with
+//! it (see `store::rules`).
 
 use crate::store::DeliveryState;
 use serde::{Deserialize, Serialize};

@@ -233,5 +233,27 @@ pub fn cloud_api_response(data: &[u8]) {
                 assert_eq!(key.to_string().parse().ok(), Some(key));
             }
         }
+        // Inbound messages: a sender is always a valid number, and a
+        // keyword is matched on the whole text, trimmed, in any case.
+        let keywords = crate::api::Keywords::default();
+        for m in crate::api::webhook::inbound(&payload) {
+            if let Some(from) = &m.from {
+                assert_eq!(
+                    oncesend_core::Recipient::parse(from.as_str()).ok().as_ref(),
+                    Some(from)
+                );
+            }
+            if let Some(text) = &m.text {
+                let verdict = keywords.classify(text);
+                assert_eq!(keywords.classify(&format!("  {text}\n")), verdict);
+                assert_eq!(keywords.classify(&text.to_lowercase()), verdict);
+                if verdict.is_some() {
+                    assert!(
+                        text.trim().chars().count() <= 11,
+                        "{text:?} matched a keyword"
+                    );
+                }
+            }
+        }
     }
 }
