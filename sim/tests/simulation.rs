@@ -49,7 +49,7 @@ fn fixed_design_has_no_duplicates() {
         config.workers >= 1,
         "the engine's processor plus at least one more"
     );
-    let seeds = 1_000u64;
+    let seeds = 500u64;
     let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
     let mut worst_settle = 0;
     let mut deliveries = 0;
@@ -105,7 +105,7 @@ fn the_old_topology_on_the_new_core_is_safe_without_extra_workers() {
         workers: 1,
         ..SimConfig::fixed()
     };
-    for seed in 0..200 {
+    for seed in 0..100 {
         let r = run_seed(seed, &config);
         assert!(r.ok(), "{}", replay(&r, " --workers 1"));
     }
@@ -139,7 +139,7 @@ fn the_ledger_alone_stops_the_race() {
             ledger: true,
         },
         Faults::FromSeed,
-        100,
+        50,
     );
     assert!(deliveries > 0);
     assert_eq!(
@@ -160,7 +160,7 @@ fn fencing_alone_stops_the_race() {
             ledger: false,
         },
         Faults::Race,
-        200,
+        100,
     );
     assert!(deliveries > 0);
     assert_eq!(dups, 0, "with fencing alone, {dups} seeds sent duplicates");
@@ -185,7 +185,7 @@ fn without_both_guards_the_race_comes_back() {
 #[test]
 fn a_seed_replays_byte_for_byte() {
     let config = SimConfig::fixed();
-    for seed in 0..100 {
+    for seed in 0..30 {
         let a = run_seed(seed, &config);
         let b = run_seed(seed, &config);
         if a.trace_hash != b.trace_hash {
