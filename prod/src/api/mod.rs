@@ -825,6 +825,15 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
             })
         })
         .collect();
+    let mut json = run_summary_json(v);
+    json["run_at_ms"] = v.run_at_ms.into();
+    json["note"] = v.note.clone().into();
+    json["steps"] = steps.into();
+    json
+}
+
+/// A run as lists show it: where it stands, without its steps.
+pub fn run_summary_json(v: &RunView) -> serde_json::Value {
     serde_json::json!({
         "run_id": v.id,
         "tenant": v.tenant,
@@ -832,12 +841,10 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
         "to": v.to,
         "status": v.status.as_str(),
         "cursor": v.cursor,
+        "steps": v.steps.len(),
         "waiting_for": v.wait.map(|w| w.as_str()),
-        "run_at_ms": v.run_at_ms,
         "reason": v.reason,
-        "note": v.note,
         "created_at_ms": v.created_at_ms,
-        "steps": steps,
     })
 }
 

@@ -113,23 +113,7 @@ pub async fn list<S: Store>(
     };
     match store_reply(st.store.apply(op).await)? {
         StoreReply::Runs(runs) => {
-            let runs: Vec<serde_json::Value> = runs
-                .iter()
-                .map(|v| {
-                    serde_json::json!({
-                        "run_id": v.id,
-                        "tenant": v.tenant,
-                        "flow": v.flow,
-                        "to": v.to,
-                        "status": v.status.as_str(),
-                        "cursor": v.cursor,
-                        "steps": v.steps.len(),
-                        "waiting_for": v.wait.map(|w| w.as_str()),
-                        "reason": v.reason,
-                        "created_at_ms": v.created_at_ms,
-                    })
-                })
-                .collect();
+            let runs: Vec<serde_json::Value> = runs.iter().map(super::run_summary_json).collect();
             Ok(Json(serde_json::json!({ "runs": runs })).into_response())
         }
         other => Err(unexpected(other)),
