@@ -69,13 +69,14 @@ async fn engine(listen: &str, db_url: &str, mock: &MockCloudApi) -> Proc {
 }
 
 /// The operator: a run waiting for the provider's word on a step the
-/// provider never received (its send died with the engine) will hear
-/// nothing; checked against the provider's record, it is resolved as
-/// not sent, so it goes again. Answers how many it resolved.
+/// provider never took (its send died with the engine, before the call or
+/// after a refusal) will hear nothing; checked against the provider's
+/// record of messages taken, it is resolved as not sent, so it goes
+/// again. Answers how many it resolved.
 async fn resolve_what_never_left(api: &Api, mock: &MockCloudApi) -> usize {
     let (s, j) = api.get("/v1/runs?status=waiting&limit=1000").await;
     assert_eq!(s, 200, "{j}");
-    let received: BTreeSet<DeliveryKey> = mock.calls().iter().map(|c| c.key).collect();
+    let taken: BTreeSet<DeliveryKey> = mock.deliveries().iter().map(|c| c.key).collect();
     let mut resolved = 0;
     for r in j["runs"].as_array().unwrap() {
         if r["waiting_for"] != "outcome" {
@@ -85,7 +86,7 @@ async fn resolve_what_never_left(api: &Api, mock: &MockCloudApi) -> usize {
             run: r["run_id"].as_str().unwrap().parse().unwrap(),
             step: r["cursor"].as_u64().unwrap() as u32,
         };
-        if received.contains(&key) {
+        if taken.contains(&key) {
             continue;
         }
         let (s, v) = api
@@ -160,6 +161,20 @@ async fn chaos_run(db: TestDb) {
             api.get("/v1/runs?status=waiting").await.1
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Before the checker, the story of any run that did not complete.
+    let (_, failed) = api.get("/v1/runs?status=failed").await;
+    for r in failed["runs"].as_array().unwrap() {
+        let (_, v) = api
+            .get(&format!("/v1/runs/{}", r["run_id"].as_str().unwrap()))
+            .await;
+        let calls: Vec<String> = mock
+            .calls()
+            .iter()
+            .filter(|c| c.key.run.to_string() == r["run_id"].as_str().unwrap())
+            .map(|c| format!("{} {:?} {:?}", c.key, c.fault, c.message_id))
+            .collect();
+        eprintln!("failed run: {v}\n  stand-in calls: {calls:?}");
     }
     let outcome = check_exactly_once(&api, &mock, &accepted).await;
     assert_eq!(

@@ -425,10 +425,8 @@ async fn serve_conn(
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{payload}",
             payload.len()
         );
-        let out = reader.get_mut();
-        if out.write_all(response.as_bytes()).await.is_err() || out.flush().await.is_err() {
-            return;
-        }
+        // A message taken is reported by its statuses whether or not the
+        // answer reaches the caller (who may have died meanwhile).
         if status == 200 {
             let webhook = state.lock().unwrap().webhook.clone();
             if let (Some((url, secret)), Ok(accepted)) =
@@ -440,6 +438,10 @@ async fn serve_conn(
                     .to_string();
                 tokio::spawn(post_statuses(url, secret, id, json.clone(), state.clone()));
             }
+        }
+        let out = reader.get_mut();
+        if out.write_all(response.as_bytes()).await.is_err() || out.flush().await.is_err() {
+            return;
         }
     }
 }
