@@ -90,6 +90,39 @@ pub struct History {
     /// clock of [`ProviderCall::at_ms`]: the one thing that lets a key
     /// reach the provider again.
     pub said_failed: Vec<ProviderCall>,
+    /// What the recorder saw that can leave a key's outcome unknown (a
+    /// provider reply lost, an engine crash mid-call, a ledger write that
+    /// got no answer), by key; `None` when the recorder cannot see such
+    /// things, and then unknown keys are not judged.
+    pub causes: Option<Vec<(DeliveryKey, String)>>,
+    /// Recipients who opted out, in the clock of [`BegunSend::at_ms`]:
+    /// nothing of their tenant may begin for them afterwards.
+    pub opt_outs: Vec<OptOut>,
+    /// When the faults ended and when every run had finished, for the
+    /// liveness judgement; `None` when the recorder does not judge it.
+    pub liveness: Option<Liveness>,
+}
+
+/// A recipient's opt-out, as the store recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptOut {
+    /// Whose recipient.
+    pub tenant: TenantId,
+    /// Who.
+    pub to: Recipient,
+    /// When the store recorded it.
+    pub at_ms: u64,
+}
+
+/// The times liveness is judged by, in one clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Liveness {
+    /// When the last fault healed.
+    pub healed_at_ms: u64,
+    /// When every run had finished (`None`: some never did).
+    pub finished_at_ms: Option<u64>,
+    /// How long after the last heal every run must have finished.
+    pub bound_ms: u64,
 }
 
 /// A run that did not end as it must.
@@ -120,6 +153,14 @@ pub struct Report {
     pub paused_sends: Vec<DeliveryKey>,
     /// Keys whose outcome is unknown (allowed, but reported).
     pub unknown: Vec<DeliveryKey>,
+    /// Unknown keys with no cause in the history, or sent more than once.
+    pub unexplained_unknown: Vec<DeliveryKey>,
+    /// Keys whose send began after their recipient opted out.
+    pub after_opt_out: Vec<DeliveryKey>,
+    /// Why liveness failed, if it did.
+    pub liveness: Option<String>,
+    /// Time from the last fault healing to every run finishing.
+    pub settle_ms: Option<u64>,
     /// Provider calls seen.
     pub deliveries: u64,
 }
@@ -133,6 +174,9 @@ impl Report {
             && self.lost.is_empty()
             && self.phantom.is_empty()
             && self.paused_sends.is_empty()
+            && self.unexplained_unknown.is_empty()
+            && self.after_opt_out.is_empty()
+            && self.liveness.is_none()
     }
 }
 
@@ -168,6 +212,15 @@ impl fmt::Display for Report {
         }
         for k in self.paused_sends.iter().take(SHOW) {
             write!(f, "\n  sent while its sender was paused: {k}")?;
+        }
+        for k in self.unexplained_unknown.iter().take(SHOW) {
+            write!(f, "\n  unknown with no cause: {k}")?;
+        }
+        for k in self.after_opt_out.iter().take(SHOW) {
+            write!(f, "\n  sent after the recipient opted out: {k}")?;
+        }
+        if let Some(why) = &self.liveness {
+            write!(f, "\n  liveness: {why}")?;
         }
         Ok(())
     }
@@ -291,6 +344,46 @@ pub fn check(history: &History) -> Report {
             }
             RunStatus::Cancelled => {}
         }
+    }
+
+    // 4. An unknown outcome has a cause the history shows, and a key sent
+    // more than once is never excused as unknown.
+    if let Some(causes) = &history.causes {
+        let caused: std::collections::BTreeSet<DeliveryKey> =
+            causes.iter().map(|(k, _)| *k).collect();
+        report.unexplained_unknown = report
+            .unknown
+            .iter()
+            .filter(|k| !caused.contains(k) || report.duplicates.iter().any(|(d, _)| d == *k))
+            .copied()
+            .collect();
+    }
+
+    // 6. Nothing begins for a recipient after they opted out.
+    for b in &history.begun {
+        let Some((_, accepted)) = by_run.get(&b.key.run) else {
+            continue;
+        };
+        if history
+            .opt_outs
+            .iter()
+            .any(|o| o.tenant == accepted.tenant && o.to == accepted.to && o.at_ms < b.at_ms)
+        {
+            report.after_opt_out.push(b.key);
+        }
+    }
+
+    // 7. Liveness: every run finished within the bound after the faults.
+    if let Some(l) = history.liveness {
+        report.settle_ms = l.finished_at_ms.map(|d| d.saturating_sub(l.healed_at_ms));
+        report.liveness = match report.settle_ms {
+            None => Some("runs still unfinished at the end".to_string()),
+            Some(s) if s > l.bound_ms => Some(format!(
+                "runs took {s} ms to finish after the last fault healed; the bound is {} ms",
+                l.bound_ms
+            )),
+            Some(_) => None,
+        };
     }
     report
 }
@@ -536,5 +629,82 @@ mod tests {
         let r = check(&h);
         assert_eq!(r.phantom, vec![key(9, 0)]);
         assert!(!r.is_clean());
+    }
+
+    #[test]
+    fn an_unknown_needs_a_cause_once_the_recorder_sees_causes() {
+        let mut h = clean();
+        let mut fin = completed(2);
+        fin.unknown_steps = vec![1];
+        h.finals.insert(run(3), fin);
+        // A recorder that sees no causes: unknown is reported, not judged.
+        let r = check(&h);
+        assert_eq!(r.unknown, vec![key(3, 1)]);
+        assert!(r.is_clean(), "{r}");
+        // One that sees causes, but none for this key.
+        h.causes = Some(vec![(key(1, 0), "lost_reply".into())]);
+        let r = check(&h);
+        assert_eq!(r.unexplained_unknown, vec![key(3, 1)]);
+        assert!(!r.is_clean());
+        assert!(r.to_string().contains("unknown with no cause: "), "{r}");
+        // With its cause.
+        h.causes = Some(vec![(key(3, 1), "lost_reply".into())]);
+        assert!(check(&h).is_clean());
+        // A cause never excuses a second send.
+        h.calls.push(ProviderCall {
+            key: key(3, 1),
+            at_ms: 50,
+        });
+        let r = check(&h);
+        assert_eq!(r.unexplained_unknown, vec![key(3, 1)]);
+    }
+
+    #[test]
+    fn nothing_may_begin_for_a_recipient_after_they_opted_out() {
+        let mut h = clean();
+        h.begun = (0..2)
+            .map(|step| BegunSend {
+                key: key(2, step),
+                at_ms: 10 + step as u64 * 10,
+                probe: false,
+            })
+            .collect();
+        let other_tenant = OptOut {
+            tenant: TenantId::new("acme").unwrap(),
+            to: Recipient::parse("+5511913390707").unwrap(),
+            at_ms: 0,
+        };
+        h.opt_outs = vec![other_tenant];
+        assert!(check(&h).is_clean(), "another tenant's opt-out");
+        h.opt_outs.push(OptOut {
+            tenant: TenantId::default_tenant(),
+            to: Recipient::parse("+5511913390707").unwrap(),
+            at_ms: 15,
+        });
+        let r = check(&h);
+        assert_eq!(r.after_opt_out, vec![key(2, 1)], "step 0 began before");
+        assert!(!r.is_clean());
+    }
+
+    #[test]
+    fn every_run_must_finish_within_the_bound_after_the_last_heal() {
+        let mut h = clean();
+        let judge = |h: &mut History, finished: Option<u64>| {
+            h.liveness = Some(Liveness {
+                healed_at_ms: 1_000,
+                finished_at_ms: finished,
+                bound_ms: 500,
+            });
+            check(h)
+        };
+        let r = judge(&mut h, Some(1_500));
+        assert_eq!((r.liveness.clone(), r.settle_ms), (None, Some(500)));
+        let r = judge(&mut h, Some(1_501));
+        assert!(r.liveness.as_deref().unwrap().contains("501 ms"), "{r}");
+        assert!(!r.is_clean());
+        let r = judge(&mut h, None);
+        assert!(r.liveness.is_some() && r.settle_ms.is_none());
+        // Finishing before the last heal settles at once.
+        assert_eq!(judge(&mut h, Some(10)).settle_ms, Some(0));
     }
 }

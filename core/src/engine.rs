@@ -20,6 +20,12 @@ const THROTTLE_HOLD_MS: u64 = 1_000;
 /// A request's number, chosen by the driver and unique among those in flight.
 pub type ReqId = u64;
 
+/// How many send timeouts the engine keeps listening for a provider call
+/// it has already given up on: an answer inside that window still settles
+/// the ledger row it left `unknown` (if the answer says sent); after it, the
+/// driver may drop the call.
+pub const LATE_REPLY_TIMEOUTS: u64 = 4;
+
 /// Engine limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -74,6 +80,8 @@ pub enum EngineEvent {
         /// What became of it.
         outcome: DeliveryOutcome,
     },
+    /// The time [`Engine::poll_timeout`] named has come.
+    Timeout,
 }
 
 /// What the engine asks its driver to do.
@@ -86,15 +94,17 @@ pub enum EngineEffect {
         /// The op.
         op: StoreOp,
     },
-    /// Hand this message to the provider, giving up after `timeout_ms`
-    /// (and reporting that as [`DeliveryOutcome::Unknown`]).
+    /// Hand this message to the provider and report what it answers. The
+    /// engine keeps the call's time limit itself ([`Engine::poll_timeout`]);
+    /// the driver may drop the call at `abandon_at_ms`, when nothing it
+    /// could answer is listened to any more.
     Provide {
         /// Which request it is for.
         req: ReqId,
         /// The message.
         message: OutboundMessage,
-        /// The call's time limit.
-        timeout_ms: u64,
+        /// When the engine stops listening for this call's answer.
+        abandon_at_ms: u64,
     },
     /// Answer the worker.
     Respond {
@@ -124,6 +134,15 @@ struct InFlight {
     probe: bool,
     /// The ledger's attempt number for the key (from 1), once begun.
     attempt: u32,
+    /// While the provider is called: when the call's time is up.
+    deadline_ms: u64,
+}
+
+/// A provider call the engine gave up on, still listened to.
+#[derive(Debug)]
+struct Late {
+    key: crate::ids::DeliveryKey,
+    abandon_at_ms: u64,
 }
 
 /// Counters an operator wants on `/metrics`.
@@ -151,6 +170,10 @@ pub struct EngineStats {
     pub sender_blocked: u64,
     /// Requests not sent because their tenant is paused.
     pub held_for_pause: u64,
+    /// Provider calls that ran past the send timeout (counted in `unknown`).
+    pub timed_out: u64,
+    /// Answers to timed-out calls that came in time to be recorded.
+    pub late_replies: u64,
 }
 
 /// The engine's send-path state machine.
@@ -161,6 +184,7 @@ pub struct Engine {
     effects: VecDeque<EngineEffect>,
     stats: EngineStats,
     pacer: Option<Pacer>,
+    late: BTreeMap<ReqId, Late>,
 }
 
 impl Engine {
@@ -172,6 +196,7 @@ impl Engine {
             inflight: BTreeMap::new(),
             effects: VecDeque::new(),
             stats: EngineStats::default(),
+            late: BTreeMap::new(),
         }
     }
 
@@ -195,17 +220,77 @@ impl Engine {
         self.effects.pop_front()
     }
 
+    /// When the engine next wants [`EngineEvent::Timeout`]: the earliest
+    /// deadline of a provider call in flight, or of listening for a late one.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let calls = self
+            .inflight
+            .values()
+            .filter(|f| matches!(f.stage, Stage::Provide))
+            .map(|f| f.deadline_ms);
+        let late = self.late.values().map(|l| l.abandon_at_ms);
+        calls.chain(late).min()
+    }
+
     /// Takes one event at store time `now_ms`.
     pub fn handle(&mut self, event: EngineEvent, now_ms: u64) {
         match event {
             EngineEvent::Request { req, request } => self.on_request(req, request, now_ms),
             EngineEvent::StoreReplied { req, reply } => self.on_store(req, reply, now_ms),
             EngineEvent::ProviderReplied { req, outcome } => self.on_provider(req, outcome, now_ms),
+            EngineEvent::Timeout => self.on_timeout(now_ms),
         }
     }
 
+    /// Calls past their deadline are `unknown`: the request may have
+    /// reached the provider. Their answers are still listened to until
+    /// [`LATE_REPLY_TIMEOUTS`] send timeouts from the deadline.
+    fn on_timeout(&mut self, now_ms: u64) {
+        self.late.retain(|_, l| l.abandon_at_ms > now_ms);
+        let due: Vec<ReqId> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| matches!(f.stage, Stage::Provide) && f.deadline_ms <= now_ms)
+            .map(|(req, _)| *req)
+            .collect();
+        let timeout_ms = self.config.send_timeout_ms;
+        for req in due {
+            let key = self.inflight[&req].request.key;
+            self.stats.timed_out += 1;
+            self.on_provider(
+                req,
+                DeliveryOutcome::Unknown {
+                    reason: format!("provider gave no answer within {timeout_ms} ms"),
+                },
+                now_ms,
+            );
+            // Bounded like the calls themselves; past the bound a late
+            // answer is left to the status webhook.
+            if self.late.len() >= self.config.max_inflight {
+                continue;
+            }
+            self.late.insert(
+                req,
+                Late {
+                    key,
+                    abandon_at_ms: now_ms
+                        .saturating_add(timeout_ms.saturating_mul(LATE_REPLY_TIMEOUTS)),
+                },
+            );
+        }
+    }
+
+    /// The engine's in-flight bound holds; a request beyond it is `Busy`.
+    fn at_capacity(&self) -> bool {
+        self.inflight.len() >= self.config.max_inflight
+    }
+
     fn on_request(&mut self, req: ReqId, request: SendRequest, now_ms: u64) {
-        if self.inflight.len() >= self.config.max_inflight || self.inflight.contains_key(&req) {
+        assert!(
+            !self.inflight.contains_key(&req) && !self.late.contains_key(&req),
+            "request number {req} is already in use: a driver numbers each request afresh"
+        );
+        if self.at_capacity() {
             self.stats.busy += 1;
             self.respond(
                 req,
@@ -245,11 +330,12 @@ impl Engine {
                 stage: Stage::Begin,
                 probe: false,
                 attempt: 0,
+                deadline_ms: 0,
             },
         );
     }
 
-    fn on_store(&mut self, req: ReqId, reply: Result<StoreReply, StoreUnavailable>, _now_ms: u64) {
+    fn on_store(&mut self, req: ReqId, reply: Result<StoreReply, StoreUnavailable>, now_ms: u64) {
         let Some(flight) = self.inflight.get_mut(&req) else {
             return;
         };
@@ -263,6 +349,8 @@ impl Engine {
                         if probe {
                             tracing::info!(tenant = %flight.request.tenant, idempotency_key = %flight.request.key, "probing a paused sender with one send");
                         }
+                        let timeout_ms = self.config.send_timeout_ms;
+                        flight.deadline_ms = now_ms.saturating_add(timeout_ms);
                         let r = &flight.request;
                         self.effects.push_back(EngineEffect::Provide {
                             req,
@@ -272,7 +360,9 @@ impl Engine {
                                 to: r.to.clone(),
                                 message: r.message.clone(),
                             },
-                            timeout_ms: self.config.send_timeout_ms,
+                            abandon_at_ms: flight
+                                .deadline_ms
+                                .saturating_add(timeout_ms.saturating_mul(LATE_REPLY_TIMEOUTS)),
                         });
                         return;
                     }
@@ -351,6 +441,27 @@ impl Engine {
     }
 
     fn on_provider(&mut self, req: ReqId, outcome: DeliveryOutcome, now_ms: u64) {
+        if let Some(late) = self.late.remove(&req) {
+            // The worker was told `unknown` already. Only "sent" is passed
+            // on to the ledger: it is true whenever it comes. A late refusal
+            // is true of this call only, and by the time it lands another
+            // attempt of the key may be under way.
+            if !matches!(outcome, DeliveryOutcome::Sent { .. }) {
+                tracing::info!(idempotency_key = %late.key, outcome = ?outcome, "a provider answer came after the send timeout; the step stays unknown");
+                return;
+            }
+            self.stats.late_replies += 1;
+            tracing::info!(idempotency_key = %late.key, outcome = ?outcome, "a provider answer came after the send timeout; recording it");
+            self.effects.push_back(EngineEffect::Store {
+                req,
+                op: StoreOp::FinishDelivery {
+                    key: late.key,
+                    outcome,
+                    now_ms,
+                },
+            });
+            return;
+        }
         let Some(flight) = self.inflight.get_mut(&req) else {
             return;
         };

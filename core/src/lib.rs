@@ -36,7 +36,7 @@ pub use flow::{plan_run, Flow, FlowStep, PlanError, RawFlowStep, StepMessage};
 pub use ids::{DeliveryKey, FlowId, IdError, RunId, TenantId, WorkerId};
 pub use message::{Message, MessageError, MessageTemplate};
 pub use pacing::{Pacer, PacingConfig, TokenBucket};
-pub use provider_error::{classify_cloud_api, CloudApiError, ErrorClass};
+pub use provider_error::{classify_cloud_api, CloudApiError, CloudApiExchange, ErrorClass};
 pub use receipt::ReceiptStatus;
 pub use recipient::{Recipient, RecipientError};
 pub use retry::RetryPolicy;

@@ -136,6 +136,72 @@ fn advice(code: i64) -> Option<&'static str> {
     })
 }
 
+/// How a call to the Cloud API ended, as the provider saw it on the wire:
+/// the whole reading of it is here, next to the error table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudApiExchange<'a> {
+    /// An answer came: its HTTP status, `Retry-After` (ms) and body.
+    Answered {
+        /// The HTTP status.
+        http_status: u16,
+        /// The `Retry-After` header, in ms.
+        retry_after_ms: Option<u64>,
+        /// The body, any bytes.
+        body: &'a [u8],
+    },
+    /// No connection was made: nothing left this machine.
+    NotConnected(&'a str),
+    /// The exchange broke after the request was written: it may have arrived.
+    Broke(&'a str),
+}
+
+impl CloudApiExchange<'_> {
+    /// What became of the message. A 2xx with `messages[0].id` is sent;
+    /// a 2xx without one may well go out, so it is unknown; any other answer
+    /// is a refusal the error table reads; a connection never made may be
+    /// tried again; a broken exchange is unknown and never resent blindly.
+    pub fn outcome(&self) -> DeliveryOutcome {
+        match *self {
+            CloudApiExchange::Answered {
+                http_status,
+                retry_after_ms,
+                body,
+            } if (200..300).contains(&http_status) => {
+                let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+                let id = json
+                    .as_ref()
+                    .and_then(|j| j.pointer("/messages/0/id"))
+                    .and_then(|v| v.as_str())
+                    .filter(|id| !id.is_empty());
+                let _ = retry_after_ms;
+                match id {
+                    Some(id) => DeliveryOutcome::Sent {
+                        provider_message_id: id.to_string(),
+                    },
+                    None => DeliveryOutcome::Unknown {
+                        reason: format!(
+                            "the Cloud API answered HTTP {http_status} without messages[0].id"
+                        ),
+                    },
+                }
+            }
+            CloudApiExchange::Answered {
+                http_status,
+                retry_after_ms,
+                body,
+            } => CloudApiError::parse(http_status, retry_after_ms, body).outcome(),
+            CloudApiExchange::NotConnected(why) => DeliveryOutcome::Failed {
+                retryable: true,
+                reason: format!("cannot connect to the Cloud API: {why}"),
+                retry_after_ms: None,
+            },
+            CloudApiExchange::Broke(why) => DeliveryOutcome::Unknown {
+                reason: format!("Cloud API exchange broke after the request was sent: {why}"),
+            },
+        }
+    }
+}
+
 /// A Cloud API error answer, parsed by the provider and kept with the
 /// failure: `{"error":{"message","type","code","error_data":{"details"},"fbtrace_id"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

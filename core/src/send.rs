@@ -123,6 +123,20 @@ pub enum SendResponse {
     },
 }
 
+/// How long a worker waits before asking again when the engine's send path
+/// is gone (its driver stopped): the answer is `Busy`, nothing was written.
+pub const ENGINE_GONE_RETRY_MS: u64 = 1_000;
+
+impl SendResponse {
+    /// The answer when the engine's send path has stopped: nothing was
+    /// recorded or sent, so asking again later is safe.
+    pub fn engine_gone() -> Self {
+        SendResponse::Busy {
+            retry_after_ms: ENGINE_GONE_RETRY_MS,
+        }
+    }
+}
+
 /// Several sends in one request (`POST /v1/messages/batch`): the worker
 /// sends the steps of many runs at once, each decided on its own exactly as
 /// if it had come alone.

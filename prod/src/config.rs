@@ -165,6 +165,16 @@ pub struct LeaseArgs {
     /// its moment; an operator can still resolve the step).
     #[arg(long, env = "ONCESEND_UNKNOWN_TIMEOUT_MS", default_value_t = oncesend_core::worker::DEFAULT_UNKNOWN_TIMEOUT_MS)]
     pub unknown_timeout_ms: u64,
+    /// The first retry of a failed step waits up to this long, in ms; each
+    /// further one up to twice as long (with full jitter).
+    #[arg(long, env = "ONCESEND_RETRY_BASE_MS", default_value_t = oncesend_core::RetryPolicy::default().base_ms)]
+    pub retry_base_ms: u64,
+    /// The longest wait between two tries of a step, in ms.
+    #[arg(long, env = "ONCESEND_RETRY_CAP_MS", default_value_t = oncesend_core::RetryPolicy::default().cap_ms)]
+    pub retry_cap_ms: u64,
+    /// Tries of a step before its run fails.
+    #[arg(long, env = "ONCESEND_MAX_ATTEMPTS", default_value_t = oncesend_core::RetryPolicy::default().max_attempts)]
+    pub max_attempts: u32,
 }
 
 /// The standalone worker's settings.

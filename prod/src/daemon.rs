@@ -7,14 +7,15 @@ use crate::clock::TokioClock;
 use crate::config::{EngineArgs, LeaseArgs, ProviderKind, WorkerArgs};
 use crate::db::Db;
 use crate::engine::EngineHandle;
-use crate::net::TlsTrust;
+use crate::net::{HttpClient, HttpUrl, MaybeTls, Network, Tcp, TlsTrust};
 use crate::provider::{AnyProvider, CloudApiProvider, LogProvider, NullProvider, TenantProviders};
 use crate::store::Store;
+use crate::worker::{run_worker_woken, BatchedHttpEngineClient, EngineClient, SEND_BATCH};
 use anyhow::{bail, Context};
 use oncesend_core::store::StoreUnavailable;
-use oncesend_core::{CloudApiSettings, EngineConfig, PacingConfig, WorkerConfig, WorkerId};
+use oncesend_core::{CloudApiSettings, EngineConfig, PacingConfig, Worker, WorkerConfig, WorkerId};
 use oncesend_core::{StoreOp, StoreReply};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// 64 bits from the operating system, for run ids and backoff jitter.
@@ -35,11 +36,24 @@ pub fn tls_trust(args: &EngineArgs) -> anyhow::Result<TlsTrust> {
     TlsTrust::load(args.ca_file.as_deref()).map_err(|e| anyhow::anyhow!("--ca-file {e}"))
 }
 
-/// The default tenant's provider, from flags and environment.
-pub fn default_provider(
+/// How long one exchange with the Cloud API may take: the engine's send
+/// timeout, and then the window in which the engine still listens for a
+/// late answer (the call is `unknown` to the worker by then, but a late
+/// "sent" settles its ledger row).
+pub fn provider_timeout(args: &EngineArgs) -> Duration {
+    Duration::from_millis(
+        args.send_timeout_ms
+            .saturating_mul(1 + oncesend_core::engine::LATE_REPLY_TIMEOUTS),
+    )
+}
+
+/// The default tenant's provider, from flags and environment, reaching the
+/// Cloud API over `network`.
+pub fn default_provider<N: Network>(
+    network: &N,
     args: &EngineArgs,
     trust: &TlsTrust,
-) -> anyhow::Result<(AnyProvider, LogProvider)> {
+) -> anyhow::Result<(AnyProvider<N::Connector>, LogProvider)> {
     let log = match &args.log_file {
         Some(path) => LogProvider::file(path)
             .with_context(|| format!("cannot open --log-file {}", path.display()))?,
@@ -61,12 +75,8 @@ pub fn default_provider(
                 token: token.clone(),
             };
             AnyProvider::CloudApi(
-                CloudApiProvider::new(
-                    &settings,
-                    Duration::from_millis(args.send_timeout_ms),
-                    trust,
-                )
-                .map_err(|e| anyhow::anyhow!("ONCESEND_CLOUD_API_URL: {e}"))?,
+                CloudApiProvider::over(network, &settings, provider_timeout(args), trust)
+                    .map_err(|e| anyhow::anyhow!("ONCESEND_CLOUD_API_URL: {e}"))?,
             )
         }
     };
@@ -134,27 +144,16 @@ pub fn check_token(args: &EngineArgs) -> anyhow::Result<()> {
 }
 
 /// The engine: its driver and its API state, ready to serve.
-pub struct Engine {
+pub struct Engine<S = Db> {
     /// The send path.
     pub handle: EngineHandle,
     /// The HTTP API's state.
-    pub state: AppState<Db>,
+    pub state: AppState<S>,
 }
 
-/// Builds the engine over `db`.
-pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<Engine> {
-    check_token(args)?;
-    let trust = tls_trust(args)?;
-    let (default, log) = default_provider(args, &trust)?;
-    let providers = TenantProviders::new(
-        default,
-        log,
-        db.clone(),
-        clock.clone(),
-        Duration::from_millis(args.send_timeout_ms),
-        trust,
-    );
-    let config = EngineConfig {
+/// The engine machine's settings from flags.
+pub fn engine_config(args: &EngineArgs) -> EngineConfig {
+    EngineConfig {
         send_timeout_ms: args.send_timeout_ms,
         pacing: Some(PacingConfig {
             rate_per_s: args.rate_per_sec.max(1),
@@ -163,18 +162,12 @@ pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<En
         }),
         default_settings: Some(default_settings_fingerprint(args)),
         ..EngineConfig::default()
-    };
-    {
-        let (db, settings) = (db.clone(), default_settings_fingerprint(args));
-        tokio::spawn(async move {
-            if let Err(e) = lift_outlived_default_pause(&db, &settings).await {
-                tracing::warn!(error = %e, "could not read the default tenant's pause at start");
-            }
-        });
     }
-    let handle = EngineHandle::spawn(config, db.clone(), providers.clone(), clock.clone());
-    tokio::spawn(prune_forever(db.clone(), clock.clone(), args.retention_ms));
-    let api_config = ApiConfig {
+}
+
+/// The HTTP API's settings from flags.
+pub fn api_config(args: &EngineArgs) -> ApiConfig {
+    ApiConfig {
         token: args.token.clone(),
         max_body_bytes: args.max_body_bytes,
         app_secret: args.app_secret.clone(),
@@ -183,10 +176,133 @@ pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<En
         default_settings: Some(default_settings_fingerprint(args)),
         default_phone_number_id: args.phone_number_id.clone(),
         keywords: crate::api::Keywords::new(&args.opt_out_keywords, &args.opt_in_keywords),
-    };
-    let state = AppState::new(db, handle.clone(), clock, os_random(), api_config)
+    }
+}
+
+/// Builds the engine over the database `db`, on this machine's network.
+pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<Engine> {
+    engine_over(args, db, Tcp, clock, os_random())
+}
+
+/// Builds the engine: per-tenant providers over `network`, the engine
+/// driver over `store`, pruning, and the API's state. The daemons call it
+/// through [`engine`]; the simulation calls it with its own network, store
+/// and seed, so both run this wiring.
+pub fn engine_over<S: Store, N: Network>(
+    args: &EngineArgs,
+    store: S,
+    network: N,
+    clock: TokioClock,
+    seed: u64,
+) -> anyhow::Result<Engine<S>> {
+    check_token(args)?;
+    let trust = tls_trust(args)?;
+    let (default, log) = default_provider(&network, args, &trust)?;
+    let providers = TenantProviders::over(
+        network,
+        default,
+        log,
+        store.clone(),
+        clock.clone(),
+        provider_timeout(args),
+        trust,
+    );
+    {
+        let (store, settings) = (store.clone(), default_settings_fingerprint(args));
+        tokio::spawn(async move {
+            if let Err(e) = lift_outlived_default_pause(&store, &settings).await {
+                tracing::warn!(error = %e, "could not read the default tenant's pause at start");
+            }
+        });
+    }
+    let handle = EngineHandle::spawn(
+        engine_config(args),
+        store.clone(),
+        providers.clone(),
+        clock.clone(),
+    );
+    tokio::spawn(prune_forever(
+        store.clone(),
+        clock.clone(),
+        args.retention_ms,
+    ));
+    let state = AppState::new(store, handle.clone(), clock, seed, api_config(args))
         .on_tenant_put(Arc::new(move |t| providers.forget(t)));
     Ok(Engine { handle, state })
+}
+
+/// Starts `count` workers inside the engine's process, as `oncesend up`
+/// runs them: claiming from `store`, sending through the engine's handle
+/// (no HTTP), each stopping once `stop` is set and it holds nothing.
+#[allow(clippy::too_many_arguments)] // Each is one part of the assembly.
+pub fn spawn_inner_workers<S: Store>(
+    count: usize,
+    lease: &LeaseArgs,
+    send_timeout_ms: u64,
+    engine: &Engine<S>,
+    store: S,
+    clock: TokioClock,
+    wakeups: Option<Arc<tokio::sync::Notify>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    mut seed: impl FnMut() -> u64,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut workers = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let id = WorkerId::new(format!("inner-{:016x}", seed()))
+            .expect("a hex name is a valid worker id");
+        let config = worker_config(lease, id, send_timeout_ms)?;
+        let stats = Arc::new(Mutex::new(Default::default()));
+        engine.state.watch_worker(stats.clone());
+        let worker = Worker::new(config, seed())?;
+        let mut stop = stop.clone();
+        workers.push(tokio::spawn(run_worker_woken(
+            worker,
+            store.clone(),
+            engine.handle.clone(),
+            clock.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+            stats,
+            wakeups.clone(),
+        )));
+    }
+    Ok(workers)
+}
+
+/// The standalone worker's way to the engine: `POST /v1/messages/batch`
+/// to `--engine-url` over `network` (TLS when the URL says `https://`),
+/// with time for the engine to finish a provider call and record it.
+pub fn engine_client<N: Network>(
+    args: &WorkerArgs,
+    network: &N,
+) -> anyhow::Result<BatchedHttpEngineClient> {
+    let url = HttpUrl::parse(&args.engine_url).map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
+    let timeout = Duration::from_millis(args.send_timeout_ms * 2 + 2_000);
+    let connector = MaybeTls::for_url(network.connector(&url.addr), &url, &TlsTrust::web_roots())
+        .map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
+    let http = HttpClient::new(connector, &url.authority, args.token.clone(), timeout);
+    Ok(BatchedHttpEngineClient::new(http, SEND_BATCH))
+}
+
+/// Runs the standalone worker `id` over `store`, sending through `engine`
+/// (see [`engine_client`]), until `stop` resolves and it holds nothing.
+#[allow(clippy::too_many_arguments)] // Each is one part of the assembly.
+pub async fn run_standalone<S: Store, E: EngineClient>(
+    args: &WorkerArgs,
+    id: WorkerId,
+    store: S,
+    engine: E,
+    clock: TokioClock,
+    seed: u64,
+    stop: impl std::future::Future<Output = ()> + Send,
+    wakeups: Option<Arc<tokio::sync::Notify>>,
+) -> anyhow::Result<()> {
+    let config = worker_config(&args.lease, id, args.send_timeout_ms)?;
+    let worker = Worker::new(config, seed)?;
+    let stats = Arc::new(Mutex::new(Default::default()));
+    run_worker_woken(worker, store, engine, clock, stop, stats, wakeups).await;
+    Ok(())
 }
 
 /// Runs deleted per `Prune` op.
@@ -223,7 +339,7 @@ pub async fn prune_finished<S: Store>(
 }
 
 /// Prunes once a minute, for as long as the engine runs.
-async fn prune_forever(db: Db, clock: TokioClock, retention_ms: u64) {
+async fn prune_forever<S: Store>(db: S, clock: TokioClock, retention_ms: u64) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         every.tick().await;
@@ -235,12 +351,18 @@ async fn prune_forever(db: Db, clock: TokioClock, retention_ms: u64) {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState<Db>,
+/// Serves the API on `listener` (a TCP listener, or the simulation's)
+/// until `shutdown` resolves.
+pub async fn serve<L, S>(
+    listener: L,
+    state: AppState<S>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    S: Store,
+{
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
         .await
@@ -259,6 +381,11 @@ pub fn worker_config(
         poll_ms: lease.poll_ms,
         send_timeout_ms,
         unknown_timeout_ms: lease.unknown_timeout_ms,
+        retry: oncesend_core::RetryPolicy {
+            base_ms: lease.retry_base_ms,
+            cap_ms: lease.retry_cap_ms,
+            max_attempts: lease.max_attempts,
+        },
         ..WorkerConfig::new(id)
     };
     config

@@ -11,7 +11,6 @@ use oncesend_core::{
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 enum Cmd {
@@ -54,13 +53,24 @@ impl EngineHandle {
     pub async fn send(&self, request: SendRequest) -> SendResponse {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Cmd::Send(request, reply)).is_err() {
-            return SendResponse::Busy {
-                retry_after_ms: 1_000,
-            };
+            return SendResponse::engine_gone();
         }
-        rx.await.unwrap_or(SendResponse::Busy {
-            retry_after_ms: 1_000,
-        })
+        rx.await.unwrap_or_else(|_| SendResponse::engine_gone())
+    }
+
+    /// A handle whose driver has stopped: what callers see when the engine's
+    /// send path is gone (for tests of that answer).
+    pub fn stopped() -> Self {
+        let (tx, _) = mpsc::unbounded_channel();
+        Self {
+            tx,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Whether the driver still runs (`/readyz` says not ready otherwise).
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
     }
 
     /// The machine's counters.
@@ -82,7 +92,17 @@ struct Driver<S, P> {
 
 impl<S: Store, P: Provider> Driver<S, P> {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        while let Some(cmd) = rx.recv().await {
+        loop {
+            // The machine keeps every timer; the driver only says the time came.
+            let wake = self.engine.poll_timeout().map(|t| self.clock.instant_at(t));
+            let cmd = tokio::select! {
+                biased;
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => return,
+                },
+                _ = sleep_until(wake) => Cmd::Event(EngineEvent::Timeout),
+            };
             let now_ms = self.clock.now_ms();
             match cmd {
                 Cmd::Send(request, reply) => {
@@ -112,22 +132,19 @@ impl<S: Store, P: Provider> Driver<S, P> {
                 EngineEffect::Provide {
                     req,
                     message,
-                    timeout_ms,
+                    abandon_at_ms,
                 } => {
                     let provider = self.provider.clone();
                     let tx = self.tx.clone();
+                    let abandon_at = self.clock.instant_at(abandon_at_ms);
                     tokio::spawn(async move {
                         let key = message.key;
-                        let outcome = match tokio::time::timeout(
-                            Duration::from_millis(timeout_ms),
-                            provider.send(message),
-                        )
-                        .await
-                        {
-                            Ok(outcome) => outcome,
-                            Err(_) => DeliveryOutcome::Unknown {
-                                reason: format!("provider gave no answer within {timeout_ms} ms"),
-                            },
+                        // Past `abandon_at` the machine listens no more.
+                        let Ok(outcome) =
+                            tokio::time::timeout_at(abandon_at, provider.send(message)).await
+                        else {
+                            tracing::warn!(idempotency_key = %key, "provider call dropped: no answer long after the send timeout");
+                            return;
                         };
                         match &outcome {
                             DeliveryOutcome::Sent {
@@ -162,5 +179,12 @@ impl<S: Store, P: Provider> Driver<S, P> {
             }
         }
         *self.stats.lock().expect("stats lock") = self.engine.stats();
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -8,10 +8,7 @@ use oncesend::config::{DbArgs, EngineArgs, LeaseArgs, LogArgs};
 use oncesend::daemon;
 use oncesend::db::{Db, DEFAULT_DATABASE_URL};
 use oncesend::net::{HttpClient, HttpUrl, MaybeTls, TcpConnector, TlsTrust};
-use oncesend::worker::run_worker_woken;
-use oncesend_core::Worker;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// oncesend: WhatsApp message flows, delivered exactly once.
@@ -503,29 +500,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.engine.listen))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
-    for _ in 0..args.workers.max(1) {
-        let config = daemon::worker_config(
-            &args.lease,
-            daemon::fresh_worker_id(),
-            args.engine.send_timeout_ms,
-        )?;
-        let stats = Arc::new(Mutex::new(Default::default()));
-        engine.state.watch_worker(stats.clone());
-        let worker = Worker::new(config, daemon::os_random())?;
-        let mut stop = stop_rx.clone();
-        workers.push(tokio::spawn(run_worker_woken(
-            worker,
-            db.clone(),
-            engine.handle.clone(),
-            clock.clone(),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-            stats,
-            db.wakeups(),
-        )));
-    }
+    let workers = daemon::spawn_inner_workers(
+        args.workers,
+        &args.lease,
+        args.engine.send_timeout_ms,
+        &engine,
+        db.clone(),
+        clock.clone(),
+        db.wakeups(),
+        stop_rx.clone(),
+        daemon::os_random,
+    )?;
     banner(&args, &addr.to_string(), &url);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(daemon::serve(listener, engine.state, async move {

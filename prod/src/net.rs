@@ -47,6 +47,27 @@ impl Connector for TcpConnector {
     }
 }
 
+/// The network a daemon runs on: it makes a [`Connector`] for any
+/// `host:port`. The daemons use [`Tcp`]; the simulation its own network,
+/// through the same builders.
+pub trait Network: Clone + Send + Sync + 'static {
+    /// The connectors it makes.
+    type Connector: Connector;
+    /// A connector to `addr` (`host:port`).
+    fn connector(&self, addr: &str) -> Self::Connector;
+}
+
+/// The machine's own TCP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tcp;
+
+impl Network for Tcp {
+    type Connector = TcpConnector;
+    fn connector(&self, addr: &str) -> TcpConnector {
+        TcpConnector::new(addr)
+    }
+}
+
 /// Why an HTTP exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {

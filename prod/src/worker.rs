@@ -13,6 +13,7 @@ use oncesend_core::{
     SendBatchResponse, SendRequest, SendResponse, Worker, WorkerEffect, WorkerEvent,
 };
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -93,6 +94,14 @@ pub const SEND_BATCH_BODY_BUDGET: usize = 32 * 1024;
 #[derive(Clone)]
 pub struct BatchedHttpEngineClient {
     calls: Coalescer<SendRequest, Result<SendResponse, EngineUnreachable>>,
+    counts: Arc<BatchCounts>,
+}
+
+#[derive(Default)]
+struct BatchCounts {
+    posts: AtomicU64,
+    shared: AtomicU64,
+    planted_bug: AtomicBool,
 }
 
 impl BatchedHttpEngineClient {
@@ -100,8 +109,11 @@ impl BatchedHttpEngineClient {
     /// `options.in_flight` requests at once. Must be called on a tokio
     /// runtime.
     pub fn new<C: Connector>(http: HttpClient<C>, options: CoalesceOptions) -> Self {
+        let counts = Arc::new(BatchCounts::default());
+        let counting = counts.clone();
         let calls = Coalescer::spawn(options, move |requests: Vec<SendRequest>| {
             let http = http.clone();
+            let counts = counting.clone();
             async move {
                 let mut chunks: Vec<(Vec<u8>, usize)> = Vec::new();
                 let mut body = Vec::new();
@@ -119,17 +131,55 @@ impl BatchedHttpEngineClient {
                 }
                 body.extend_from_slice(b"]}");
                 chunks.push((body, count));
+                for (_, count) in &chunks {
+                    counts.posts.fetch_add(1, Ordering::Relaxed);
+                    if *count > 1 {
+                        counts.shared.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 let posts = chunks
                     .into_iter()
                     .map(|(body, count)| post_batch(&http, body, count));
-                futures_util::future::join_all(posts)
+                let results: Vec<_> = futures_util::future::join_all(posts)
                     .await
                     .into_iter()
                     .flatten()
-                    .collect()
+                    .collect();
+                if counts.planted_bug.load(Ordering::Relaxed) {
+                    // The planted bug: a batch whose answer was lost is
+                    // taken to have gone out.
+                    return results
+                        .into_iter()
+                        .map(|r| {
+                            r.or(Ok(SendResponse::Sent {
+                                provider_message_id: String::new(),
+                                replayed: false,
+                            }))
+                        })
+                        .collect();
+                }
+                results
             }
         });
-        Self { calls }
+        Self { calls, counts }
+    }
+
+    /// `POST /v1/messages/batch` requests made so far, and of those, how
+    /// many carried more than one send.
+    pub fn posts(&self) -> (u64, u64) {
+        (
+            self.counts.posts.load(Ordering::Relaxed),
+            self.counts.shared.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Test-only: plants a bug in the error handling, so the simulation can
+    /// show it finds one. A batch whose request failed is then answered
+    /// "sent" for every send in it, instead of "engine unreachable" (which
+    /// the worker retries, and the ledger makes safe to retry).
+    #[doc(hidden)]
+    pub fn plant_bug_failed_batch_taken_as_sent(&self) {
+        self.counts.planted_bug.store(true, Ordering::Relaxed);
     }
 }
 

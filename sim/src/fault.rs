@@ -82,6 +82,22 @@ pub enum FaultKind {
         /// The error code.
         code: i64,
     },
+    /// The db answers late: some answers after the caller gave up.
+    SlowStore {
+        /// How late.
+        delay_ms: u64,
+    },
+    /// The provider answers after the engine's send timeout: the engine
+    /// says unknown, then hears the late answer.
+    SlowProvider {
+        /// How late, past the timeout.
+        delay_ms: u64,
+    },
+    /// The engine host's clock steps (an NTP correction), forward or back.
+    ClockJump {
+        /// By how much.
+        by_ms: i32,
+    },
 }
 
 impl FaultKind {
@@ -101,12 +117,15 @@ impl FaultKind {
             FaultKind::Loss { .. } => "loss",
             FaultKind::Skew { .. } => "skew",
             FaultKind::SenderBlocked { .. } => "sender_blocked",
+            FaultKind::SlowStore { .. } => "slow_store",
+            FaultKind::SlowProvider { .. } => "late_reply",
+            FaultKind::ClockJump { .. } => "clock_jump",
         }
     }
 }
 
 /// Every kind of fault, by name: each must fire in some seeds.
-pub const FAULT_KINDS: [&str; 13] = [
+pub const FAULT_KINDS: [&str; 16] = [
     "latency",
     "partition",
     "partition_oneway",
@@ -120,6 +139,9 @@ pub const FAULT_KINDS: [&str; 13] = [
     "skew",
     "lease_rescue",
     "sender_blocked",
+    "slow_store",
+    "late_reply",
+    "clock_jump",
 ];
 
 /// Sender-level codes the simulated provider answers with: a token, a
@@ -177,7 +199,7 @@ pub fn schedule_from_seed(
     for _ in 0..n {
         let at_ms = rng.next_u64() % window_ms;
         let mut duration_ms = 200 + rng.next_u64() % 2_500;
-        let kind = match rng.next_u64() % 11 {
+        let kind = match rng.next_u64() % 14 {
             0 | 1 => {
                 let (a, b) = pair(&mut rng, workers);
                 FaultKind::Partition {
@@ -207,8 +229,17 @@ pub fn schedule_from_seed(
             9 => FaultKind::Skew {
                 skew_ms: (rng.next_u64() % 1_200) as i32 - 400,
             },
-            _ => FaultKind::SenderBlocked {
+            10 => FaultKind::SenderBlocked {
                 code: SENDER_BLOCK_CODES[(rng.next_u64() % 4) as usize],
+            },
+            11 => FaultKind::SlowStore {
+                delay_ms: 100 + rng.next_u64() % 800,
+            },
+            12 => FaultKind::SlowProvider {
+                delay_ms: 50 + rng.next_u64() % 1_200,
+            },
+            _ => FaultKind::ClockJump {
+                by_ms: (rng.next_u64() % 6_000) as i32 - 2_000,
             },
         };
         events.push(FaultEvent {

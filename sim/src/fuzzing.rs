@@ -44,7 +44,7 @@ pub fn decode(data: &[u8]) -> (u64, SimConfig) {
     for _ in 0..events {
         let at_ms = (r.u16() % 6_000) as u64;
         let duration_ms = 200 + (r.u16() % 3_800) as u64;
-        let kind = match r.below(7) {
+        let kind = match r.below(10) {
             0 => {
                 let (a, b) = pair(&mut r, workers);
                 FaultKind::Partition {
@@ -68,6 +68,15 @@ pub fn decode(data: &[u8]) -> (u64, SimConfig) {
                 let (a, b) = pair(&mut r, workers);
                 FaultKind::Loss { a, b }
             }
+            6 => FaultKind::SlowStore {
+                delay_ms: 100 + (r.u16() % 800) as u64,
+            },
+            7 => FaultKind::SlowProvider {
+                delay_ms: 50 + (r.u16() % 1_200) as u64,
+            },
+            8 => FaultKind::ClockJump {
+                by_ms: (r.u16() % 6_000) as i32 - 2_000,
+            },
             _ => FaultKind::Skew {
                 skew_ms: (r.u16() % 1_200) as i32 - 400,
             },

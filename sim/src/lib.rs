@@ -10,6 +10,7 @@ pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod legacy;
+pub mod meta;
 pub mod net;
 pub mod provider;
 pub mod trace;

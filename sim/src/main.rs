@@ -83,6 +83,7 @@ fn main() -> ExitCode {
     let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
     let mut worst_settle = 0u64;
     let (mut receipt_settled, mut unknown_timeouts) = (0u64, 0u64);
+    let mut ex = oncesend_sim::trace::Exercised::default();
     for &seed in &seeds {
         let r = run_seed(seed, &config);
         if args.trace {
@@ -99,25 +100,22 @@ fn main() -> ExitCode {
         totals.6 += r.sim_ms;
         receipt_settled += r.receipt_settled;
         unknown_timeouts += r.unknown_timeouts;
+        let e = r.exercised;
+        ex.send_batches += e.send_batches;
+        ex.group_commits += e.group_commits;
+        ex.paced += e.paced;
+        ex.timed_out += e.timed_out;
+        ex.late_replies += e.late_replies;
+        ex.pauses += e.pauses;
+        ex.opt_outs += e.opt_outs;
+        ex.rate_refusals += e.rate_refusals;
         worst_settle = worst_settle.max(r.settle_ms.unwrap_or(0));
         for k in &r.fired {
             *fired.entry(k).or_default() += 1;
         }
         if !r.ok() {
             let legacy = if args.legacy { " --legacy" } else { "" };
-            println!(
-                "seed {seed} FAILED: {}{}{}",
-                r.report,
-                r.liveness
-                    .as_deref()
-                    .map(|l| format!("\n  liveness: {l}"))
-                    .unwrap_or_default(),
-                if r.unexplained_unknown.is_empty() {
-                    String::new()
-                } else {
-                    format!("\n  unexplained unknown: {:?}", r.unexplained_unknown)
-                }
-            );
+            println!("seed {seed} FAILED: {}", r.report);
             println!(
                 "  replay: cargo run --release -p oncesend-sim --{legacy} --seed {seed} --workers {} --runs {} --tick-ms {}{}{}{}{} --trace",
                 args.workers,
@@ -151,6 +149,16 @@ fn main() -> ExitCode {
     println!("{:<22} {:>12}", "settled by a status", receipt_settled);
     println!("{:<22} {:>12}", "unknown timeouts", unknown_timeouts);
     println!("{:<22} {:>12}", "worst settle (ms)", worst_settle);
+    if mode == Mode::Fixed {
+        println!("{:<22} {:>12}", "send batches (>1)", ex.send_batches);
+        println!("{:<22} {:>12}", "group commits (>1)", ex.group_commits);
+        println!("{:<22} {:>12}", "pacing waits", ex.paced);
+        println!("{:<22} {:>12}", "rate refusals", ex.rate_refusals);
+        println!("{:<22} {:>12}", "send timeouts", ex.timed_out);
+        println!("{:<22} {:>12}", "late replies", ex.late_replies);
+        println!("{:<22} {:>12}", "sender pauses", ex.pauses);
+        println!("{:<22} {:>12}", "opt-outs", ex.opt_outs);
+    }
     println!(
         "{:<22} {:>12.1}",
         "seeds per second",

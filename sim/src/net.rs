@@ -46,3 +46,14 @@ impl Connector for SimConnector {
         turmoil::net::TcpStream::connect(self.addr.as_str()).await
     }
 }
+
+/// turmoil's network, as the production builders take a network.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimNet;
+
+impl oncesend::net::Network for SimNet {
+    type Connector = SimConnector;
+    fn connector(&self, addr: &str) -> SimConnector {
+        SimConnector::new(addr)
+    }
+}

@@ -2,9 +2,13 @@
 //! determinism), the provider's calls (the history the checker reads), and
 //! the switches the fault schedule flips while the simulation runs.
 
-use oncesend_core::check::{BegunSend, PauseWindow, ProviderCall};
+use oncesend::clock::TokioClock;
+use oncesend::engine::EngineHandle;
+use oncesend::store::group::GroupStats;
+use oncesend::worker::BatchedHttpEngineClient;
+use oncesend_core::check::{BegunSend, OptOut, PauseWindow, ProviderCall};
 use oncesend_core::rng::SplitMix64;
-use oncesend_core::{DeliveryKey, TenantId};
+use oncesend_core::{DeliveryKey, Recipient, TenantId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +43,53 @@ struct Inner {
     said_failed: Vec<ProviderCall>,
     receipt_settled: u64,
     unknown_timeouts: u64,
+    provider_slow_ms: Option<u64>,
+    db_delay_ms: Option<u64>,
+    inbound: Vec<OwedInbound>,
+    opt_outs: Vec<OptOut>,
+    engines: Vec<EngineHandle>,
+    engine_clock: Option<TokioClock>,
+    groups: Vec<Box<dyn Fn() -> GroupStats + Send>>,
+    senders: Vec<BatchedHttpEngineClient>,
+    provider_refused: BTreeMap<i64, u64>,
+    /// Tenant lookups: whose, when begun, when ended (if yet), and whether
+    /// they were slow or failed.
+    lookups: Vec<(TenantId, u64, Option<u64>, bool)>,
+}
+
+/// An inbound message a recipient will send the business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedInbound {
+    /// When it is due, in simulated ms.
+    pub due_ms: u64,
+    /// The business number it is sent to.
+    pub phone_number_id: &'static str,
+    /// Who sends it.
+    pub from: Recipient,
+    /// What it says.
+    pub text: &'static str,
+}
+
+/// What the production parts did in one simulation, from their own
+/// counters: proof the simulation exercised them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exercised {
+    /// `POST /v1/messages/batch` requests carrying more than one send.
+    pub send_batches: u64,
+    /// Store transactions shared by more than one write (group commit).
+    pub group_commits: u64,
+    /// Sends the engine held back for pacing.
+    pub paced: u64,
+    /// Provider calls past the engine's send timeout.
+    pub timed_out: u64,
+    /// Their answers, recorded late.
+    pub late_replies: u64,
+    /// Sender pauses the store recorded.
+    pub pauses: u64,
+    /// Recipients who opted out.
+    pub opt_outs: u64,
+    /// Sends the provider refused for its throughput or pair rate.
+    pub rate_refusals: u64,
 }
 
 /// State shared by every host of one simulation and its driver.
@@ -160,6 +211,174 @@ impl Shared {
     /// Runs settled by statuses, and runs failed by the unknown timeout.
     pub fn wait_outcomes(&self) -> (u64, u64) {
         self.with(|s| (s.receipt_settled, s.unknown_timeouts))
+    }
+
+    /// Makes the provider answer this much later (`None`: at once).
+    pub fn set_provider_slow_ms(&self, ms: Option<u64>) {
+        self.with(|s| s.provider_slow_ms = ms);
+    }
+
+    /// How much later the provider answers now.
+    pub fn provider_slow_ms(&self) -> Option<u64> {
+        self.with(|s| s.provider_slow_ms)
+    }
+
+    /// Makes the db answer this much later (`None`: at once).
+    pub fn set_db_delay_ms(&self, ms: Option<u64>) {
+        self.with(|s| s.db_delay_ms = ms);
+    }
+
+    /// How much later the db answers now.
+    pub fn db_delay_ms(&self) -> Option<u64> {
+        self.with(|s| s.db_delay_ms)
+    }
+
+    /// Plans an inbound message.
+    pub fn owe_inbound(&self, inbound: OwedInbound) {
+        self.with(|s| s.inbound.push(inbound));
+    }
+
+    /// The inbound messages due by `now_ms`, taken off the list.
+    pub fn take_due_inbound(&self, now_ms: u64) -> Vec<OwedInbound> {
+        self.with(|s| {
+            let (due, later): (Vec<_>, Vec<_>) =
+                s.inbound.drain(..).partition(|o| o.due_ms <= now_ms);
+            s.inbound = later;
+            due
+        })
+    }
+
+    /// Inbound messages that could not be posted go back, due later.
+    pub fn owe_inbound_again(&self, owed: Vec<OwedInbound>, due_ms: u64) {
+        self.with(|s| {
+            s.inbound
+                .extend(owed.into_iter().map(|o| OwedInbound { due_ms, ..o }))
+        });
+    }
+
+    /// The store recorded an opt-out, at `at_ms` in its op order.
+    pub fn note_opt_out(&self, tenant: TenantId, to: Recipient, at_ms: u64) {
+        self.with(|s| s.opt_outs.push(OptOut { tenant, to, at_ms }));
+    }
+
+    /// Every opt-out recorded, for the checker.
+    pub fn opt_outs(&self) -> Vec<OptOut> {
+        self.with(|s| s.opt_outs.clone())
+    }
+
+    /// An engine started: its counters are read at the end, and its clock
+    /// is the one clock faults step.
+    pub fn engine_started(&self, engine: EngineHandle, clock: TokioClock) {
+        self.with(|s| {
+            s.engines.push(engine);
+            s.engine_clock = Some(clock);
+        });
+    }
+
+    /// Steps the running engine's clock.
+    pub fn step_engine_clock(&self, by_ms: i64) {
+        if let Some(c) = self.with(|s| s.engine_clock.clone()) {
+            c.step(by_ms);
+        }
+    }
+
+    /// A group commit started: its counters are read at the end.
+    pub fn group_started(&self, stats: impl Fn() -> GroupStats + Send + 'static) {
+        self.with(|s| s.groups.push(Box::new(stats)));
+    }
+
+    /// A worker's batched engine client started.
+    pub fn sender_started(&self, client: BatchedHttpEngineClient) {
+        self.with(|s| s.senders.push(client));
+    }
+
+    /// A read of `tenant`'s settings (the engine's provider lookup) began;
+    /// the number to end it with.
+    pub fn lookup_began(&self, tenant: TenantId) -> usize {
+        let now = sim_ms();
+        self.with(|s| {
+            s.lookups.push((tenant, now, None, false));
+            s.lookups.len() - 1
+        })
+    }
+
+    /// The lookup ended: `slow` if it took long or failed.
+    pub fn lookup_ended(&self, n: usize, slow: bool) {
+        let now = sim_ms();
+        self.with(|s| {
+            if let Some(l) = s.lookups.get_mut(n) {
+                l.2 = Some(now);
+                l.3 = slow;
+            }
+        });
+    }
+
+    /// Whether a lookup of `tenant`'s settings was slow (or is still under
+    /// way after `slow_ms`) within `[from_ms, until_ms]`: a provider call
+    /// that waited for it may have run out of time before anything went out.
+    pub fn slow_lookup_during(
+        &self,
+        tenant: &TenantId,
+        from_ms: u64,
+        until_ms: u64,
+        slow_ms: u64,
+    ) -> bool {
+        self.with(|s| {
+            s.lookups.iter().any(|(t, a, b, slow)| {
+                t == tenant
+                    && match b {
+                        None => *a + slow_ms <= until_ms,
+                        Some(b) => *slow && *a <= until_ms && from_ms <= *b,
+                    }
+            })
+        })
+    }
+
+    /// The provider refused a send with `code` for its rate.
+    pub fn note_rate_refusal(&self, code: i64) {
+        self.with(|s| *s.provider_refused.entry(code).or_default() += 1);
+    }
+
+    /// What the production parts did, summed over every restart.
+    pub fn exercised(&self) -> Exercised {
+        self.with(|s| {
+            let mut e = Exercised {
+                pauses: s.pauses.len() as u64,
+                opt_outs: s.opt_outs.len() as u64,
+                rate_refusals: s.provider_refused.values().sum(),
+                ..Exercised::default()
+            };
+            for engine in &s.engines {
+                let st = engine.stats();
+                e.paced += st.paced;
+                e.timed_out += st.timed_out;
+                e.late_replies += st.late_replies;
+            }
+            for g in &s.groups {
+                e.group_commits += g().shared;
+            }
+            for c in &s.senders {
+                e.send_batches += c.posts().1;
+            }
+            e
+        })
+    }
+
+    /// Tenants whose pause is open while the provider takes them again:
+    /// what an operator who fixed the cause resumes.
+    pub fn resumable(&self) -> Vec<TenantId> {
+        self.with(|s| {
+            if s.sender_blocked.is_some() {
+                return Vec::new();
+            }
+            let open: BTreeSet<TenantId> = s
+                .pauses
+                .iter()
+                .filter(|p| p.until_ms.is_none())
+                .map(|p| p.tenant.clone())
+                .collect();
+            open.into_iter().collect()
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
@@ -314,13 +533,6 @@ impl Shared {
                 p.until_ms.get_or_insert(at_ms);
             }
         });
-    }
-
-    /// Whether a tenant's pause is open and the provider no longer
-    /// refuses it: what an operator who fixed the cause waits for to
-    /// resume.
-    pub fn resume_wanted(&self) -> bool {
-        self.with(|s| s.sender_blocked.is_none() && s.pauses.iter().any(|p| p.until_ms.is_none()))
     }
 
     /// Sends begun and pauses recorded, for the checker.

@@ -4,20 +4,23 @@
 use crate::db::{self, DbClient, DbRequest, DbResponse};
 use crate::fault::{schedule_from_seed, FaultEvent, FaultKind, Gate, GatedEngine, Node};
 use crate::legacy::{self, LegacyOp, LegacyTable, Sender};
-use crate::net::{SimConnector, SimListener};
+use crate::meta::{self, NUMBERS};
+use crate::net::{SimConnector, SimListener, SimNet};
 use crate::provider::SimProvider;
-use crate::trace::{sim_ms, Shared, BASE_MS};
-use oncesend::api::{self, ApiConfig, AppState};
+use crate::trace::{sim_ms, Exercised, OwedInbound, Shared, BASE_MS};
 use oncesend::clock::TokioClock;
-use oncesend::engine::EngineHandle;
+use oncesend::config::{EngineArgs, LeaseArgs, ProviderKind, WorkerArgs};
+use oncesend::daemon;
+use oncesend::db::group_options;
 use oncesend::net::HttpClient;
+use oncesend::store::group::GroupCommit;
+use oncesend::store::sql::Backend;
 use oncesend::store::MemoryStore;
-use oncesend::worker::{run_worker, HttpEngineClient};
-use oncesend_core::check::{check, Accepted, FinalRun, History, Report};
+use oncesend_core::check::{check, Accepted, FinalRun, History, Liveness, Report};
 use oncesend_core::rng::SplitMix64;
 use oncesend_core::{
-    DeliveryKey, DeliveryState, EngineConfig, Guards, MemStore, RetryPolicy, RunId, RunStatus,
-    StoreOp, StoreReply, Worker, WorkerConfig, WorkerId,
+    DeliveryKey, DeliveryState, Guards, MemStore, Recipient, RunId, RunStatus, StoreOp, StoreReply,
+    WorkerId,
 };
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -34,9 +37,19 @@ const TRIGGER_WINDOW_MS: u64 = 3_000;
 /// Faults start within this window.
 const FAULT_WINDOW_MS: u64 = 8_000;
 /// The engine's port.
-const ENGINE_PORT: u16 = 8080;
+pub const ENGINE_PORT: u16 = 8080;
+/// The engine's pacing: messages a second per sender (its burst too).
+const ENGINE_RATE_PER_S: u32 = 40;
+/// The engine's pacing: the least time between two messages to one
+/// recipient. The provider's pair limit is a little looser
+/// ([`meta::META_PAIR_GAP_MS`]), and so is the default number's throughput;
+/// the second tenant's number is in a lower tier than this
+/// ([`meta::NUMBERS`]), so its sends meet the Cloud API's 130429.
+const ENGINE_RECIPIENT_GAP_MS: u64 = 120;
 /// How long a run waits for a status on an unknown step in the simulation.
 pub const UNKNOWN_TIMEOUT_MS: u64 = 3_000;
+/// The API's bearer token (the engine listens on every interface).
+const API_TOKEN: &str = "sim-api-token";
 /// The Meta app secret the simulated provider signs its webhooks with.
 const APP_SECRET: &str = "sim-app-secret";
 
@@ -95,6 +108,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Test-only: a planted bug (unknown treated as retryable).
     pub planted_bug: bool,
+    /// Test-only: a planted bug in the worker's batched engine client (a
+    /// batch whose request failed is taken as sent).
+    pub planted_batch_bug: bool,
     /// turmoil's tick.
     pub tick_ms: u64,
 }
@@ -112,6 +128,7 @@ impl SimConfig {
             guards: Guards::default(),
             faults: Faults::FromSeed,
             planted_bug: false,
+            planted_batch_bug: false,
             tick_ms: 10,
         }
     }
@@ -159,12 +176,14 @@ pub struct SeedResult {
     pub receipt_settled: u64,
     /// Runs failed because no status came within the unknown timeout.
     pub unknown_timeouts: u64,
+    /// What the production parts did, from their own counters.
+    pub exercised: Exercised,
 }
 
 impl SeedResult {
     /// No invariant broken.
     pub fn ok(&self) -> bool {
-        self.report.is_clean() && self.unexplained_unknown.is_empty() && self.liveness.is_none()
+        self.report.is_clean()
     }
 }
 
@@ -183,25 +202,68 @@ fn recipient(i: u32) -> String {
     format!("+55119133{:05}", 90_000 + i)
 }
 
-fn worker_config(name: &str) -> WorkerConfig {
-    WorkerConfig {
+/// The engine's settings, as flags would give them: the daemons' Cloud
+/// API provider pointed at the `meta` host, the webhook secret, pacing.
+/// Written out in full (not parsed) so no environment variable reaches in.
+fn engine_args() -> EngineArgs {
+    EngineArgs {
+        listen: ([0, 0, 0, 0], ENGINE_PORT).into(),
+        token: Some(API_TOKEN.into()),
+        provider: ProviderKind::CloudApi,
+        log_file: None,
+        cloud_api_url: format!("http://meta:{}", meta::META_PORT),
+        ca_file: None,
+        cloud_api_token: Some(NUMBERS[0].token.into()),
+        phone_number_id: Some(NUMBERS[0].phone_number_id.into()),
+        cloud_api_version: meta::GRAPH_VERSION.into(),
+        rate_per_sec: ENGINE_RATE_PER_S,
+        recipient_gap_ms: ENGINE_RECIPIENT_GAP_MS,
+        send_timeout_ms: SEND_TIMEOUT_MS,
+        max_body_bytes: oncesend::api::DEFAULT_MAX_BODY_BYTES,
+        app_secret: Some(APP_SECRET.into()),
+        webhook_verify_token: None,
+        opt_out_keywords: vec!["STOP".into(), "PARAR".into()],
+        opt_in_keywords: vec!["START".into()],
+        retention_ms: 7 * 24 * 3_600_000,
+    }
+}
+
+/// Every worker's settings, engine's and standalone.
+fn lease_args() -> LeaseArgs {
+    LeaseArgs {
+        concurrency: 8,
         lease_ms: LEASE_MS,
         batch: 4,
-        concurrency: 8,
         poll_ms: 100,
-        send_timeout_ms: SEND_TIMEOUT_MS,
-        retry: RetryPolicy {
-            base_ms: 50,
-            cap_ms: 1_000,
-            max_attempts: 6,
-        },
         unknown_timeout_ms: UNKNOWN_TIMEOUT_MS,
-        ..WorkerConfig::new(WorkerId::new(name).expect("valid name"))
+        retry_base_ms: 50,
+        retry_cap_ms: 1_000,
+        max_attempts: 6,
+    }
+}
+
+/// A standalone worker's settings.
+fn worker_args(name: &str) -> WorkerArgs {
+    WorkerArgs {
+        engine_url: format!("http://engine:{ENGINE_PORT}"),
+        worker_id: Some(name.into()),
+        token: Some(API_TOKEN.into()),
+        send_timeout_ms: SEND_TIMEOUT_MS,
+        lease: lease_args(),
     }
 }
 
 fn db_client(shared: &Shared, gate: Gate) -> DbClient {
     DbClient::new(Duration::from_millis(500), gate, shared.clone())
+}
+
+/// A host's store: the db host behind the group commit the daemons put in
+/// front of PostgreSQL.
+fn group_store(shared: &Shared, gate: Gate) -> GroupCommit<DbClient> {
+    let store = GroupCommit::new(db_client(shared, gate), group_options(Backend::Postgres));
+    let counted = store.clone();
+    shared.group_started(move || counted.stats());
+    store
 }
 
 fn host_clock() -> TokioClock {
@@ -314,7 +376,9 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         });
     }
 
-    // The engine host, with the processor inside it.
+    // The engine host: `oncesend up`'s assembly (the engine, and a worker
+    // inside it that sends through the engine's handle), by the daemons'
+    // own builders over the simulated network and the db host.
     {
         let shared = shared.clone();
         let mode = config.mode;
@@ -323,46 +387,42 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
             async move {
                 let restart = shared.started("engine");
                 shared.log(format!("engine started (restart {restart})"));
-                let clock = host_clock();
-                let store = db_client(&shared, Gate::open(shared.clone()));
-                let provider = SimProvider::new(shared.clone(), Duration::from_millis(3));
-                let engine = EngineHandle::spawn(
-                    EngineConfig {
-                        send_timeout_ms: SEND_TIMEOUT_MS,
-                        ..EngineConfig::default()
-                    },
-                    store.clone(),
-                    provider.clone(),
-                    clock.clone(),
-                );
-                let state = AppState::new(
-                    store.clone(),
-                    engine.clone(),
-                    clock.clone(),
-                    seed ^ (restart << 32) ^ 0xE,
-                    ApiConfig {
-                        app_secret: Some(APP_SECRET.into()),
-                        ..ApiConfig::default()
-                    },
-                );
-                let mut router = api::router(state);
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", ENGINE_PORT)).await?;
                 match mode {
                     Mode::Fixed => {
-                        // The old topology on the new core: a processor
-                        // inside the engine, beside the standalone workers.
-                        let worker =
-                            Worker::new(worker_config("engine-queue"), seed ^ restart ^ 0xA)
-                                .expect("valid worker config");
-                        tokio::spawn(run_worker(
-                            worker,
+                        let clock = host_clock();
+                        let store = group_store(&shared, Gate::open(shared.clone()));
+                        let engine = daemon::engine_over(
+                            &engine_args(),
+                            store.clone(),
+                            SimNet,
+                            clock.clone(),
+                            seed ^ (restart << 32) ^ 0xE,
+                        )
+                        .expect("the simulation's engine settings are valid");
+                        shared.engine_started(engine.handle.clone(), clock.clone());
+                        let (_running, stop) = tokio::sync::watch::channel(false);
+                        let mut ids = SplitMix64::new(seed ^ restart ^ 0xA);
+                        daemon::spawn_inner_workers(
+                            1,
+                            &lease_args(),
+                            SEND_TIMEOUT_MS,
+                            &engine,
                             store,
-                            engine,
                             clock,
-                            std::future::pending(),
-                            Arc::default(),
-                        ));
+                            None,
+                            stop,
+                            move || ids.next_u64(),
+                        )
+                        .expect("the simulation's worker settings are valid");
+                        daemon::serve(SimListener(listener), engine.state, std::future::pending())
+                            .await?;
                     }
                     Mode::Legacy => {
+                        // The old engine: its own processor, and a send
+                        // endpoint for the old queue worker.
+                        let provider = SimProvider::new(shared.clone(), Duration::from_millis(3));
+                        let store = db_client(&shared, Gate::open(shared.clone()));
                         tokio::spawn(legacy::processor(
                             "[Message Queue]",
                             store,
@@ -370,17 +430,16 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                             500,
                             shared.clone(),
                         ));
-                        router = router.merge(legacy::router(provider));
+                        axum::serve(SimListener(listener), legacy::router(provider)).await?;
                     }
                 }
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", ENGINE_PORT)).await?;
-                axum::serve(SimListener(listener), router).await?;
                 Ok(())
             }
         });
     }
 
-    // Standalone workers (or, in legacy mode, the old queue worker).
+    // Standalone workers: `oncesend-worker`'s assembly (or, in legacy mode,
+    // the old queue worker).
     let workers = match config.mode {
         Mode::Fixed => config.workers,
         Mode::Legacy => 1,
@@ -389,7 +448,7 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         let shared = shared.clone();
         let name = Node::Worker(i).host();
         let mode = config.mode;
-        let planted_bug = config.planted_bug;
+        let (planted_bug, planted_batch_bug) = (config.planted_bug, config.planted_batch_bug);
         let start_delay_ms = rng.next_u64() % 100;
         let host = name.clone();
         sim.host(host.as_str(), move || {
@@ -398,34 +457,41 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                 let restart = shared.started(&name);
                 shared.log(format!("{name} started (restart {restart})"));
                 let gate = Gate::new(shared.clone(), &name, LEASE_MS);
-                let store = db_client(&shared, gate.clone());
-                let http = HttpClient::new(
-                    SimConnector::new(format!("engine:{ENGINE_PORT}")),
-                    "engine",
-                    None,
-                    Duration::from_millis(1_500),
-                );
                 match mode {
                     Mode::Fixed => {
-                        let worker =
-                            Worker::new(worker_config(&name), seed ^ restart ^ (i as u64 + 1) << 8)
-                                .expect("valid worker config");
+                        let args = worker_args(&name);
+                        let client = daemon::engine_client(&args, &SimNet)
+                            .expect("the simulation's engine URL is valid");
+                        if planted_batch_bug {
+                            client.plant_bug_failed_batch_taken_as_sent();
+                        }
+                        shared.sender_started(client.clone());
                         let engine = GatedEngine {
-                            inner: HttpEngineClient::new(http),
-                            gate,
+                            inner: client,
+                            gate: gate.clone(),
                             planted_bug,
                         };
-                        run_worker(
-                            worker,
-                            store,
+                        daemon::run_standalone(
+                            &args,
+                            WorkerId::new(name.as_str()).expect("valid name"),
+                            group_store(&shared, gate),
                             engine,
                             host_clock(),
+                            seed ^ restart ^ (i as u64 + 1) << 8,
                             std::future::pending(),
-                            Arc::default(),
+                            None,
                         )
-                        .await;
+                        .await
+                        .expect("the simulation's worker settings are valid");
                     }
                     Mode::Legacy => {
+                        let store = db_client(&shared, gate);
+                        let http = HttpClient::new(
+                            SimConnector::new(format!("engine:{ENGINE_PORT}")),
+                            "engine",
+                            None,
+                            Duration::from_millis(1_500),
+                        );
                         tokio::time::sleep(Duration::from_millis(start_delay_ms)).await;
                         legacy::processor("[Queue Worker]", store, Sender::Http(http), 500, shared)
                             .await;
@@ -436,17 +502,13 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         });
     }
 
-    // Meta's webhook sender: posts the statuses the provider owes to the
-    // engine's webhook, signed, several to a POST, retrying what the
-    // engine did not take.
+    // Meta: the Cloud API the engine sends through, and the webhooks it
+    // posts back (statuses, and recipients' inbound messages).
     if config.mode == Mode::Fixed {
         let shared = shared.clone();
         sim.host("meta", move || {
             let shared = shared.clone();
-            async move {
-                post_statuses(shared).await;
-                Ok(())
-            }
+            async move { meta::serve(shared, APP_SECRET).await }
         });
     }
 
@@ -465,21 +527,38 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         // In half the seeds the last step waits for the one before it to
         // be delivered (an image overtaken by the text after it).
         let wait_for_delivery = steps > 1 && rng.next_u64().is_multiple_of(2);
-        let mut plan: Vec<(u64, u32)> = (0..runs)
+        // (when, recipient, which number's tenant)
+        let mut plan: Vec<(u64, u32, usize)> = (0..runs)
             .map(|_| {
                 (
                     rng.next_u64() % TRIGGER_WINDOW_MS,
                     (rng.next_u64() % recipients as u64) as u32,
+                    (rng.next_u64() % NUMBERS.len() as u64) as usize,
                 )
             })
             .collect();
         plan.sort();
+        // In a third of the seeds a recipient texts STOP to one number
+        // while its runs are under way.
+        if mode == Mode::Fixed && rng.next_u64().is_multiple_of(3) {
+            let (_, to, number) = plan[(rng.next_u64() % plan.len().max(1) as u64) as usize];
+            shared.owe_inbound(OwedInbound {
+                due_ms: rng.next_u64() % (TRIGGER_WINDOW_MS + 1_000),
+                phone_number_id: NUMBERS[number].phone_number_id,
+                from: Recipient::parse(&recipient(to)).expect("valid"),
+                text: if rng.next_u64().is_multiple_of(2) {
+                    "STOP"
+                } else {
+                    " parar "
+                },
+            });
+        }
         let id_seed = rng.next_u64();
         sim.client("client", async move {
             let http = HttpClient::new(
                 SimConnector::new(format!("engine:{ENGINE_PORT}")),
                 "engine",
-                None,
+                Some(API_TOKEN.into()),
                 Duration::from_millis(1_000),
             );
             let flow_steps: Vec<serde_json::Value> = delays
@@ -494,20 +573,40 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                     step
                 })
                 .collect();
-            let body = serde_json::to_vec(&serde_json::json!({"steps": flow_steps})).expect("json");
             if mode == Mode::Fixed {
-                while !matches!(http.request(hyper::Method::PUT, "/v1/flows/welcome", &[], Some(body.clone())).await,
+                // The second tenant sends from its own number, stored
+                // through the API as an operator would.
+                let acme = NUMBERS[1];
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "provider": "cloud-api",
+                    "cloud_api": {
+                        "base_url": format!("http://meta:{}", meta::META_PORT),
+                        "version": meta::GRAPH_VERSION,
+                        "phone_number_id": acme.phone_number_id,
+                        "token": acme.token,
+                    }
+                }))
+                .expect("json");
+                let path = format!("/v1/tenants/{}", acme.tenant);
+                while !matches!(http.request(hyper::Method::PUT, &path, &[], Some(body.clone())).await,
                     Ok((s, _, _)) if s.is_success())
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            }
-            if mode == Mode::Fixed {
+                // The flow, for each tenant.
+                for number in NUMBERS {
+                    let body = serde_json::to_vec(&serde_json::json!({"tenant": number.tenant, "steps": flow_steps})).expect("json");
+                    while !matches!(http.request(hyper::Method::PUT, "/v1/flows/welcome", &[], Some(body.clone())).await,
+                        Ok((s, _, _)) if s.is_success())
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
                 tokio::spawn(operator(shared.clone(), http.clone()));
             }
             let db = db_client(&shared, Gate::open(shared.clone()));
             let mut ids = SplitMix64::new(id_seed);
-            for (i, (at_ms, to)) in plan.iter().enumerate() {
+            for (i, (at_ms, to, number)) in plan.iter().enumerate() {
                 let wait = at_ms.saturating_sub(sim_ms());
                 tokio::time::sleep(Duration::from_millis(wait)).await;
                 let to = recipient(*to);
@@ -515,15 +614,25 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                     Mode::Fixed => {
                         // Retried with one Idempotency-Key until accepted:
                         // a lost answer never makes a second run.
-                        let body = serde_json::to_vec(&serde_json::json!({"to": to, "vars": {"name": format!("guest{i}")}})).expect("json");
+                        let tenant = NUMBERS[*number].tenant;
+                        let body = serde_json::to_vec(&serde_json::json!({"tenant": tenant, "to": to, "vars": {"name": format!("guest{i}")}})).expect("json");
                         let key = ("idempotency-key", format!("trigger-{i}"));
                         loop {
                             match http.request(hyper::Method::POST, "/v1/flows/welcome/runs", std::slice::from_ref(&key), Some(body.clone())).await {
                                 Ok((s, _, b)) if s.is_success() => {
-                                    shared.log(format!("client: trigger {i} for {to} accepted: {}", String::from_utf8_lossy(&b)));
+                                    shared.log(format!("client: trigger {i} for {tenant} {to} accepted: {}", String::from_utf8_lossy(&b)));
                                     break;
                                 }
-                                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                                // The recipient opted out: nothing to send.
+                                Ok((hyper::StatusCode::CONFLICT, _, _)) => {
+                                    shared.log(format!("client: trigger {i} for {tenant} {to} refused: opted out"));
+                                    break;
+                                }
+                                Ok((s, _, b)) => {
+                                    shared.log(format!("client: trigger {i} answered {s}: {}; again", String::from_utf8_lossy(&b)));
+                                    tokio::time::sleep(Duration::from_millis(100)).await
+                                }
+                                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                             }
                         }
                     }
@@ -592,11 +701,25 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
     // Build the history and check it.
     let calls = shared.calls();
     let (begun, pauses) = shared.begun_and_pauses();
+    let done = *done_at.lock().expect("done lock");
     let mut history = History {
         calls: calls.clone(),
         begun,
         pauses,
         said_failed: shared.said_failed(),
+        opt_outs: shared.opt_outs(),
+        causes: Some(
+            shared
+                .ambiguous()
+                .into_iter()
+                .map(|(k, why)| (k, why.to_string()))
+                .collect(),
+        ),
+        liveness: Some(Liveness {
+            healed_at_ms: last_heal_ms,
+            finished_at_ms: done,
+            bound_ms: LIVENESS_BOUND_MS,
+        }),
         ..History::default()
     };
     match config.mode {
@@ -623,11 +746,16 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                     .deliveries
                     .iter()
                     .enumerate()
-                    .filter(|(_, d)| {
-                        d.as_ref()
-                            .is_some_and(|d| d.state == DeliveryState::Unknown)
+                    .filter_map(|(i, d)| {
+                        let d = d.as_ref().filter(|d| d.state == DeliveryState::Unknown)?;
+                        shared.log(format!(
+                            "end: {} unknown after {} attempts: {}",
+                            d.key,
+                            d.attempts,
+                            d.last_error.as_deref().unwrap_or("no error recorded")
+                        ));
+                        Some(i as u32)
                     })
-                    .map(|(i, _)| i as u32)
                     .collect();
                 history.finals.insert(
                     v.id,
@@ -666,23 +794,7 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         }
     }
     let report = check(&history);
-    let ambiguous = shared.ambiguous();
-    let unexplained_unknown: Vec<DeliveryKey> = report
-        .unknown
-        .iter()
-        .filter(|k| !ambiguous.contains_key(k) || report.duplicates.iter().any(|(d, _)| d == *k))
-        .copied()
-        .collect();
     let (receipt_settled, unknown_timeouts) = shared.wait_outcomes();
-    let done = *done_at.lock().expect("done lock");
-    let settle_ms = done.map(|d| d.saturating_sub(last_heal_ms));
-    let liveness = match settle_ms {
-        None => Some(format!("runs still unfinished at {hard_limit_ms} ms")),
-        Some(s) if s > LIVENESS_BOUND_MS => Some(format!(
-            "runs took {s} ms to finish after the last fault healed; the bound is {LIVENESS_BOUND_MS} ms"
-        )),
-        Some(_) => None,
-    };
     let mut trace = shared.trace();
     for line in report.to_string().lines() {
         trace.push(format!("check: {line}"));
@@ -691,10 +803,10 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         seed,
         trace_hash: fnv1a(&trace),
         trace,
+        unexplained_unknown: report.unexplained_unknown.clone(),
+        liveness: report.liveness.clone(),
+        settle_ms: report.settle_ms,
         report,
-        unexplained_unknown,
-        liveness,
-        settle_ms,
         sim_ms: sim_ms_total,
         fired: shared.fired_kinds(),
         runs: history.accepted.len() as u64,
@@ -707,102 +819,22 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
             .count() as u64,
         receipt_settled,
         unknown_timeouts,
-    }
-}
-
-/// The Cloud API's status webhook body for `owed`, as Meta sends it.
-fn status_payload(owed: &[crate::trace::OwedStatus]) -> serde_json::Value {
-    let statuses: Vec<serde_json::Value> = owed
-        .iter()
-        .map(|o| {
-            let mut s = serde_json::json!({
-                "id": format!("wamid.{}", o.key),
-                "status": o.status,
-                "timestamp": (BASE_MS + o.due_ms) / 1000,
-                "recipient_id": "5511913390000",
-                "biz_opaque_callback_data": o.key.to_string(),
-            });
-            if let Some(code) = o.code {
-                s["errors"] = serde_json::json!([{
-                    "code": code,
-                    "title": "Something went wrong",
-                    "error_data": {"details": "the message could not be delivered"}
-                }]);
-            }
-            s
-        })
-        .collect();
-    serde_json::json!({
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
-            "statuses": statuses,
-        }}]}],
-    })
-}
-
-/// Posts owed statuses as they fall due, up to 20 to a POST; what the
-/// engine did not answer 200 is posted again later, as Meta retries.
-async fn post_statuses(shared: Shared) {
-    let http = HttpClient::new(
-        SimConnector::new(format!("engine:{ENGINE_PORT}")),
-        "engine",
-        None,
-        Duration::from_millis(1_000),
-    );
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let due = shared.take_due_statuses(sim_ms());
-        for chunk in due.chunks(20) {
-            for o in chunk.iter().filter(|o| o.status == "failed") {
-                shared.note_said_failed(o.key);
-            }
-            let body = serde_json::to_vec(&status_payload(chunk)).expect("json");
-            let signature = (
-                "x-hub-signature-256",
-                oncesend::api::webhook::sign(APP_SECRET, &body),
-            );
-            let answer = http
-                .request(
-                    hyper::Method::POST,
-                    "/v1/providers/cloud-api/webhook",
-                    std::slice::from_ref(&signature),
-                    Some(body),
-                )
-                .await;
-            match answer {
-                Ok((s, _, _)) if s.is_success() => {}
-                other => {
-                    let why = match other {
-                        Ok((s, _, _)) => s.to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    shared.log(format!(
-                        "meta: {} statuses not taken ({why}); again later",
-                        chunk.len()
-                    ));
-                    shared.owe_again(chunk.to_vec(), sim_ms() + 250);
-                }
-            }
-        }
+        exercised: shared.exercised(),
     }
 }
 
 /// An operator: once the provider takes the sender again (its token was
-/// replaced, its bill paid) and a pause is still open, resumes it through
-/// the API, trying until the engine answers.
+/// replaced, its bill paid) and a tenant's pause is still open, resumes it
+/// through the API, trying until the engine answers.
 async fn operator(shared: Shared, http: HttpClient<SimConnector>) {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if !shared.resume_wanted() {
-            continue;
-        }
-        let answer = http
-            .request(hyper::Method::POST, "/v1/tenants/default/resume", &[], None)
-            .await;
-        if let Ok((status, _, _)) = answer {
-            shared.log(format!("operator: resume answered {status}"));
+        for tenant in shared.resumable() {
+            let path = format!("/v1/tenants/{tenant}/resume");
+            let answer = http.request(hyper::Method::POST, &path, &[], None).await;
+            if let Ok((status, _, _)) = answer {
+                shared.log(format!("operator: resume {tenant} answered {status}"));
+            }
         }
     }
 }
@@ -877,6 +909,15 @@ fn apply(
             shared.set_db_skew_ms(if start { *skew_ms as i64 } else { 0 })
         }
         FaultKind::SenderBlocked { code } => shared.set_sender_blocked(start.then_some(*code)),
+        FaultKind::SlowStore { delay_ms } => shared.set_db_delay_ms(start.then_some(*delay_ms)),
+        FaultKind::SlowProvider { delay_ms } => {
+            shared.set_provider_slow_ms(start.then_some(*delay_ms))
+        }
+        FaultKind::ClockJump { by_ms } => {
+            // A step, then stepped back when it heals (NTP corrects it).
+            let by = *by_ms as i64;
+            shared.step_engine_clock(if start { by } else { -by });
+        }
     }
     if start {
         let name = e.kind.name();
@@ -884,7 +925,11 @@ fn apply(
         // count only when they catch a request (see provider and gate).
         if !matches!(
             e.kind,
-            FaultKind::LoseReplies | FaultKind::Pause { .. } | FaultKind::SenderBlocked { .. }
+            FaultKind::LoseReplies
+                | FaultKind::Pause { .. }
+                | FaultKind::SenderBlocked { .. }
+                | FaultKind::SlowStore { .. }
+                | FaultKind::SlowProvider { .. }
         ) {
             shared.fired(name);
         }

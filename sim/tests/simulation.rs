@@ -49,7 +49,8 @@ fn fixed_design_has_no_duplicates() {
         config.workers >= 1,
         "the engine's processor plus at least one more"
     );
-    let seeds = 500u64;
+    let seeds = 1_000u64;
+    let mut exercised = oncesend_sim::trace::Exercised::default();
     let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
     let mut worst_settle = 0;
     let mut deliveries = 0;
@@ -66,6 +67,28 @@ fn fixed_design_has_no_duplicates() {
         timeouts += r.unknown_timeouts;
         runs += r.runs;
         completed += r.runs - r.failed;
+        let e = r.exercised;
+        exercised.send_batches += e.send_batches;
+        exercised.group_commits += e.group_commits;
+        exercised.paced += e.paced;
+        exercised.late_replies += e.late_replies;
+        exercised.pauses += e.pauses;
+        exercised.opt_outs += e.opt_outs;
+        exercised.rate_refusals += e.rate_refusals;
+    }
+    // The daemons' parts ran, under the faults: batched sends, group
+    // commit, pacing, late provider answers, sender pauses and opt-outs.
+    let e = exercised;
+    for (what, n) in [
+        ("send batches of more than one", e.send_batches),
+        ("group commits of more than one write", e.group_commits),
+        ("pacing waits", e.paced),
+        ("late provider answers recorded", e.late_replies),
+        ("sender pauses", e.pauses),
+        ("opt-outs", e.opt_outs),
+        ("throughput refusals from the provider", e.rate_refusals),
+    ] {
+        assert!(n > 0, "no {what} in {seeds} seeds: {e:?}");
     }
     // Unknown is a wait: statuses settle most unknown steps and their runs
     // go on; only those no status ever names run out of time.
@@ -231,6 +254,9 @@ fn fault_event() -> impl Strategy<Value = FaultEvent> {
         (-400i32..800).prop_map(|skew_ms| FaultKind::Skew { skew_ms }),
         proptest::sample::select(&oncesend_sim::fault::SENDER_BLOCK_CODES[..])
             .prop_map(|code| FaultKind::SenderBlocked { code }),
+        (100u64..900).prop_map(|delay_ms| FaultKind::SlowStore { delay_ms }),
+        (50u64..1_250).prop_map(|delay_ms| FaultKind::SlowProvider { delay_ms }),
+        (-2_000i32..4_000).prop_map(|by_ms| FaultKind::ClockJump { by_ms }),
     ];
     (0u64..6_000, 200u64..4_000, kind)
         .prop_filter("a link needs two ends", |(_, _, k)| match k {
@@ -291,6 +317,44 @@ fn a_blocked_sender_pauses_its_runs_wait_and_all_complete_once_resumed() {
     assert!(
         paused_seeds >= 30,
         "the sender paused in only {paused_seeds} of 40 seeds"
+    );
+}
+
+#[test]
+fn a_batch_of_sends_that_loses_its_answer_loses_nothing_unless_its_error_handling_is_broken() {
+    // Worker 1 is cut off from the engine for two seconds while runs are
+    // under way: its `POST /v1/messages/batch` requests get no answer.
+    let schedule = vec![FaultEvent {
+        at_ms: 600,
+        duration_ms: 2_000,
+        kind: FaultKind::Partition {
+            a: Node::Worker(0),
+            b: Node::Engine,
+            oneway: false,
+        },
+    }];
+    let config = |planted_batch_bug| SimConfig {
+        faults: Faults::Explicit(schedule.clone()),
+        planted_batch_bug,
+        ..SimConfig::fixed()
+    };
+    let (mut batches, mut caught) = (0, 0);
+    for seed in 0..20 {
+        // As built: every send of a failed batch fails, the worker asks
+        // again, and the ledger answers what already went out.
+        let r = run_seed(seed, &config(false));
+        assert!(r.ok(), "{}", replay(&r, ""));
+        batches += r.exercised.send_batches;
+        // Broken on purpose: a failed batch is taken as sent.
+        let broken = run_seed(seed, &config(true));
+        if !broken.report.lost.is_empty() || !broken.report.out_of_order.is_empty() {
+            caught += 1;
+        }
+    }
+    assert!(batches > 0, "no batch of sends in 20 seeds");
+    assert!(
+        caught > 0,
+        "with the batch client's error handling broken, no seed of 20 showed a lost step"
     );
 }
 

@@ -972,6 +972,13 @@ async fn send_batch<S: Store>(
 }
 
 async fn readyz<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Problem> {
+    if !st.engine.is_running() {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Engine stopped",
+            "the engine's send path has stopped; every send is answered busy and nothing goes out. Restart the engine",
+        ));
+    }
     let now_ms = st.clock.now_ms();
     match store_reply(st.store.apply(StoreOp::Stats { now_ms }).await)? {
         StoreReply::Stats(_) => Ok("ready\n".into_response()),
@@ -1135,6 +1142,54 @@ mod tests {
 
     fn body(messages: Vec<serde_json::Value>) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({ "messages": messages })).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stopped_engine_is_not_ready_and_answers_busy_with_nothing_sent() {
+        use tower::ServiceExt;
+        let engine = EngineHandle::stopped();
+        assert!(!engine.is_running());
+        let store = crate::store::MemoryStore::new(oncesend_core::MemStore::new());
+        let state = AppState::new(
+            store.clone(),
+            engine.clone(),
+            TokioClock::new(1_000),
+            1,
+            ApiConfig::default(),
+        );
+        let ready = router(state)
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(ready.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("Restart the engine"));
+        let request: SendRequest = serde_json::from_value(message(0)).unwrap();
+        assert_eq!(engine.send(request).await, SendResponse::engine_gone());
+        // And a running one is ready.
+        let live = EngineHandle::spawn(
+            oncesend_core::EngineConfig::default(),
+            store.clone(),
+            crate::provider::NullProvider::default(),
+            TokioClock::new(1_000),
+        );
+        assert!(live.is_running());
+        let state = AppState::new(store, live, TokioClock::new(1_000), 1, ApiConfig::default());
+        let ready = router(state)
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::OK);
     }
 
     #[test]

@@ -6,12 +6,8 @@ use oncesend::clock::TokioClock;
 use oncesend::config::{DbArgs, LogArgs, WorkerArgs};
 use oncesend::daemon;
 use oncesend::db::Db;
-use oncesend::net::{HttpClient, HttpUrl, MaybeTls, TcpConnector, TlsTrust};
-use oncesend::worker::{run_worker_woken, BatchedHttpEngineClient, SEND_BATCH};
-use oncesend_core::Worker;
+use oncesend::net::Tcp;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// oncesend's worker: any number may run against one database.
 #[derive(Parser)]
@@ -41,9 +37,9 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let id = daemon::worker_id(&cli.worker)?;
-    let config = daemon::worker_config(&cli.worker.lease, id.clone(), cli.worker.send_timeout_ms)?;
-    let url =
-        HttpUrl::parse(&cli.worker.engine_url).map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
+    // Refuse bad settings before waiting for a database.
+    daemon::worker_config(&cli.worker.lease, id.clone(), cli.worker.send_timeout_ms)?;
+    let engine = daemon::engine_client(&cli.worker, &Tcp)?;
     let clock = TokioClock::system();
     let flag = daemon::shutdown_flag();
     let Some(db) = Db::open_for_daemon(
@@ -59,29 +55,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if db.is_memory() {
         anyhow::bail!("a separate worker needs a database shared with the engine; DATABASE_URL=memory: lives in one process (use `oncesend up`, or sqlite:// / postgres://)");
     }
-    // Long enough for the engine to finish a provider call and record it.
-    let timeout = Duration::from_millis(cli.worker.send_timeout_ms * 2 + 2_000);
-    // An engine behind a TLS-terminating proxy is reached over https.
-    let connector = MaybeTls::for_url(
-        TcpConnector::new(url.addr.clone()),
-        &url,
-        &TlsTrust::web_roots(),
-    )
-    .map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
-    let http = HttpClient::new(connector, &url.authority, cli.worker.token.clone(), timeout);
-    let worker = Worker::new(config, daemon::os_random())?;
-    let stats = Arc::new(Mutex::new(Default::default()));
     tracing::info!(worker_id = %id, engine = %cli.worker.engine_url, database = %oncesend::db::redact(&cli.db.database_url), "worker starting");
     let wakeups = db.wakeups();
-    run_worker_woken(
-        worker,
+    daemon::run_standalone(
+        &cli.worker,
+        id,
         db,
-        BatchedHttpEngineClient::new(http, SEND_BATCH),
+        engine,
         clock,
+        daemon::os_random(),
         daemon::stopped(flag),
-        stats,
         wakeups,
     )
-    .await;
-    Ok(())
+    .await
 }

@@ -7,23 +7,44 @@
 //! [`CloudApiError::outcome`].
 
 use super::Provider;
-use crate::net::{HttpClient, HttpError, HttpUrl, MaybeTls, TcpConnector, TlsTrust};
+use crate::net::{Connector, HttpClient, HttpError, HttpUrl, MaybeTls, Network, Tcp, TlsTrust};
 use hyper::{HeaderMap, Method, StatusCode};
-use oncesend_core::{CloudApiError, CloudApiSettings, DeliveryOutcome, OutboundMessage};
+use oncesend_core::{CloudApiExchange, CloudApiSettings, DeliveryOutcome, OutboundMessage};
 use std::time::Duration;
 
 /// Sends through one Cloud API phone number.
-#[derive(Clone)]
-pub struct CloudApiProvider {
-    http: HttpClient<MaybeTls<TcpConnector>>,
+pub struct CloudApiProvider<C: Connector = <Tcp as Network>::Connector> {
+    http: HttpClient<MaybeTls<C>>,
     path: String,
 }
 
+impl<C: Connector> Clone for CloudApiProvider<C> {
+    fn clone(&self) -> Self {
+        Self {
+            http: self.http.clone(),
+            path: self.path.clone(),
+        }
+    }
+}
+
 impl CloudApiProvider {
-    /// A client for `settings`, trusting `trust`'s roots over `https`.
-    /// `timeout` bounds each exchange; the engine bounds the whole call
-    /// too, and either running out is `unknown`.
+    /// A client for `settings` over TCP, trusting `trust`'s roots over
+    /// `https`. `timeout` bounds each exchange.
     pub fn new(
+        settings: &CloudApiSettings,
+        timeout: Duration,
+        trust: &TlsTrust,
+    ) -> Result<Self, String> {
+        Self::over(&Tcp, settings, timeout, trust)
+    }
+}
+
+impl<C: Connector> CloudApiProvider<C> {
+    /// A client for `settings` over `network`. `timeout` bounds each
+    /// exchange; the engine keeps its own send timeout (shorter), and a
+    /// call past it is `unknown` whatever the exchange does later.
+    pub fn over<N: Network<Connector = C>>(
+        network: &N,
         settings: &CloudApiSettings,
         timeout: Duration,
         trust: &TlsTrust,
@@ -36,7 +57,7 @@ impl CloudApiProvider {
                 "the Cloud API URL is plain http off this machine: the access token and every message cross the network unencrypted; use https://"
             );
         }
-        let connector = MaybeTls::for_url(TcpConnector::new(url.addr.clone()), &url, trust)?;
+        let connector = MaybeTls::for_url(network.connector(&url.addr), &url, trust)?;
         let http = HttpClient::new(
             connector,
             &url.authority,
@@ -70,28 +91,17 @@ fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
     Some(secs.saturating_mul(1000))
 }
 
-/// What a Cloud API answer means.
+/// What a Cloud API answer means: the core reads it.
 pub fn outcome(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> DeliveryOutcome {
-    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    if status.is_success() {
-        let id = json
-            .as_ref()
-            .and_then(|j| j.pointer("/messages/0/id"))
-            .and_then(|v| v.as_str());
-        return match id {
-            Some(id) => DeliveryOutcome::Sent {
-                provider_message_id: id.to_string(),
-            },
-            // Accepted, but we cannot tell what: it may well go out.
-            None => DeliveryOutcome::Unknown {
-                reason: format!("the Cloud API answered {status} without messages[0].id"),
-            },
-        };
+    CloudApiExchange::Answered {
+        http_status: status.as_u16(),
+        retry_after_ms: retry_after_ms(headers),
+        body,
     }
-    CloudApiError::parse(status.as_u16(), retry_after_ms(headers), body).outcome()
+    .outcome()
 }
 
-impl Provider for CloudApiProvider {
+impl<C: Connector> Provider for CloudApiProvider<C> {
     async fn send(&self, message: OutboundMessage) -> DeliveryOutcome {
         let body = serde_json::to_vec(&Self::body(&message)).expect("json serializes");
         match self
@@ -100,16 +110,8 @@ impl Provider for CloudApiProvider {
             .await
         {
             Ok((status, headers, bytes)) => outcome(status, &headers, &bytes),
-            // Nothing left this machine: safe to try again.
-            Err(HttpError::Connect(e)) => DeliveryOutcome::Failed {
-                retryable: true,
-                reason: format!("cannot connect to the Cloud API: {e}"),
-                retry_after_ms: None,
-            },
-            // The request may have arrived: never resend blindly.
-            Err(HttpError::Exchange(e)) => DeliveryOutcome::Unknown {
-                reason: format!("Cloud API exchange broke after the request was sent: {e}"),
-            },
+            Err(HttpError::Connect(e)) => CloudApiExchange::NotConnected(&e.to_string()).outcome(),
+            Err(HttpError::Exchange(e)) => CloudApiExchange::Broke(&e).outcome(),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::{CloudApiProvider, LogProvider, NullProvider, Provider};
 use crate::clock::TokioClock;
-use crate::net::TlsTrust;
+use crate::net::{Connector, Network, Tcp, TcpConnector, TlsTrust};
 use crate::store::Store;
 use oncesend_core::{
     DeliveryOutcome, OutboundMessage, ProviderSettings, StoreOp, StoreReply, TenantId,
@@ -13,18 +13,27 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Any provider the daemons can be configured with.
-#[derive(Clone)]
-pub enum AnyProvider {
+/// Any provider the daemons can be configured with, over connections `C`.
+pub enum AnyProvider<C: Connector = TcpConnector> {
     /// JSON lines.
     Log(LogProvider),
     /// The WhatsApp Cloud API.
-    CloudApi(CloudApiProvider),
+    CloudApi(CloudApiProvider<C>),
     /// Sends nothing.
     Null(NullProvider),
 }
 
-impl Provider for AnyProvider {
+impl<C: Connector> Clone for AnyProvider<C> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Log(p) => Self::Log(p.clone()),
+            Self::CloudApi(p) => Self::CloudApi(p.clone()),
+            Self::Null(p) => Self::Null(p.clone()),
+        }
+    }
+}
+
+impl<C: Connector> Provider for AnyProvider<C> {
     async fn send(&self, message: OutboundMessage) -> DeliveryOutcome {
         match self {
             Self::Log(p) => p.send(message).await,
@@ -40,25 +49,27 @@ const TENANT_TTL_MS: u64 = 30_000;
 /// Most tenants whose providers are kept built.
 const MAX_CACHED_TENANTS: usize = 1_024;
 
-struct Cached {
-    provider: AnyProvider,
+struct Cached<C: Connector> {
+    provider: AnyProvider<C>,
     fetched_ms: u64,
 }
 
-/// The per-tenant provider.
-pub struct TenantProviders<S> {
-    default: AnyProvider,
+/// The per-tenant provider, reaching the Cloud API over network `N`.
+pub struct TenantProviders<S, N: Network = Tcp> {
+    default: AnyProvider<N::Connector>,
     log: LogProvider,
     store: S,
+    network: N,
     clock: TokioClock,
     timeout: Duration,
     trust: TlsTrust,
-    cache: Arc<Mutex<BTreeMap<TenantId, Cached>>>,
+    cache: Arc<Mutex<BTreeMap<TenantId, Cached<N::Connector>>>>,
 }
 
-impl<S: Clone> Clone for TenantProviders<S> {
+impl<S: Clone, N: Network> Clone for TenantProviders<S, N> {
     fn clone(&self) -> Self {
         Self {
+            network: self.network.clone(),
             default: self.default.clone(),
             log: self.log.clone(),
             store: self.store.clone(),
@@ -73,7 +84,7 @@ impl<S: Clone> Clone for TenantProviders<S> {
 impl<S: Store> TenantProviders<S> {
     /// `default` serves the tenant `default`; tenants stored with the log
     /// provider write to `log`; stored Cloud API tenants are reached over
-    /// TLS trusting `trust`.
+    /// TCP (TLS trusting `trust`).
     pub fn new(
         default: AnyProvider,
         log: LogProvider,
@@ -82,7 +93,23 @@ impl<S: Store> TenantProviders<S> {
         timeout: Duration,
         trust: TlsTrust,
     ) -> Self {
+        Self::over(Tcp, default, log, store, clock, timeout, trust)
+    }
+}
+
+impl<S: Store, N: Network> TenantProviders<S, N> {
+    /// [`TenantProviders::new`] over `network`.
+    pub fn over(
+        network: N,
+        default: AnyProvider<N::Connector>,
+        log: LogProvider,
+        store: S,
+        clock: TokioClock,
+        timeout: Duration,
+        trust: TlsTrust,
+    ) -> Self {
         Self {
+            network,
             default,
             log,
             store,
@@ -94,12 +121,12 @@ impl<S: Store> TenantProviders<S> {
     }
 
     /// Builds the provider for stored settings.
-    pub fn build(&self, settings: &ProviderSettings) -> Result<AnyProvider, String> {
+    pub fn build(&self, settings: &ProviderSettings) -> Result<AnyProvider<N::Connector>, String> {
         Ok(match settings {
             ProviderSettings::Log {} => AnyProvider::Log(self.log.clone()),
-            ProviderSettings::CloudApi { cloud_api } => {
-                AnyProvider::CloudApi(CloudApiProvider::new(cloud_api, self.timeout, &self.trust)?)
-            }
+            ProviderSettings::CloudApi { cloud_api } => AnyProvider::CloudApi(
+                CloudApiProvider::over(&self.network, cloud_api, self.timeout, &self.trust)?,
+            ),
         })
     }
 
@@ -108,7 +135,10 @@ impl<S: Store> TenantProviders<S> {
         self.cache.lock().expect("tenant cache").remove(tenant);
     }
 
-    async fn provider_for(&self, tenant: &TenantId) -> Result<AnyProvider, DeliveryOutcome> {
+    async fn provider_for(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<AnyProvider<N::Connector>, DeliveryOutcome> {
         if *tenant == TenantId::default_tenant() {
             return Ok(self.default.clone());
         }
@@ -160,7 +190,7 @@ impl<S: Store> TenantProviders<S> {
     }
 }
 
-impl<S: Store> Provider for TenantProviders<S> {
+impl<S: Store, N: Network> Provider for TenantProviders<S, N> {
     async fn send(&self, message: OutboundMessage) -> DeliveryOutcome {
         match self.provider_for(&message.tenant).await {
             Ok(p) => p.send(message).await,

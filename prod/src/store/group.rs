@@ -32,7 +32,26 @@ pub struct GroupCommit<S> {
     inner: S,
     rows: Lane,
     enqueues: Lane,
-    enqueue_batches: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    enqueue_batches: AtomicU64,
+    batches: AtomicU64,
+    shared: AtomicU64,
+}
+
+/// What a [`GroupCommit`] has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Batches handed to the store, both lanes.
+    pub batches: u64,
+    /// Of those, batches of two ops or more: writes that shared a
+    /// transaction.
+    pub shared: u64,
+    /// Batches of the enqueue lane.
+    pub enqueue_batches: u64,
 }
 
 /// Whether `op` is a write to one run or one ledger row: what this module
@@ -46,33 +65,50 @@ impl<S: Store> GroupCommit<S> {
     /// transaction and `options.in_flight` transactions at once per lane.
     /// Must be called on a tokio runtime.
     pub fn new(inner: S, options: CoalesceOptions) -> Self {
-        let enqueue_batches = Arc::new(AtomicU64::new(0));
-        let lane = |inner: S, count: Option<Arc<AtomicU64>>| {
+        let counts = Arc::new(Counts::default());
+        let lane = |inner: S, enqueues: bool| {
+            let counts = counts.clone();
             Coalescer::spawn(options, move |ops: Vec<StoreOp>| {
                 let inner = inner.clone();
-                if let Some(count) = &count {
-                    count.fetch_add(1, Ordering::Relaxed);
+                let n = ops.len();
+                counts.batches.fetch_add(1, Ordering::Relaxed);
+                if n > 1 {
+                    counts.shared.fetch_add(1, Ordering::Relaxed);
+                }
+                if enqueues {
+                    counts.enqueue_batches.fetch_add(1, Ordering::Relaxed);
                 }
                 async move {
-                    let n = ops.len();
                     match inner.apply_batch(ops).await {
-                        Ok(replies) => replies.into_iter().map(Ok).collect(),
+                        Ok(replies) => {
+                            assert_eq!(replies.len(), n, "a store answers every op of a batch");
+                            replies.into_iter().map(Ok).collect()
+                        }
                         Err(e) => vec![Err(e); n],
                     }
                 }
             })
         };
         Self {
-            rows: lane(inner.clone(), None),
-            enqueues: lane(inner.clone(), Some(enqueue_batches.clone())),
-            enqueue_batches,
+            rows: lane(inner.clone(), false),
+            enqueues: lane(inner.clone(), true),
+            counts,
             inner,
         }
     }
 
     /// Batches the enqueue lane has handed to the store so far.
     pub fn enqueue_batches(&self) -> u64 {
-        self.enqueue_batches.load(Ordering::Relaxed)
+        self.counts.enqueue_batches.load(Ordering::Relaxed)
+    }
+
+    /// Its counters so far.
+    pub fn stats(&self) -> GroupStats {
+        GroupStats {
+            batches: self.counts.batches.load(Ordering::Relaxed),
+            shared: self.counts.shared.load(Ordering::Relaxed),
+            enqueue_batches: self.enqueue_batches(),
+        }
     }
 
     /// The store underneath.
