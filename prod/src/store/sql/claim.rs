@@ -25,7 +25,7 @@ impl Batch<'_> {
         let until = now_ms.saturating_add(lease_ms);
         let mut claimed: Vec<(u64, u64, ClaimedRun)> = match self.backend {
             Backend::Postgres => {
-                // One statement: see the file.
+                // One statement; `postgres/claim.sql` says why it is safe.
                 let rows = sqlx::query(postgres::CLAIM)
                     .bind(db(now_ms))
                     .bind(max as i64)
