@@ -7,7 +7,6 @@
 //! simulated network, tests production.
 
 pub mod api;
-pub mod bench;
 pub mod clock;
 pub mod coalesce;
 pub mod config;

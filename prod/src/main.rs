@@ -42,8 +42,18 @@ enum Command {
     /// List runs, newest first.
     Runs(RunsArgs),
     /// Load a scratch database with runs, drain them, and report
-    /// throughput, latency and transactions per message.
-    Bench(oncesend::bench::BenchArgs),
+    /// throughput, latency and transactions per message (runs the
+    /// `oncesend-bench` executable beside this one; `--help` lists its flags).
+    #[command(disable_help_flag = true)]
+    Bench(BenchArgs),
+}
+
+/// `oncesend bench`'s arguments: all of them go to `oncesend-bench`.
+#[derive(Args)]
+struct BenchArgs {
+    /// The load tool's flags.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Args)]
@@ -273,6 +283,9 @@ async fn main() -> ExitCode {
         Command::Bench(_) => cli.log.init_with_default("warn"),
         _ => cli.log.init(),
     }
+    if let Command::Bench(args) = cli.command {
+        return bench(args, &cli.log).await;
+    }
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -282,10 +295,59 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The load tool lives in `oncesend-benches`, which depends on this crate,
+/// so it cannot be linked in here: `oncesend bench` runs the
+/// `oncesend-bench` executable built beside this one, passes every argument
+/// on and answers its exit status.
+async fn bench(args: BenchArgs, log: &LogArgs) -> ExitCode {
+    let name = format!("oncesend-bench{}", std::env::consts::EXE_SUFFIX);
+    let tool = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name(&name),
+        Err(e) => {
+            eprintln!("oncesend: cannot find this executable's folder to look for {name}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !tool.is_file() {
+        eprintln!(
+            "oncesend: the load tool is a separate executable and {} does not exist; \
+             build it beside oncesend with `cargo build --release -p oncesend-benches --bin oncesend-bench` \
+             (without --release for a debug oncesend), or run it directly with \
+             `cargo run --release -p oncesend-benches --bin oncesend-bench -- …`",
+            tool.display()
+        );
+        return ExitCode::from(1);
+    }
+    let format = clap::ValueEnum::to_possible_value(&log.log_format)
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    let status = tokio::process::Command::new(&tool)
+        .args(&args.args)
+        .env("ONCESEND_LOG_FORMAT", format)
+        .status()
+        .await;
+    match status {
+        Ok(status) => match status.code() {
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            None => {
+                eprintln!(
+                    "oncesend: {} ended without an exit code: {status}",
+                    tool.display()
+                );
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => {
+            eprintln!("oncesend: cannot run {}: {e}", tool.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => up(args).await,
-        Command::Bench(args) => oncesend::bench::run(args).await,
+        Command::Bench(_) => unreachable!("main runs the load tool itself"),
         Command::Migrate(db) => {
             // Opening migrates.
             Db::open_patiently(

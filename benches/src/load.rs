@@ -1,6 +1,7 @@
-//! `oncesend bench`: the load tool. Enqueues runs into the database
-//! `DATABASE_URL` names, drains them with workers in this process, checks
-//! that every step went out exactly once, and reports what it cost.
+//! The load tool (`oncesend-bench`, also run as `oncesend bench`).
+//! Enqueues runs into the database `DATABASE_URL` names, drains them with
+//! workers in this process, checks that every step went out exactly once,
+//! and reports what it cost.
 //!
 //! Two paths:
 //! - `store`: claim, advance and complete against the store alone, no
@@ -34,18 +35,18 @@
 //!   final check is not counted;
 //! - peak memory is the process's `VmHWM`.
 
-use crate::api::{self, ApiConfig, AppState};
-use crate::clock::TokioClock;
-use crate::coalesce::CoalesceOptions;
-use crate::daemon;
-use crate::db::{self, Db};
-use crate::engine::EngineHandle;
-use crate::net::{HttpClient, TcpConnector};
-use crate::provider::NullProvider;
-use crate::store::Store;
-use crate::worker::{run_worker_woken, BatchedHttpEngineClient, HttpEngineClient};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use oncesend::api::{self, ApiConfig, AppState};
+use oncesend::clock::TokioClock;
+use oncesend::coalesce::CoalesceOptions;
+use oncesend::daemon;
+use oncesend::db::{self, Db};
+use oncesend::engine::EngineHandle;
+use oncesend::net::{HttpClient, TcpConnector};
+use oncesend::provider::NullProvider;
+use oncesend::store::Store;
+use oncesend::worker::{run_worker_woken, BatchedHttpEngineClient, HttpEngineClient};
 use oncesend_core::store::StoreUnavailable;
 use oncesend_core::{
     ClaimedRun, DeliveryOutcome, DeliveryState, EngineConfig, FlowId, NewRun, PlannedStep,
@@ -85,7 +86,7 @@ impl BenchPath {
     }
 }
 
-/// `oncesend bench`'s flags.
+/// The load tool's flags.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// The database to load (a scratch one: the runs stay in it).
@@ -129,7 +130,7 @@ pub struct BenchArgs {
     pub concurrency: Option<u32>,
     /// `full` path: most sends a worker gathers into one
     /// `POST /v1/messages/batch`; 1 sends each alone to `POST /v1/messages`.
-    #[arg(long, default_value_t = crate::worker::SEND_BATCH.max_batch as u32, value_parser = clap::value_parser!(u32).range(1..=oncesend_core::limits::MAX_SEND_BATCH as i64))]
+    #[arg(long, default_value_t = oncesend::worker::SEND_BATCH.max_batch as u32, value_parser = clap::value_parser!(u32).range(1..=oncesend_core::limits::MAX_SEND_BATCH as i64))]
     pub send_batch: u32,
     /// How long an idle worker waits before claiming again, in ms, when no
     /// enqueue wakes it first.
@@ -655,7 +656,7 @@ impl Drain {
                     workers.push(if args.send_batch > 1 {
                         let options = CoalesceOptions {
                             max_batch: args.send_batch as usize,
-                            ..crate::worker::SEND_BATCH
+                            ..oncesend::worker::SEND_BATCH
                         };
                         let engine = BatchedHttpEngineClient::new(http, options);
                         tokio::spawn(async move {

@@ -1,4 +1,4 @@
-//! `oncesend bench`, the real binary: both paths drain a small workload on
+//! `oncesend-bench`, the real binary: both paths drain a small workload on
 //! `memory:`, verify it, and end with a RESULT line whose fields agree with
 //! the flags; bad flags are refused with a message that says what is wrong.
 
@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
 fn bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_oncesend"))
-        .arg("bench")
+    Command::new(env!("CARGO_BIN_EXE_oncesend-bench"))
         .args(args)
         .env("DATABASE_URL", "memory:")
         .env_remove("RUST_LOG")
         .output()
-        .expect("run oncesend bench")
+        .expect("run oncesend-bench")
 }
 
 /// The last line's `key=value` fields; fails unless it is a RESULT line.
@@ -127,11 +126,11 @@ fn bad_flags_say_what_is_wrong() {
             "{args:?}"
         );
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_oncesend"))
-        .args(["bench", "--runs", "10"])
+    let out = Command::new(env!("CARGO_BIN_EXE_oncesend-bench"))
+        .args(["--runs", "10"])
         .env("DATABASE_URL", "mysql://nowhere/db")
         .output()
-        .expect("run oncesend bench");
+        .expect("run oncesend-bench");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("memory:"), "{stderr}");

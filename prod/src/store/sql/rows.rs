@@ -1,0 +1,367 @@
+//! Holders' writes: the rows a run of per-row ops touches, read once and
+//! locked, decided by the core's rules, written back conditional on the
+//! epoch they were read with; and the promotion of each finished head's
+//! successor.
+
+use super::batch::Batch;
+use super::codec::{
+    db, delivery_from_row, hex_ids, json_conversations, run_from_row, run_id, DeliveryWrite,
+    RunWrite,
+};
+use super::statements::{self, common};
+use super::tx::{Tx, TxError};
+use super::{Backend, GUARDS};
+use oncesend_core::store::rules::{self, RunRecord};
+use oncesend_core::store::RunWait;
+use oncesend_core::{
+    DeliveryKey, DeliveryRecord, DeliveryState, Recipient, RunId, RunStatus, StoreOp, StoreReply,
+    TenantId,
+};
+use sqlx::Row;
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Batch<'_> {
+    /// Loads runs by id, locked for the rest of the transaction when
+    /// `lock` (SQLite's one writer already holds the database).
+    pub(super) async fn load_runs(
+        &mut self,
+        ids: &BTreeSet<RunId>,
+        lock: bool,
+    ) -> Tx<BTreeMap<RunId, RunRecord>> {
+        let mut out = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let sql = statements::of(self.backend);
+        let rows = sqlx::query(if lock {
+            sql.load_runs_locked
+        } else {
+            sql.load_runs
+        })
+        .bind(hex_ids(ids.iter()))
+        .fetch_all(&mut *self.conn)
+        .await?;
+        for row in rows {
+            let record = run_from_row(&row)?;
+            out.insert(record.id, record);
+        }
+        Ok(out)
+    }
+
+    /// Loads the ledger rows of these runs, locked when `lock`.
+    pub(super) async fn load_deliveries(
+        &mut self,
+        runs: &BTreeSet<RunId>,
+        lock: bool,
+    ) -> Tx<BTreeMap<DeliveryKey, DeliveryRecord>> {
+        let mut out = BTreeMap::new();
+        if runs.is_empty() {
+            return Ok(out);
+        }
+        let sql = statements::of(self.backend);
+        let rows = sqlx::query(if lock {
+            sql.load_deliveries_locked
+        } else {
+            sql.load_deliveries
+        })
+        .bind(hex_ids(runs.iter()))
+        .fetch_all(&mut *self.conn)
+        .await?;
+        for row in rows {
+            let record = delivery_from_row(&row)?;
+            out.insert(record.key, record);
+        }
+        Ok(out)
+    }
+
+    /// A run of consecutive per-row ops: read every row they touch once,
+    /// decide each op with the core's rules in order, write back what
+    /// changed, and promote the next run of every conversation whose head
+    /// finished (or give a run an operator sent on again its place).
+    pub(super) async fn rows(&mut self, ops: Vec<StoreOp>) -> Tx<Vec<StoreReply>> {
+        let run_ids: BTreeSet<RunId> = ops.iter().filter_map(rules::row_op_run).collect();
+        let before_runs = self.load_runs(&run_ids, true).await?;
+        let ledger_runs: BTreeSet<RunId> = ops
+            .iter()
+            .filter_map(|op| {
+                let id = rules::row_op_run(op)?;
+                rules::needs_ledger(op, before_runs.get(&id)).then_some(id)
+            })
+            .collect();
+        let before_ledger = self.load_deliveries(&ledger_runs, true).await?;
+        // The pauses of the tenants whose sends begin here (none at all in
+        // the common case, and then no query).
+        let begin_tenants: Vec<TenantId> = ops
+            .iter()
+            .filter(|op| rules::needs_pause(op))
+            .filter_map(|op| before_runs.get(&rules::row_op_run(op)?))
+            .map(|r| r.tenant.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let before_pauses = if begin_tenants.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.load_pauses(&begin_tenants).await?
+        };
+        // The opt-outs of the recipients sends begin for, read in this
+        // transaction (locked on PostgreSQL, so an opt-out commits
+        // before or after, never beside, the `sending` it would stop).
+        let begin_conversations: BTreeSet<(&str, &str)> = ops
+            .iter()
+            .filter(|op| rules::needs_pause(op))
+            .filter_map(|op| before_runs.get(&rules::row_op_run(op)?))
+            .map(|r| (r.tenant.as_str(), r.to.as_str()))
+            .collect();
+        let mut opted_out: BTreeSet<(String, String)> = BTreeSet::new();
+        if !begin_conversations.is_empty() {
+            let sql = statements::of(self.backend);
+            for row in sqlx::query(sql.find_suppressed_locked)
+                .bind(json_conversations(&begin_conversations))
+                .fetch_all(&mut *self.conn)
+                .await?
+            {
+                opted_out.insert((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        let suppressed = |t: &TenantId, to: &Recipient| {
+            opted_out.contains(&(t.as_str().to_string(), to.as_str().to_string()))
+        };
+        // Runs an operator may send on again: the other unfinished runs of
+        // their conversations, as they stand before this batch; the batch's
+        // own changes are read from the rows as each op comes.
+        let mut others: BTreeMap<RunId, Vec<RunId>> = BTreeMap::new();
+        for op in &ops {
+            if let StoreOp::RetryRun { run, .. }
+            | StoreOp::ResolveUnknown {
+                key: DeliveryKey { run, .. },
+                ..
+            } = op
+            {
+                if let Some(r) = before_runs.get(run) {
+                    if !others.contains_key(run) {
+                        let ids = self.other_open(r).await?;
+                        others.insert(*run, ids);
+                    }
+                }
+            }
+        }
+        let mut pauses = before_pauses.clone();
+        let mut runs = before_runs.clone();
+        let mut ledger = before_ledger.clone();
+        let mut replies = Vec::with_capacity(ops.len());
+        for op in ops {
+            let crowded = rules::row_op_run(&op)
+                .and_then(|id| Some((runs.get(&id)?, others.get(&id)?)))
+                .is_some_and(|(me, ids)| {
+                    let open = |r: &RunRecord| !r.status.is_terminal();
+                    ids.iter().any(|id| runs.get(id).is_none_or(open))
+                        || runs.values().any(|r| {
+                            r.id != me.id && r.tenant == me.tenant && r.to == me.to && open(r)
+                        })
+                });
+            let mut rows = rules::Rows {
+                runs: &mut runs,
+                ledger: &mut ledger,
+                pauses: &mut pauses,
+                suppressed: &suppressed,
+            };
+            replies.push(rules::apply_row_op(&mut rows, GUARDS, op, &|_| crowded));
+        }
+
+        let mut old = Vec::new();
+        let mut new = Vec::new();
+        let mut finished = BTreeSet::new();
+        for (id, after) in &runs {
+            let before = &before_runs[id];
+            if before != after {
+                if before.status.is_terminal() != after.status.is_terminal() {
+                    // A head that finished hands its place on; a run sent
+                    // on again takes the empty place.
+                    finished.insert((after.tenant.clone(), after.to.clone()));
+                }
+                if after.status == RunStatus::Pending && before.status != RunStatus::Pending {
+                    // Released for a delay or a retry: due again later.
+                    self.notify = true;
+                }
+                old.push(before);
+                new.push(after);
+            }
+        }
+        self.write_runs(&old, &new).await?;
+        let changed: Vec<&DeliveryRecord> = ledger
+            .iter()
+            .filter(|(key, rec)| before_ledger.get(key) != Some(rec))
+            .map(|(_, rec)| rec)
+            .collect();
+        self.write_deliveries(&changed).await?;
+        for (tenant, p) in &pauses {
+            if before_pauses.get(tenant) != Some(p) {
+                self.write_pause(tenant, p).await?;
+            }
+        }
+        if !finished.is_empty() {
+            self.promote(&finished).await?;
+        }
+        Ok(replies)
+    }
+
+    /// The unfinished runs of `run`'s conversation besides it.
+    pub(super) async fn other_open(&mut self, run: &RunRecord) -> Tx<Vec<RunId>> {
+        let rows = sqlx::query(common::OTHER_OPEN_RUNS)
+            .bind(run.tenant.as_str())
+            .bind(run.to.as_str())
+            .bind(run.id.0.as_bytes().to_vec())
+            .fetch_all(&mut *self.conn)
+            .await?;
+        rows.iter()
+            .map(|row| run_id(&row.try_get::<Vec<u8>, _>(0)?))
+            .collect()
+    }
+
+    /// Runs a statement that takes its rows as one JSON parameter; answers
+    /// how many rows it changed.
+    pub(super) async fn execute_json<T: serde::Serialize>(
+        &mut self,
+        sql: &str,
+        rows: &[T],
+    ) -> Tx<u64> {
+        let json = serde_json::to_string(rows).expect("rows serialize to JSON");
+        let done = sqlx::query(sql).bind(json).execute(&mut *self.conn).await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Writes changed runs back, each conditional on the epoch it was read
+    /// with. A run that became terminal stops being its conversation's head.
+    pub(super) async fn write_runs(
+        &mut self,
+        before: &[&RunRecord],
+        after: &[&RunRecord],
+    ) -> Tx<()> {
+        if after.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<RunWrite> = before
+            .iter()
+            .zip(after)
+            .map(|(o, n)| RunWrite {
+                id: hex::encode(n.id.0.as_bytes()),
+                read_epoch: db(o.epoch),
+                status: n.status.as_str(),
+                next_step: n.cursor as i64,
+                run_at_ms: db(n.run_at_ms),
+                attempts: n.attempts as i64,
+                epoch: db(n.epoch),
+                lease_owner: n.lease.as_ref().map(|l| l.owner.as_str().to_string()),
+                lease_until_ms: n.lease.as_ref().map(|l| db(l.until_ms)),
+                reason: n.reason.clone(),
+                finished_at_ms: n.finished_at_ms.map(db),
+                wait: n.wait.map(RunWait::as_str),
+                note: n.note.clone(),
+            })
+            .collect();
+        let written = self
+            .execute_json(statements::of(self.backend).write_runs, &rows)
+            .await?;
+        if written != after.len() as u64 {
+            return Err(TxError::Retry(format!(
+                "{written} of {} runs matched the epoch they were read with",
+                after.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Inserts or updates ledger rows.
+    pub(super) async fn write_deliveries(&mut self, rows: &[&DeliveryRecord]) -> Tx<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<DeliveryWrite> = rows
+            .iter()
+            .map(|rec| {
+                let (deadline_ms, retryable) = match rec.state {
+                    DeliveryState::Sending { deadline_ms } => (Some(db(deadline_ms)), None),
+                    DeliveryState::Failed { retryable } => (None, Some(retryable as i64)),
+                    _ => (None, None),
+                };
+                DeliveryWrite {
+                    run_id: hex::encode(rec.key.run.0.as_bytes()),
+                    step: rec.key.step as i64,
+                    state: rec.state.as_str(),
+                    deadline_ms,
+                    retryable,
+                    epoch: db(rec.epoch),
+                    attempts: rec.attempts as i64,
+                    provider_message_id: rec.provider_message_id.clone(),
+                    last_error: rec.last_error.clone(),
+                    resolved_by: rec.resolved_by.clone(),
+                    resolved_at_ms: rec.resolved_at_ms.map(db),
+                }
+            })
+            .collect();
+        self.execute_json(statements::of(self.backend).write_deliveries, &rows)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes the oldest waiting run of each conversation its head, where
+    /// the conversation has none.
+    pub(super) async fn promote(
+        &mut self,
+        conversations: &BTreeSet<(TenantId, Recipient)>,
+    ) -> Tx<()> {
+        #[derive(serde::Serialize)]
+        struct Conversation<'a> {
+            tenant: &'a str,
+            recipient: &'a str,
+        }
+        let json = serde_json::to_string(
+            &conversations
+                .iter()
+                .map(|(tenant, to)| Conversation {
+                    tenant: tenant.as_str(),
+                    recipient: to.as_str(),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .expect("conversations serialize");
+        // Under PostgreSQL's read committed, a waiting run cancelled or
+        // promoted elsewhere while this ran is skipped without promoting the
+        // one after it; the statement counts what it meant to promote, and
+        // when it fell short, a fresh pass (a new snapshot) looks again.
+        // SQLite's one writer sees no concurrent change: one pass does.
+        if self.backend == Backend::Sqlite {
+            let promoted = sqlx::query(statements::of(self.backend).promote)
+                .bind(json)
+                .execute(&mut *self.conn)
+                .await?
+                .rows_affected();
+            if promoted > 0 {
+                self.notify = true;
+            }
+            return Ok(());
+        }
+        for pass in 0.. {
+            let row = sqlx::query(statements::of(self.backend).promote)
+                .bind(json.clone())
+                .fetch_one(&mut *self.conn)
+                .await?;
+            let wanted: i64 = row.try_get(0)?;
+            let promoted: i64 = row.try_get(1)?;
+            if promoted > 0 {
+                self.notify = true;
+            }
+            if promoted >= wanted {
+                break;
+            }
+            if pass >= 4 {
+                return Err(TxError::Retry(format!(
+                    "{} conversations still have no head",
+                    wanted - promoted
+                )));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM deliveries WHERE state = 'unknown'

@@ -1,0 +1,1 @@
+DELETE FROM sender_pauses WHERE tenant = $1

@@ -1,0 +1,1 @@
+SELECT body FROM tenants WHERE id = $1

@@ -1,0 +1,1 @@
+SELECT body FROM tenants ORDER BY id

@@ -1,0 +1,7 @@
+SELECT seq, id, tenant, flow, recipient, steps, next_step, status, run_at_ms,
+    attempts, epoch, lease_owner, lease_until_ms, reason, trigger_key, created_at_ms,
+    finished_at_ms, wait, note
+FROM runs
+WHERE id = ANY(ARRAY(SELECT decode(x, 'hex') FROM json_array_elements_text($1::json) AS x))
+ORDER BY id
+FOR UPDATE

@@ -1,0 +1,1 @@
+UPDATE runs SET note = $1 WHERE id = $2

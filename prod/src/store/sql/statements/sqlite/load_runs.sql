@@ -1,0 +1,4 @@
+SELECT seq, id, tenant, flow, recipient, steps, next_step, status, run_at_ms,
+    attempts, epoch, lease_owner, lease_until_ms, reason, trigger_key, created_at_ms,
+    finished_at_ms, wait, note
+FROM runs WHERE id IN (SELECT unhex(value) FROM json_each($1)) ORDER BY id
