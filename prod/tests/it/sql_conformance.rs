@@ -3,7 +3,7 @@
 //! state, must be equal. Ops are sent to the SQL store in random batches
 //! (one transaction each), so batching is held to the model too.
 
-mod support;
+use crate::support;
 
 use oncesend::store::sql::{SqlClock, SqlStore};
 use oncesend::store::Store;

@@ -6,9 +6,7 @@
 //! SIGTERM while it holds runs. Also: the daemons wait for a database that
 //! is down, and stop promptly while waiting.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use tokio::time::Instant;

@@ -2,7 +2,7 @@
 //! listening in another, so they claim at once instead of at their next
 //! poll.
 
-mod support;
+use crate::support;
 
 use oncesend::store::sql::{SqlClock, SqlOptions, SqlStore};
 use oncesend::store::Store;

@@ -6,9 +6,7 @@
 //! resolves the step and the run goes on; a failed run is retried, alone
 //! or in bulk, from its failed step.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use oncesend_core::DeliveryKey;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

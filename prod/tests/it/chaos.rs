@@ -8,9 +8,7 @@
 //! send died with the engine before it reached the provider is resolved
 //! by an operator who checked the provider's record.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use oncesend_core::DeliveryKey;
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -3,9 +3,7 @@
 //! `oncesend-worker`s, on SQLite and PostgreSQL. Each step reaches the mock
 //! once, in order, with exactly the body the Cloud API documents.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! comes from the database: the runs' rows, and a history table a trigger
 //! fills with every change to a run.
 
-mod support;
+use crate::support;
 
 use oncesend::store::sql::{Backend, SqlClock, SqlOptions, SqlStore};
 use oncesend::store::Store;

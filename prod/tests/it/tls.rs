@@ -2,9 +2,7 @@
 //! at test time. A server the client cannot verify is a retryable "cannot
 //! connect" failure with nothing sent, never a fallback to plain HTTP.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use hyper::Method;
 use oncesend::net::{Connector, HttpClient, HttpError, TcpConnector, TlsConnector, TlsTrust};
 use oncesend::provider::CloudApiProvider;

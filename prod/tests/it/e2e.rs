@@ -4,9 +4,7 @@
 //! `unknown` where the mock dropped the reply; on memory, on a SQLite file
 //! and on PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 /// The whole scenario on the database `database_url` names.

@@ -1,7 +1,7 @@
 //! Replays the checked-in fuzz corpora of production's parser targets (seeds and
 //! every crash ever found), so `cargo test` covers them without libFuzzer.
 
-#[path = "../../fuzz/replay.rs"]
+#[path = "../../../fuzz/replay.rs"]
 mod corpus;
 
 use corpus::replay;

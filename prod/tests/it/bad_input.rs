@@ -1,9 +1,7 @@
 //! Bad input on every endpoint of the real `oncesend-engine`: the right
 //! status, a problem-details body, and nothing written.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const TOKEN: &str = "t0ken";
 

@@ -2,7 +2,7 @@
 //! away in the middle of a run and comes back, migrations run twice, and
 //! the rule that a PostgreSQL test fails when its server does not answer.
 
-mod support;
+use crate::support;
 
 use oncesend::clock::TokioClock;
 use oncesend::db::{Db, OpenError};
@@ -297,7 +297,7 @@ async fn postgres_probe() {
 #[test]
 fn a_postgres_test_fails_when_its_server_does_not_answer() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "postgres_probe", "--test-threads", "1"])
+        .args(["--exact", "sql_bad_conditions::postgres_probe", "--test-threads", "1"])
         .env(
             "TEST_DATABASE_URL",
             "postgres://postgres@127.0.0.1:1/test?connect_timeout=2",

@@ -5,9 +5,7 @@
 //! resume delivers everything exactly once. Through `oncesend up` and
 //! through an engine with two workers, on SQLite and PostgreSQL.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
