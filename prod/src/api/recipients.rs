@@ -2,9 +2,9 @@
 //! setting that by hand), and when each last wrote, which opens WhatsApp's
 //! 24-hour customer-service window for free-form messages.
 
-use super::{
-    optional_json, parse_tenant, store_reply, tenant_provider, unexpected, AppState, Problem,
-};
+use super::body::{optional_json, store_reply, unexpected};
+use super::tenants::{parse_tenant, tenant_provider};
+use super::{AppState, Problem};
 use crate::store::Store;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};

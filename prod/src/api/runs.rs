@@ -1,11 +1,10 @@
-//! What an operator does to runs: list them by filters, retry a failed
-//! run from its failed step, settle a step whose outcome is unknown, and
-//! cancel or retry many at once. Each action is one core op; the store's
-//! rules decide whether it fits the run.
+//! Runs: read one, and what an operator does to runs: list them by
+//! filters, cancel one, retry a failed run from its failed step, settle a
+//! step whose outcome is unknown, and cancel or retry many at once. Each
+//! action is one core op; the store's rules decide whether it fits the run.
 
-use super::{
-    parse_json, parse_run_id, run_json, store_reply, unexpected, AppState, Problem, MAX_LIST,
-};
+use super::body::{optional_json, parse_json, store_reply, unexpected};
+use super::{AppState, Problem};
 use crate::store::Store;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -14,8 +13,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use oncesend_core::store::RunFilter;
-use oncesend_core::{DeliveryKey, FlowId, RunStatus, StoreOp, StoreReply, TenantId};
+use oncesend_core::{
+    DeliveryKey, FlowId, RunId, RunStatus, RunView, StoreOp, StoreReply, TenantId,
+};
 use serde::Deserialize;
+
+/// Most runs one list returns.
+pub const MAX_LIST: u32 = 1_000;
 
 /// Most runs one bulk call acts on; call again for the rest.
 pub const MAX_BULK: u32 = 500;
@@ -98,6 +102,96 @@ impl Filters {
     }
 }
 
+fn parse_run_id(id: &str) -> Result<RunId, Problem> {
+    id.parse::<RunId>()
+        .map_err(|e| Problem::not_found(format!("no run {id:?}: {e}")))
+}
+
+/// The run as `GET /v1/runs/{id}` shows it.
+pub fn run_json(v: &RunView) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = (0..v.steps.len())
+        .map(|i| {
+            let d = v.deliveries.get(i).cloned().flatten();
+            let status = match &d {
+                None => "pending",
+                Some(d) => d.state.as_str(),
+            };
+            let message = &v.steps[i].message;
+            serde_json::json!({
+                "index": i,
+                "kind": message.kind(),
+                "template": message.template_name(),
+                "status": status,
+                "provider_message_id": d.as_ref().and_then(|d| d.provider_message_id.clone()),
+                "attempts": d.as_ref().map_or(0, |d| d.attempts),
+                "last_error": d.as_ref().and_then(|d| d.last_error.clone()),
+                "error_code": d.as_ref().and_then(|d| d.last_error.as_deref()).and_then(oncesend_core::provider_error::code_in_reason),
+                "after": v.steps[i].after.as_str(),
+                "resolved_by": d.as_ref().and_then(|d| d.resolved_by.clone()),
+                "resolved_at_ms": d.as_ref().and_then(|d| d.resolved_at_ms),
+            })
+        })
+        .collect();
+    let mut json = run_summary_json(v);
+    json["run_at_ms"] = v.run_at_ms.into();
+    json["note"] = v.note.clone().into();
+    json["steps"] = steps.into();
+    json
+}
+
+/// A run as lists show it: where it stands, without its steps.
+pub fn run_summary_json(v: &RunView) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": v.id,
+        "tenant": v.tenant,
+        "flow": v.flow,
+        "to": v.to,
+        "status": v.status.as_str(),
+        "cursor": v.cursor,
+        "steps": v.steps.len(),
+        "waiting_for": v.wait.map(|w| w.as_str()),
+        "reason": v.reason,
+        "created_at_ms": v.created_at_ms,
+    })
+}
+
+/// `GET /v1/runs/{id}`: the run and each of its steps.
+pub(super) async fn get_run<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let run = parse_run_id(&id)?;
+    match store_reply(st.store.apply(StoreOp::GetRun { run }).await)? {
+        StoreReply::Run(v) => Ok(Json(run_json(&v)).into_response()),
+        StoreReply::NotFound => Err(Problem::not_found(format!("no run {run}"))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /v1/runs/{id}/cancel`: an unfinished run stops where it is.
+pub(super) async fn cancel<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let run = parse_run_id(&id)?;
+    let now_ms = st.clock.now_ms();
+    match store_reply(st.store.apply(StoreOp::Cancel { run, now_ms }).await)? {
+        StoreReply::Cancelled => {
+            tracing::info!(run_id = %run, "run cancelled");
+            Ok(Json(serde_json::json!({"run_id": run, "status": "cancelled"})).into_response())
+        }
+        StoreReply::NotFound => Err(Problem::not_found(format!("no run {run}"))),
+        StoreReply::Conflict { reason } => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "{reason}; only an unfinished run (pending, leased or waiting) can be cancelled"
+            ),
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// `GET /v1/runs?status=&flow=&tenant=&reason=&before_ms=&after_ms=&limit=`
 pub async fn list<S: Store>(
     State(st): State<AppState<S>>,
@@ -113,7 +207,7 @@ pub async fn list<S: Store>(
     };
     match store_reply(st.store.apply(op).await)? {
         StoreReply::Runs(runs) => {
-            let runs: Vec<serde_json::Value> = runs.iter().map(super::run_summary_json).collect();
+            let runs: Vec<serde_json::Value> = runs.iter().map(run_summary_json).collect();
             Ok(Json(serde_json::json!({ "runs": runs })).into_response())
         }
         other => Err(unexpected(other)),
@@ -140,7 +234,7 @@ pub async fn retry<S: Store>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let run = parse_run_id(&id)?;
-    let b: ByBody = super::optional_json(body, st.config.max_body_bytes)?;
+    let b: ByBody = optional_json(body, st.config.max_body_bytes)?;
     let by = actor(b.by)?;
     let now_ms = st.clock.now_ms();
     match store_reply(

@@ -3,7 +3,8 @@
 //! delivery by `biz_opaque_callback_data` (the idempotency key we sent) and
 //! is applied with the core's forward-only rule, `StoreOp::RecordReceipt`.
 
-use super::{parse_json, store_reply, unexpected, AppState, Problem};
+use super::body::{parse_json, store_reply, unexpected};
+use super::{AppState, Problem};
 use crate::store::Store;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
