@@ -11,12 +11,46 @@ use crate::net::{HttpClient, HttpUrl, MaybeTls, Network, Tcp, TlsTrust};
 use crate::provider::{AnyProvider, CloudApiProvider, LogProvider, NullProvider, TenantProviders};
 use crate::store::Store;
 use crate::worker::{run_worker_woken, BatchedHttpEngineClient, EngineClient, SEND_BATCH};
-use anyhow::{bail, Context};
 use oncesend_core::store::StoreUnavailable;
 use oncesend_core::{CloudApiSettings, EngineConfig, PacingConfig, Worker, WorkerConfig, WorkerId};
 use oncesend_core::{StoreOp, StoreReply};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Why a daemon could not be assembled from its settings: each says which
+/// flag or variable is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `--ca-file` could not be read or holds no certificate.
+    #[error("--ca-file {0}")]
+    CaFile(String),
+    /// `--log-file` could not be opened.
+    #[error("cannot open --log-file {path}: {source}")]
+    LogFile {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--provider cloud-api` without its credentials.
+    #[error("--provider cloud-api needs ONCESEND_CLOUD_API_TOKEN and ONCESEND_PHONE_NUMBER_ID")]
+    CloudApiCredentials,
+    /// The Cloud API URL is not one the client can use.
+    #[error("ONCESEND_CLOUD_API_URL: {0}")]
+    CloudApiUrl(String),
+    /// An open API off loopback.
+    #[error("listening on {0} without a token would let anyone send messages; set ONCESEND_TOKEN (or listen on 127.0.0.1)")]
+    OpenApi(std::net::SocketAddr),
+    /// `--engine-url` is not one the worker can use.
+    #[error("--engine-url: {0}")]
+    EngineUrl(String),
+    /// `--worker-id` is not a valid name.
+    #[error("--worker-id: {0}")]
+    WorkerId(String),
+    /// The lease, batch and timeout settings do not fit together.
+    #[error("worker settings: {0}")]
+    Worker(#[from] oncesend_core::worker::ConfigError),
+}
 
 /// 64 bits from the operating system, for run ids and backoff jitter.
 #[allow(clippy::disallowed_methods)] // The daemons seed from the OS; the simulation seeds from its seed.
@@ -32,8 +66,8 @@ pub fn fresh_worker_id() -> WorkerId {
 }
 
 /// The roots the Cloud API client trusts: the web roots and `--ca-file`.
-pub fn tls_trust(args: &EngineArgs) -> anyhow::Result<TlsTrust> {
-    TlsTrust::load(args.ca_file.as_deref()).map_err(|e| anyhow::anyhow!("--ca-file {e}"))
+pub fn tls_trust(args: &EngineArgs) -> Result<TlsTrust, SetupError> {
+    TlsTrust::load(args.ca_file.as_deref()).map_err(SetupError::CaFile)
 }
 
 /// How long one exchange with the Cloud API may take: the engine's send
@@ -53,10 +87,12 @@ pub fn default_provider<N: Network>(
     network: &N,
     args: &EngineArgs,
     trust: &TlsTrust,
-) -> anyhow::Result<(AnyProvider<N::Connector>, LogProvider)> {
+) -> Result<(AnyProvider<N::Connector>, LogProvider), SetupError> {
     let log = match &args.log_file {
-        Some(path) => LogProvider::file(path)
-            .with_context(|| format!("cannot open --log-file {}", path.display()))?,
+        Some(path) => LogProvider::file(path).map_err(|source| SetupError::LogFile {
+            path: path.clone(),
+            source,
+        })?,
         None => LogProvider::stdout(),
     };
     let provider = match args.provider {
@@ -66,7 +102,7 @@ pub fn default_provider<N: Network>(
             let (Some(token), Some(phone_number_id)) =
                 (&args.cloud_api_token, &args.phone_number_id)
             else {
-                bail!("--provider cloud-api needs ONCESEND_CLOUD_API_TOKEN and ONCESEND_PHONE_NUMBER_ID");
+                return Err(SetupError::CloudApiCredentials);
             };
             let settings = CloudApiSettings {
                 base_url: args.cloud_api_url.clone(),
@@ -76,7 +112,7 @@ pub fn default_provider<N: Network>(
             };
             AnyProvider::CloudApi(
                 CloudApiProvider::over(network, &settings, provider_timeout(args), trust)
-                    .map_err(|e| anyhow::anyhow!("ONCESEND_CLOUD_API_URL: {e}"))?,
+                    .map_err(SetupError::CloudApiUrl)?,
             )
         }
     };
@@ -133,12 +169,9 @@ pub async fn lift_outlived_default_pause<S: Store>(
 }
 
 /// Refuses to serve an open API off loopback.
-pub fn check_token(args: &EngineArgs) -> anyhow::Result<()> {
+pub fn check_token(args: &EngineArgs) -> Result<(), SetupError> {
     if args.token.is_none() && !args.listen.ip().is_loopback() {
-        bail!(
-            "listening on {} without a token would let anyone send messages; set ONCESEND_TOKEN (or listen on 127.0.0.1)",
-            args.listen
-        );
+        return Err(SetupError::OpenApi(args.listen));
     }
     Ok(())
 }
@@ -180,7 +213,7 @@ pub fn api_config(args: &EngineArgs) -> ApiConfig {
 }
 
 /// Builds the engine over the database `db`, on this machine's network.
-pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> anyhow::Result<Engine> {
+pub fn engine(args: &EngineArgs, db: Db, clock: TokioClock) -> Result<Engine, SetupError> {
     engine_over(args, db, Tcp, clock, os_random())
 }
 
@@ -194,7 +227,7 @@ pub fn engine_over<S: Store, N: Network>(
     network: N,
     clock: TokioClock,
     seed: u64,
-) -> anyhow::Result<Engine<S>> {
+) -> Result<Engine<S>, SetupError> {
     check_token(args)?;
     let trust = tls_trust(args)?;
     let (default, log) = default_provider(&network, args, &trust)?;
@@ -245,7 +278,7 @@ pub fn spawn_inner_workers<S: Store>(
     wakeups: Option<Arc<tokio::sync::Notify>>,
     stop: tokio::sync::watch::Receiver<bool>,
     mut seed: impl FnMut() -> u64,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+) -> Result<Vec<tokio::task::JoinHandle<()>>, SetupError> {
     let mut workers = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
         let id = WorkerId::new(format!("inner-{:016x}", seed()))
@@ -276,11 +309,11 @@ pub fn spawn_inner_workers<S: Store>(
 pub fn engine_client<N: Network>(
     args: &WorkerArgs,
     network: &N,
-) -> anyhow::Result<BatchedHttpEngineClient> {
-    let url = HttpUrl::parse(&args.engine_url).map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
+) -> Result<BatchedHttpEngineClient, SetupError> {
+    let url = HttpUrl::parse(&args.engine_url).map_err(SetupError::EngineUrl)?;
     let timeout = Duration::from_millis(args.send_timeout_ms * 2 + 2_000);
     let connector = MaybeTls::for_url(network.connector(&url.addr), &url, &TlsTrust::web_roots())
-        .map_err(|e| anyhow::anyhow!("--engine-url: {e}"))?;
+        .map_err(SetupError::EngineUrl)?;
     let http = HttpClient::new(connector, &url.authority, args.token.clone(), timeout);
     Ok(BatchedHttpEngineClient::new(http, SEND_BATCH))
 }
@@ -297,7 +330,7 @@ pub async fn run_standalone<S: Store, E: EngineClient>(
     seed: u64,
     stop: impl std::future::Future<Output = ()> + Send,
     wakeups: Option<Arc<tokio::sync::Notify>>,
-) -> anyhow::Result<()> {
+) -> Result<(), SetupError> {
     let config = worker_config(&args.lease, id, args.send_timeout_ms)?;
     let worker = Worker::new(config, seed)?;
     let stats = Arc::new(Mutex::new(Default::default()));
@@ -373,7 +406,7 @@ pub fn worker_config(
     lease: &LeaseArgs,
     id: WorkerId,
     send_timeout_ms: u64,
-) -> anyhow::Result<WorkerConfig> {
+) -> Result<WorkerConfig, SetupError> {
     let config = WorkerConfig {
         lease_ms: lease.lease_ms,
         batch: lease.batch,
@@ -388,16 +421,14 @@ pub fn worker_config(
         },
         ..WorkerConfig::new(id)
     };
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("worker settings: {e}"))?;
+    config.validate()?;
     Ok(config)
 }
 
 /// The standalone worker's id.
-pub fn worker_id(args: &WorkerArgs) -> anyhow::Result<WorkerId> {
+pub fn worker_id(args: &WorkerArgs) -> Result<WorkerId, SetupError> {
     match &args.worker_id {
-        Some(id) => WorkerId::new(id.clone()).map_err(|e| anyhow::anyhow!("--worker-id: {e}")),
+        Some(id) => WorkerId::new(id.clone()).map_err(|e| SetupError::WorkerId(e.to_string())),
         None => Ok(fresh_worker_id()),
     }
 }

@@ -67,5 +67,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         daemon::stopped(flag),
         wakeups,
     )
-    .await
+    .await?;
+    Ok(())
 }

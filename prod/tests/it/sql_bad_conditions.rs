@@ -297,7 +297,12 @@ async fn postgres_probe() {
 #[test]
 fn a_postgres_test_fails_when_its_server_does_not_answer() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sql_bad_conditions::postgres_probe", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "sql_bad_conditions::postgres_probe",
+            "--test-threads",
+            "1",
+        ])
         .env(
             "TEST_DATABASE_URL",
             "postgres://postgres@127.0.0.1:1/test?connect_timeout=2",
