@@ -100,15 +100,7 @@ fn main() -> ExitCode {
         totals.6 += r.sim_ms;
         receipt_settled += r.receipt_settled;
         unknown_timeouts += r.unknown_timeouts;
-        let e = r.exercised;
-        ex.send_batches += e.send_batches;
-        ex.group_commits += e.group_commits;
-        ex.paced += e.paced;
-        ex.timed_out += e.timed_out;
-        ex.late_replies += e.late_replies;
-        ex.pauses += e.pauses;
-        ex.opt_outs += e.opt_outs;
-        ex.rate_refusals += e.rate_refusals;
+        ex += r.exercised;
         worst_settle = worst_settle.max(r.settle_ms.unwrap_or(0));
         for k in &r.fired {
             *fired.entry(k).or_default() += 1;

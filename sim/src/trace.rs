@@ -92,6 +92,19 @@ pub struct Exercised {
     pub rate_refusals: u64,
 }
 
+impl std::ops::AddAssign for Exercised {
+    fn add_assign(&mut self, o: Self) {
+        self.send_batches += o.send_batches;
+        self.group_commits += o.group_commits;
+        self.paced += o.paced;
+        self.timed_out += o.timed_out;
+        self.late_replies += o.late_replies;
+        self.pauses += o.pauses;
+        self.opt_outs += o.opt_outs;
+        self.rate_refusals += o.rate_refusals;
+    }
+}
+
 /// State shared by every host of one simulation and its driver.
 #[derive(Clone, Default)]
 pub struct Shared(Arc<Mutex<Inner>>);

@@ -67,14 +67,7 @@ fn fixed_design_has_no_duplicates() {
         timeouts += r.unknown_timeouts;
         runs += r.runs;
         completed += r.runs - r.failed;
-        let e = r.exercised;
-        exercised.send_batches += e.send_batches;
-        exercised.group_commits += e.group_commits;
-        exercised.paced += e.paced;
-        exercised.late_replies += e.late_replies;
-        exercised.pauses += e.pauses;
-        exercised.opt_outs += e.opt_outs;
-        exercised.rate_refusals += e.rate_refusals;
+        exercised += r.exercised;
     }
     // The daemons' parts ran, under the faults: batched sends, group
     // commit, pacing, late provider answers, sender pauses and opt-outs.

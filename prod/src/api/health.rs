@@ -91,6 +91,15 @@ pub(super) async fn metrics<S: Store>(State(st): State<AppState<S>>) -> Result<R
         );
     }
     metric(
+        "oncesend_provider_timeouts_total",
+        "counter",
+        "Provider calls past the send timeout (unknown), and their answers that still came in time to be recorded as sent.",
+        &[
+            ("{answer=\"none_in_time\"}", e.timed_out),
+            ("{answer=\"late_sent\"}", e.late_replies),
+        ],
+    );
+    metric(
         "oncesend_oldest_pending_age_ms",
         "gauge",
         "How long the longest-waiting due run has waited.",
@@ -173,32 +182,41 @@ mod tests {
     use crate::engine::EngineHandle;
     use oncesend_core::{SendRequest, SendResponse};
 
-    #[tokio::test]
-    async fn a_stopped_engine_is_not_ready_and_answers_busy_with_nothing_sent() {
+    /// Answers `GET path` from a router over `state`: status and body.
+    async fn get<S: Store>(state: AppState<S>, path: &str) -> (StatusCode, String) {
         use tower::ServiceExt;
-        let engine = EngineHandle::stopped();
-        assert!(!engine.is_running());
-        let store = crate::store::MemoryStore::new(oncesend_core::MemStore::new());
-        let state = AppState::new(
-            store.clone(),
-            engine.clone(),
-            TokioClock::new(1_000),
-            1,
-            ApiConfig::default(),
-        );
-        let ready = router(state)
+        let answer = router(state)
             .oneshot(
-                axum::http::Request::get("/readyz")
+                axum::http::Request::get(path)
                     .body(axum::body::Body::empty())
                     .unwrap(),
             )
             .await
             .unwrap();
-        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let body = axum::body::to_bytes(ready.into_body(), 1 << 16)
+        let status = answer.status();
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
             .await
             .unwrap();
-        assert!(String::from_utf8_lossy(&body).contains("Restart the engine"));
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_stopped_engine_is_not_ready_and_answers_busy_with_nothing_sent() {
+        let engine = EngineHandle::stopped();
+        assert!(!engine.is_running());
+        let store = crate::store::MemoryStore::new(oncesend_core::MemStore::new());
+        let state = |engine| {
+            AppState::new(
+                store.clone(),
+                engine,
+                TokioClock::new(1_000),
+                1,
+                ApiConfig::default(),
+            )
+        };
+        let (status, body) = get(state(engine.clone()), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("Restart the engine"), "{body}");
         let request: SendRequest = serde_json::from_value(serde_json::json!({
             "key": "01a223cc-8d84-7a53-b07a-5027eed1b529:0",
             "epoch": 1,
@@ -208,7 +226,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(engine.send(request).await, SendResponse::engine_gone());
-        // And a running one is ready.
+        // And a running one is ready, with its provider timeouts counted.
         let live = EngineHandle::spawn(
             oncesend_core::EngineConfig::default(),
             store.clone(),
@@ -216,15 +234,17 @@ mod tests {
             TokioClock::new(1_000),
         );
         assert!(live.is_running());
-        let state = AppState::new(store, live, TokioClock::new(1_000), 1, ApiConfig::default());
-        let ready = router(state)
-            .oneshot(
-                axum::http::Request::get("/readyz")
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(ready.status(), StatusCode::OK);
+        let (status, _) = get(state(live.clone()), "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, metrics) = get(state(live), "/metrics").await;
+        for line in [
+            "oncesend_provider_timeouts_total{answer=\"none_in_time\"} 0",
+            "oncesend_provider_timeouts_total{answer=\"late_sent\"} 0",
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "no {line} in\n{metrics}"
+            );
+        }
     }
 }
