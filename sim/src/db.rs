@@ -335,6 +335,12 @@ impl Store for DbClient {
         let begins: Vec<_> = ops.iter().filter_map(begin_key).collect();
         for key in &begins {
             self.shared.begin_in_flight(*key, true);
+            self.shared.engine_sending(*key, true);
+        }
+        for op in &ops {
+            if let StoreOp::FinishDelivery { key, .. } = op {
+                self.shared.engine_sending(*key, false);
+            }
         }
         let n = ops.len();
         let request = if n == 1 {

@@ -26,6 +26,9 @@ struct Inner {
     calls: Vec<ProviderCall>,
     in_provider: BTreeSet<DeliveryKey>,
     begins: BTreeSet<DeliveryKey>,
+    /// Keys between the engine's `BeginDelivery` and its `FinishDelivery`:
+    /// the sends whose provider-call timer runs on the engine's clock.
+    engine_sending: BTreeSet<DeliveryKey>,
     ambiguous: BTreeMap<DeliveryKey, &'static str>,
     db_skew_ms: i64,
     lose_replies: bool,
@@ -293,6 +296,27 @@ impl Shared {
         if let Some(c) = self.with(|s| s.engine_clock.clone()) {
             c.step(by_ms);
         }
+        if by_ms > 0 {
+            // A step forward makes a provider call in flight look overdue:
+            // the engine gives up on it at once, and its outcome is unknown.
+            self.with(|s| {
+                for k in &s.engine_sending {
+                    s.ambiguous.entry(*k).or_insert("clock_jump");
+                }
+            });
+        }
+    }
+
+    /// The engine asked the db to record `sending` for `key` (`true`), or
+    /// to record its outcome (`false`).
+    pub fn engine_sending(&self, key: DeliveryKey, sending: bool) {
+        self.with(|s| {
+            if sending {
+                s.engine_sending.insert(key);
+            } else {
+                s.engine_sending.remove(&key);
+            }
+        });
     }
 
     /// A group commit started: its counters are read at the end.
@@ -460,6 +484,7 @@ impl Shared {
             let mut keys: Vec<DeliveryKey> =
                 std::mem::take(&mut s.in_provider).into_iter().collect();
             keys.extend(std::mem::take(&mut s.begins));
+            s.engine_sending.clear();
             for k in keys {
                 s.ambiguous.entry(k).or_insert("engine_crash");
             }

@@ -22,7 +22,7 @@ use oncesend_core::{
     DeliveryKey, DeliveryState, Guards, MemStore, Recipient, RunId, RunStatus, StoreOp, StoreReply,
     WorkerId,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -178,6 +178,8 @@ pub struct SeedResult {
     pub unknown_timeouts: u64,
     /// What the production parts did, from their own counters.
     pub exercised: Exercised,
+    /// Why each key the faults touched may end `unknown`.
+    pub causes: BTreeMap<DeliveryKey, String>,
 }
 
 impl SeedResult {
@@ -820,6 +822,12 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
         receipt_settled,
         unknown_timeouts,
         exercised: shared.exercised(),
+        causes: history
+            .causes
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     }
 }
 

@@ -113,6 +113,25 @@ fn fixed_design_has_no_duplicates() {
     );
 }
 
+/// Seeds where the engine's clock stepped forward while a send was with
+/// the provider: the engine gave up on it at once (its timer is on that
+/// clock), so the step ended `unknown`. The step is the cause the checker
+/// is told; without it these seeds once failed as "unknown with no cause".
+#[test]
+fn a_clock_step_during_a_send_is_the_cause_of_its_unknown() {
+    let config = SimConfig::fixed();
+    for seed in [4150, 6618] {
+        let r = run_seed(seed, &config);
+        assert!(r.ok(), "{}", replay(&r, ""));
+        assert!(r.fired.contains("clock_jump"), "seed {seed}: no clock step");
+        assert!(
+            r.causes.values().any(|why| why == "clock_jump"),
+            "seed {seed}: no send was caught by the clock step: {:?}",
+            r.causes
+        );
+    }
+}
+
 #[test]
 fn the_old_topology_on_the_new_core_is_safe_without_extra_workers() {
     // Exactly the old deployment: the processor inside the engine plus one
