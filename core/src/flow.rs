@@ -308,7 +308,7 @@ impl Flow {
 }
 
 /// Everything a trigger carries, already validated at the edge.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trigger {
     /// Whose run this is.
     pub tenant: TenantId,

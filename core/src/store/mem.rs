@@ -9,7 +9,7 @@ use super::{
     DeliveryRecord, DeliveryState, Guards, NewRun, QueueStats, RunStatus, RunView, StoreOp,
     StoreReply,
 };
-use crate::flow::Flow;
+use crate::flow::{Flow, Trigger};
 use crate::ids::{DeliveryKey, FlowId, RunId, TenantId, WorkerId};
 use crate::limits::MAX_CLAIM_BATCH;
 use crate::recipient::Recipient;
@@ -88,6 +88,12 @@ impl MemStore {
                 None => StoreReply::NotFound,
             },
             StoreOp::Enqueue { run, now_ms } => self.enqueue(run, now_ms),
+            StoreOp::Trigger {
+                flow,
+                trigger,
+                run,
+                now_ms,
+            } => self.trigger(flow, trigger, run, now_ms),
             StoreOp::Claim {
                 owner,
                 max,
@@ -226,37 +232,49 @@ impl MemStore {
         }
     }
 
+    fn trigger(&mut self, flow: FlowId, trigger: Trigger, id: RunId, now_ms: u64) -> StoreReply {
+        let tenant_stored = self.tenants.contains_key(&trigger.tenant);
+        let flow = self.flows.get(&(trigger.tenant.clone(), flow));
+        match rules::plan_trigger(tenant_stored, flow, trigger, id) {
+            Ok(run) => self.enqueue(run, now_ms),
+            Err(why) => StoreReply::TriggerRefused(why),
+        }
+    }
+
     fn enqueue(&mut self, run: NewRun, now_ms: u64) -> StoreReply {
-        if let Some(key) = &run.trigger_key {
-            if let Some(existing) = self.trigger_keys.get(&(run.tenant.clone(), key.clone())) {
-                return StoreReply::Enqueued {
-                    run: *existing,
-                    created: false,
-                };
-            }
-        }
-        if let Some(s) = self
-            .recipients
-            .get(&(run.tenant.clone(), run.to.clone()))
-            .and_then(|i| i.suppressed.clone())
-        {
-            return StoreReply::RecipientSuppressed(s);
-        }
-        if self.runs.contains_key(&run.id) {
-            return StoreReply::Conflict {
-                reason: format!("run {} already exists", run.id),
-            };
-        }
+        let conv = (run.tenant.clone(), run.to.clone());
+        let facts = rules::EnqueueFacts {
+            existing: run
+                .trigger_key
+                .as_ref()
+                .and_then(|key| self.trigger_keys.get(&(run.tenant.clone(), key.clone())))
+                .copied(),
+            suppressed: self
+                .recipients
+                .get(&conv)
+                .and_then(|i| i.suppressed.as_ref()),
+            id_taken: self.runs.contains_key(&run.id),
+            conversation_open: self.open.get(&conv).is_some_and(|runs| !runs.is_empty()),
+        };
+        let is_head = match rules::decide_enqueue(&run, facts) {
+            rules::EnqueueDecision::Insert { is_head } => is_head,
+            other => return other.answer(run.id),
+        };
         self.next_seq += 1;
         let row = RunRecord::new(run, self.next_seq, now_ms);
         if let Some(key) = &row.trigger_key {
             self.trigger_keys
                 .insert((row.tenant.clone(), key.clone()), row.id);
         }
-        self.open
-            .entry(conversation(&row))
-            .or_default()
-            .insert(row.seq, row.id);
+        let runs = self.open.entry(conversation(&row)).or_default();
+        runs.insert(row.seq, row.id);
+        // The model keeps heads implicitly (the lowest seq of a
+        // conversation); the rule must agree with it.
+        assert_eq!(
+            is_head,
+            runs.len() == 1,
+            "the head rule and the model disagree"
+        );
         let id = row.id;
         self.runs.insert(id, row);
         StoreReply::Enqueued {

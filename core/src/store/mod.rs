@@ -494,6 +494,21 @@ pub enum StoreOp {
         /// Its name.
         flow: FlowId,
     },
+    /// Plan a run of a stored flow for one trigger and enqueue it, in one
+    /// transaction: the tenant and the flow are read, the core plans the
+    /// run ([`rules::plan_trigger`]) and decides the enqueue
+    /// ([`rules::decide_enqueue`]). Answered like `Enqueue`, or
+    /// [`StoreReply::TriggerRefused`].
+    Trigger {
+        /// The flow to run.
+        flow: FlowId,
+        /// Whose run, for whom, with which variables and key.
+        trigger: crate::flow::Trigger,
+        /// The id the run gets if it is created.
+        run: RunId,
+        /// The store's time.
+        now_ms: u64,
+    },
     /// Accept a run; its first step is due after its own delay.
     Enqueue {
         /// The run.
@@ -880,6 +895,8 @@ pub enum StoreReply {
     InboundRecorded,
     /// `Enqueue` refused: the recipient opted out of this tenant.
     RecipientSuppressed(Suppression),
+    /// `Trigger` refused before anything was enqueued.
+    TriggerRefused(TriggerRefusal),
     /// The key was sent before; nothing is to be sent again.
     AlreadySent {
         /// The provider's id from that send.
@@ -925,6 +942,23 @@ pub enum StoreReply {
     Conflict {
         /// Why.
         reason: String,
+    },
+}
+
+/// Why a `Trigger` enqueued nothing (besides an opt-out or a conflict).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TriggerRefusal {
+    /// The tenant does not exist.
+    NoTenant,
+    /// The tenant has no flow of that name.
+    NoFlow,
+    /// The flow cannot be planned for this trigger (a missing variable, a
+    /// message that would be too long, a bad key).
+    Plan {
+        /// What is wrong, as [`crate::flow::PlanError`] says it.
+        problem: String,
+        /// The JSON path of what is wrong, where there is one.
+        path: Option<String>,
     },
 }
 
@@ -991,6 +1025,7 @@ impl StoreOp {
     pub fn now_ms(&self) -> Option<u64> {
         match self {
             StoreOp::Enqueue { now_ms, .. }
+            | StoreOp::Trigger { now_ms, .. }
             | StoreOp::Claim { now_ms, .. }
             | StoreOp::Heartbeat { now_ms, .. }
             | StoreOp::Advance { now_ms, .. }
@@ -1031,6 +1066,7 @@ impl StoreOp {
     pub fn set_now_ms(&mut self, clock_ms: u64) {
         match self {
             StoreOp::Enqueue { now_ms, .. }
+            | StoreOp::Trigger { now_ms, .. }
             | StoreOp::Claim { now_ms, .. }
             | StoreOp::Heartbeat { now_ms, .. }
             | StoreOp::Advance { now_ms, .. }
@@ -1073,6 +1109,7 @@ impl StoreOp {
             StoreOp::PutTenant { .. } => "put_tenant",
             StoreOp::GetTenant { .. } => "get_tenant",
             StoreOp::Enqueue { .. } => "enqueue",
+            StoreOp::Trigger { .. } => "trigger",
             StoreOp::Claim { .. } => "claim",
             StoreOp::Heartbeat { .. } => "heartbeat",
             StoreOp::Advance { .. } => "advance",

@@ -3,15 +3,19 @@
 //! Every backend keeps rows differently (a `BTreeMap` in the model, tables
 //! in SQLite and PostgreSQL) but decides what an op does to a row with the
 //! functions here, so no backend can drift from another on fencing, retried
-//! writes or the ledger. What stays with each backend is what spans rows:
-//! choosing which runs a claim takes, keeping one head per conversation,
-//! the trigger keys, listing and pruning. Those are held to the model by the
+//! writes or the ledger. A trigger is planned here too ([`plan_trigger`]),
+//! and every enqueue decided here ([`decide_enqueue`]: a trigger key seen
+//! before, an opt-out, an id in use, the conversation's head) from facts
+//! each backend reads in its own transaction. What stays with each backend
+//! is what spans rows: choosing which runs a claim takes, promoting the
+//! next head, listing and pruning. Those are held to the model by the
 //! differential tests.
 
 use super::{
     After, ClaimedRun, DeliveryRecord, DeliveryState, Guards, Lease, NewRun, PlannedStep,
-    RunStatus, RunView, RunWait, StoreOp, StoreReply,
+    RunStatus, RunView, RunWait, StoreOp, StoreReply, Suppression, TriggerRefusal,
 };
+use crate::flow::{plan_run, Flow, Trigger};
 use crate::ids::{DeliveryKey, FlowId, RunId, TenantId, WorkerId};
 use crate::limits::clip_reason;
 use crate::recipient::Recipient;
@@ -208,6 +212,106 @@ struct Fenced;
 impl From<Fenced> for StoreReply {
     fn from(_: Fenced) -> Self {
         StoreReply::Fenced
+    }
+}
+
+/// Plans the run a `Trigger` asks for, from what the store read in its
+/// transaction: whether the tenant is stored (`default` always exists) and
+/// the flow, if the tenant has one of that name. The run is then enqueued
+/// as [`decide_enqueue`] says.
+pub fn plan_trigger(
+    tenant_stored: bool,
+    flow: Option<&Flow>,
+    trigger: Trigger,
+    id: RunId,
+) -> Result<NewRun, TriggerRefusal> {
+    if !tenant_stored && trigger.tenant != TenantId::default_tenant() {
+        return Err(TriggerRefusal::NoTenant);
+    }
+    let Some(flow) = flow else {
+        return Err(TriggerRefusal::NoFlow);
+    };
+    let run = plan_run(flow, trigger, id).map_err(|e| TriggerRefusal::Plan {
+        problem: e.to_string(),
+        path: e.path(),
+    })?;
+    assert_eq!(
+        run.steps.len(),
+        flow.steps.len(),
+        "a planned run has one step per flow step"
+    );
+    Ok(run)
+}
+
+/// What a store knows, inside its transaction, about a run it is asked
+/// to enqueue.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnqueueFacts<'a> {
+    /// The run already created with the same tenant and trigger key.
+    pub existing: Option<RunId>,
+    /// The recipient's opt-out from the run's tenant.
+    pub suppressed: Option<&'a Suppression>,
+    /// A run with this id exists.
+    pub id_taken: bool,
+    /// The conversation (tenant, recipient) has an unfinished run.
+    pub conversation_open: bool,
+}
+
+/// What an enqueue does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueDecision {
+    /// Nothing is inserted: the trigger key created this run before.
+    Existing(RunId),
+    /// Nothing is inserted: the recipient opted out.
+    Suppressed(Suppression),
+    /// Nothing is inserted: the id is in use.
+    IdTaken,
+    /// Insert the run. It is its conversation's head (the one run of it a
+    /// claim may take) when the conversation has nothing unfinished ahead
+    /// of it.
+    Insert {
+        /// Whether it is the head.
+        is_head: bool,
+    },
+}
+
+impl EnqueueDecision {
+    /// The answer to the enqueue of run `id`.
+    pub fn answer(self, id: RunId) -> StoreReply {
+        match self {
+            Self::Existing(run) => StoreReply::Enqueued {
+                run,
+                created: false,
+            },
+            Self::Suppressed(s) => StoreReply::RecipientSuppressed(s),
+            Self::IdTaken => StoreReply::Conflict {
+                reason: format!("run {id} already exists"),
+            },
+            Self::Insert { .. } => StoreReply::Enqueued {
+                run: id,
+                created: true,
+            },
+        }
+    }
+}
+
+/// Decides an enqueue: a trigger key seen before answers the run it
+/// created, whatever else changed since (so a caller's retry is safe); an
+/// opted-out recipient gets nothing; an id in use is a conflict; anything
+/// else is inserted behind its conversation's unfinished runs.
+pub fn decide_enqueue(run: &NewRun, facts: EnqueueFacts<'_>) -> EnqueueDecision {
+    assert!(!run.steps.is_empty(), "a run has at least one step");
+    if let (Some(_), Some(existing)) = (&run.trigger_key, facts.existing) {
+        return EnqueueDecision::Existing(existing);
+    }
+    if let Some(s) = facts.suppressed {
+        return EnqueueDecision::Suppressed(s.clone());
+    }
+    if facts.id_taken {
+        return EnqueueDecision::IdTaken;
+    }
+    EnqueueDecision::Insert {
+        is_head: !facts.conversation_open,
     }
 }
 

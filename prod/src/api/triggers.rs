@@ -2,7 +2,6 @@
 //! recipient and enqueues it.
 
 use super::body::{default_tenant, parse_json_body, read_body, store_reply, unexpected};
-use super::tenants::tenant_exists;
 use super::{AppState, Problem};
 use crate::store::Store;
 use axum::body::Bytes;
@@ -12,7 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use oncesend_core::flow::Trigger;
-use oncesend_core::{plan_run, FlowId, Recipient, RunId, StoreOp, StoreReply, TenantId};
+use oncesend_core::store::TriggerRefusal;
+use oncesend_core::{FlowId, Recipient, RunId, StoreOp, StoreReply, TenantId};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -73,6 +73,9 @@ pub fn trigger_vars(
     Ok(out)
 }
 
+/// The handler parses and checks the request; the store decides the rest
+/// in one call (`StoreOp::Trigger`): the tenant, the flow, the opt-out,
+/// the plan and the enqueue, under one transaction.
 pub(super) async fn trigger<S: Store>(
     State(st): State<AppState<S>>,
     Path(flow): Path<String>,
@@ -82,7 +85,6 @@ pub(super) async fn trigger<S: Store>(
     let flow_id = FlowId::new(flow).map_err(|e| Problem::invalid(e.to_string()))?;
     let body = read_body(body, st.config.max_body_bytes)?;
     let TriggerRequest { tenant, to, vars } = parse_trigger_body(&body)?;
-    tenant_exists(&st, &tenant).await?;
     let vars = trigger_vars(vars)?;
     let trigger_key = match headers.get("idempotency-key") {
         None => None,
@@ -92,47 +94,40 @@ pub(super) async fn trigger<S: Store>(
                 .to_string(),
         ),
     };
-    let flow = match store_reply(
-        st.store
-            .apply(StoreOp::GetFlow {
-                tenant: tenant.clone(),
-                flow: flow_id.clone(),
-            })
-            .await,
-    )? {
-        StoreReply::Flow(f) => f,
-        StoreReply::NotFound => {
-            return Err(Problem::not_found(format!(
-                "no flow {:?} in tenant {:?}; create it with PUT /v1/flows/{flow_id}",
-                flow_id.as_str(),
-                tenant.as_str()
-            )))
-        }
-        other => return Err(unexpected(other)),
-    };
     let now_ms = st.clock.now_ms();
     let random = st.ids.lock().expect("ids lock").next_u64();
-    let (tenant_for_problem, to_for_problem) = (tenant.clone(), to.clone());
-    let run = plan_run(
-        &flow,
-        Trigger {
-            tenant,
-            to,
+    let op = StoreOp::Trigger {
+        flow: flow_id.clone(),
+        trigger: Trigger {
+            tenant: tenant.clone(),
+            to: to.clone(),
             vars,
             trigger_key: trigger_key.clone(),
         },
-        RunId::new(now_ms, random),
-    )
-    .map_err(|e| Problem::invalid(e.to_string()).at(e.path()))?;
-    match store_reply(st.store.apply(StoreOp::Enqueue { run, now_ms }).await)? {
+        run: RunId::new(now_ms, random),
+        now_ms,
+    };
+    match store_reply(st.store.apply(op).await)? {
         StoreReply::Enqueued { run, created } => {
-            tracing::info!(run_id = %run, flow = %flow_id, created, idempotency_key = trigger_key.as_deref().unwrap_or(""), "run triggered");
+            tracing::info!(run_id = %run, flow = %flow_id, tenant = %tenant, created, idempotency_key = trigger_key.as_deref().unwrap_or(""), "run triggered");
             let status = if created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
             Ok((status, Json(serde_json::json!({"run_id": run}))).into_response())
+        }
+        StoreReply::TriggerRefused(TriggerRefusal::NoTenant) => Err(Problem::invalid(format!(
+            "unknown tenant {:?}; create it with PUT /v1/tenants/{tenant} or use \"default\"",
+            tenant.as_str()
+        ))),
+        StoreReply::TriggerRefused(TriggerRefusal::NoFlow) => Err(Problem::not_found(format!(
+            "no flow {:?} in tenant {:?}; create it with PUT /v1/flows/{flow_id}",
+            flow_id.as_str(),
+            tenant.as_str()
+        ))),
+        StoreReply::TriggerRefused(TriggerRefusal::Plan { problem, path }) => {
+            Err(Problem::invalid(problem).at(path))
         }
         StoreReply::Conflict { reason } => Err(Problem::new(
             StatusCode::CONFLICT,
@@ -144,8 +139,7 @@ pub(super) async fn trigger<S: Store>(
             "Recipient opted out",
             format!(
                 "{to} opted out of tenant {tenant:?}'s messages ({reason}) at {since} ms; nothing is sent to them until they opt in again (an opt-in keyword such as START) or an operator lifts it: DELETE /v1/tenants/{tenant}/suppressions/{to}",
-                to = to_for_problem,
-                tenant = tenant_for_problem.as_str(),
+                tenant = tenant.as_str(),
                 reason = s.reason,
                 since = s.since_ms,
             ),

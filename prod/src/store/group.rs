@@ -121,7 +121,7 @@ impl<S: Store> Store for GroupCommit<S> {
     async fn apply(&self, op: StoreOp) -> Result<StoreReply, StoreUnavailable> {
         let lane = if is_row_write(&op) {
             &self.rows
-        } else if matches!(op, StoreOp::Enqueue { .. }) {
+        } else if matches!(op, StoreOp::Enqueue { .. } | StoreOp::Trigger { .. }) {
             &self.enqueues
         } else {
             return self.inner.apply(op).await;

@@ -7,7 +7,7 @@ use crate::support;
 
 use oncesend::store::sql::{SqlClock, SqlStore};
 use oncesend::store::Store;
-use oncesend_core::flow::{FlowStep, RawFlowStep};
+use oncesend_core::flow::{FlowStep, RawFlowStep, Trigger};
 use oncesend_core::store::{After, RunFilter};
 use oncesend_core::{
     DeliveryKey, DeliveryOutcome, Flow, FlowId, MemStore, NewRun, PlannedStep, ProviderSettings,
@@ -46,6 +46,13 @@ enum Op {
         delay_ms: u64,
         key: Option<u8>,
         reuse_id: bool,
+    },
+    Trigger {
+        tenant: u8,
+        flow: u8,
+        conv: u8,
+        key: Option<u8>,
+        with_vars: bool,
     },
     Claim {
         worker: u8,
@@ -188,6 +195,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(|tenant| Op::GetTenant { tenant }),
         5 => (0u8..2, 0u8..4, 1u8..4, prop_oneof![Just(0u64), 1u64..30], proptest::option::of(0u8..3), prop::bool::weighted(0.05))
             .prop_map(|(tenant, conv, steps, delay_ms, key, reuse_id)| Op::Enqueue { tenant, conv, steps, delay_ms, key, reuse_id }),
+        2 => (prop_oneof![6 => Just(0u8), 1 => 1u8..3], prop_oneof![6 => prop_oneof![Just(0u8), Just(2u8)], 1 => Just(1u8), 1 => Just(3u8)], 0u8..4, proptest::option::of(0u8..3), prop::bool::weighted(0.9))
+            .prop_map(|(tenant, flow, conv, key, with_vars)| Op::Trigger { tenant, flow, conv, key, with_vars }),
         5 => (0u8..3, 0u32..4, 5u64..60).prop_map(|(worker, max, lease_ms)| Op::Claim { worker, max, lease_ms }),
         2 => (any::<u8>(), epoch(), 5u64..60).prop_map(|(run, epoch, lease_ms)| Op::Heartbeat { run, epoch, lease_ms }),
         4 => (any::<u8>(), epoch(), skew(), proptest::option::of(0u64..30)).prop_map(|(run, epoch, skew, delay_ms)| Op::Advance { run, epoch, skew, delay_ms }),
@@ -409,6 +418,32 @@ impl World {
                             .collect(),
                         trigger_key: key.map(|k| format!("key-{k}")),
                     },
+                    now_ms,
+                }
+            }
+            Op::Trigger {
+                tenant: t,
+                flow,
+                conv,
+                key,
+                with_vars,
+            } => {
+                // Unknown tenants, missing flows and missing variables too:
+                // the refusals must agree as well as the runs.
+                self.next_id += 1;
+                StoreOp::Trigger {
+                    flow: FlowId::new(format!("flow{flow}")).unwrap(),
+                    trigger: Trigger {
+                        tenant: tenant(t),
+                        to: recipient(conv),
+                        vars: if with_vars {
+                            [("name".to_string(), format!("guest{conv}"))].into()
+                        } else {
+                            Default::default()
+                        },
+                        trigger_key: key.map(|k| format!("key-{k}")),
+                    },
+                    run: RunId::new(1_000 + self.next_id, self.next_id),
                     now_ms,
                 }
             }
@@ -768,6 +803,11 @@ fn assert_covered() {
         "finished run sent on by retry_run",
         "suppress cancelled runs",
         "enqueue refused an opted-out recipient",
+        "trigger refused NoTenant",
+        "trigger refused NoFlow",
+        "trigger refused Plan",
+        "trigger enqueued created=true",
+        "trigger enqueued created=false",
     ] {
         assert!(seen(want), "never seen: {want}; seen: {c:?}");
     }
@@ -799,6 +839,11 @@ async fn check_case(store: &SqlStore, ops: Vec<(Op, bool)>) -> Result<(), TestCa
     };
     let mut batch: Vec<StoreOp> = Vec::new();
     let mut expected: Vec<StoreReply> = Vec::new();
+    // A flow to trigger from the start, so triggers mostly plan and
+    // enqueue, and the refusals come from the other flows and tenants.
+    let ops: Vec<(Op, bool)> = std::iter::once((Op::PutFlow { flow: 0, steps: 2 }, false))
+        .chain(ops)
+        .collect();
     let total = ops.len();
     for (i, (op, cut)) in ops.into_iter().enumerate() {
         if let Some(concrete) = world.concrete(&op) {
@@ -816,6 +861,12 @@ async fn check_case(store: &SqlStore, ops: Vec<(Op, bool)>) -> Result<(), TestCa
                 }
                 StoreReply::RecipientSuppressed(_) => {
                     mark("enqueue refused an opted-out recipient")
+                }
+                StoreReply::TriggerRefused(why) => mark(&format!("trigger refused {why:?}")),
+                StoreReply::Enqueued { created, .. }
+                    if matches!(concrete, StoreOp::Trigger { .. }) =>
+                {
+                    mark(&format!("trigger enqueued created={created}"))
                 }
                 _ => {}
             }

@@ -16,7 +16,7 @@ pub(super) struct Batch<'c> {
 }
 
 fn is_enqueue(op: &StoreOp) -> bool {
-    matches!(op, StoreOp::Enqueue { .. })
+    matches!(op, StoreOp::Enqueue { .. } | StoreOp::Trigger { .. })
 }
 
 impl Batch<'_> {

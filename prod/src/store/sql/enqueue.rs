@@ -5,14 +5,16 @@ use super::batch::Batch;
 use super::codec::{db, hex_ids, json_conversations, run_id, un, RunInsert, TriggerKeyRow};
 use super::statements;
 use super::tx::Tx;
-use oncesend_core::store::rules::RunRecord;
+use oncesend_core::store::rules::{
+    decide_enqueue, plan_trigger, EnqueueDecision, EnqueueFacts, RunRecord,
+};
 use oncesend_core::store::Suppression;
-use oncesend_core::{NewRun, RunId, StoreOp, StoreReply};
+use oncesend_core::{Flow, FlowId, NewRun, RunId, StoreOp, StoreReply, TenantId};
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
 
 impl Batch<'_> {
-    /// Enqueues a run of consecutive `Enqueue` ops set-wise: one read of
+    /// Enqueues a run of consecutive `Enqueue` and `Trigger` ops set-wise: one read of
     /// the trigger keys, one of the ids, one that locks the conversations'
     /// heads, then each op decided in order (a later op sees the runs and
     /// keys of the earlier ones), one insert of the runs and one of the keys.
@@ -25,21 +27,16 @@ impl Batch<'_> {
     /// makes its run the head) or this commits first (and the finish's
     /// promotion sees these runs).
     pub(super) async fn enqueue(&mut self, ops: Vec<StoreOp>) -> Tx<Vec<StoreReply>> {
-        let runs: Vec<(NewRun, u64)> = ops
-            .into_iter()
-            .map(|op| match op {
-                StoreOp::Enqueue { run, now_ms } => {
-                    assert!(!run.steps.is_empty(), "a run has at least one step");
-                    (run, now_ms)
-                }
-                other => unreachable!("{} is not an enqueue", other.name()),
-            })
-            .collect();
+        let mut replies: Vec<Option<StoreReply>> = Vec::with_capacity(ops.len());
+        let runs = self.plan_triggers(ops, &mut replies).await?;
+        if runs.is_empty() {
+            return Ok(answered(replies));
+        }
         let sql = statements::of(self.backend);
 
         let keys: Vec<TriggerKeyRow> = runs
             .iter()
-            .filter_map(|(run, _)| {
+            .filter_map(|(_, run, _)| {
                 run.trigger_key.as_ref().map(|key| TriggerKeyRow {
                     tenant: run.tenant.as_str().to_string(),
                     key: key.as_str().to_string(),
@@ -62,7 +59,7 @@ impl Batch<'_> {
 
         let mut taken = BTreeSet::new();
         for row in sqlx::query(sql.find_runs)
-            .bind(hex_ids(runs.iter().map(|(run, _)| &run.id)))
+            .bind(hex_ids(runs.iter().map(|(_, run, _)| &run.id)))
             .fetch_all(&mut *self.conn)
             .await?
         {
@@ -72,7 +69,7 @@ impl Batch<'_> {
 
         let conversations: BTreeSet<(&str, &str)> = runs
             .iter()
-            .map(|(run, _)| (run.tenant.as_str(), run.to.as_str()))
+            .map(|(_, run, _)| (run.tenant.as_str(), run.to.as_str()))
             .collect();
         let json = json_conversations(&conversations);
         let mut headed: BTreeSet<(String, String)> = BTreeSet::new();
@@ -100,32 +97,32 @@ impl Batch<'_> {
             );
         }
 
-        let mut replies = Vec::with_capacity(runs.len());
+        // Each run decided in order: a later one sees the runs, keys and
+        // heads of the earlier ones.
         let mut inserts = Vec::new();
         let mut new_keys = Vec::new();
-        for (run, now_ms) in runs {
+        for (i, run, now_ms) in runs {
             let tenant = run.tenant.as_str().to_string();
-            if let Some(key) = &run.trigger_key {
-                if let Some(existing) = known.get(&(tenant.clone(), key.as_str().to_string())) {
-                    replies.push(StoreReply::Enqueued {
-                        run: *existing,
-                        created: false,
-                    });
+            let conv = (tenant.clone(), run.to.as_str().to_string());
+            let facts = EnqueueFacts {
+                existing: run
+                    .trigger_key
+                    .as_ref()
+                    .and_then(|key| known.get(&(tenant.clone(), key.clone())))
+                    .copied(),
+                suppressed: suppressed.get(&conv),
+                id_taken: taken.contains(&run.id),
+                conversation_open: headed.contains(&conv),
+            };
+            let is_head = match decide_enqueue(&run, facts) {
+                EnqueueDecision::Insert { is_head } => is_head,
+                other => {
+                    replies[i] = Some(other.answer(run.id));
                     continue;
                 }
-            }
-            if let Some(s) = suppressed.get(&(tenant.clone(), run.to.as_str().to_string())) {
-                replies.push(StoreReply::RecipientSuppressed(s.clone()));
-                continue;
-            }
-            if taken.contains(&run.id) {
-                replies.push(StoreReply::Conflict {
-                    reason: format!("run {} already exists", run.id),
-                });
-                continue;
-            }
-            let is_head = headed.insert((tenant.clone(), run.to.as_str().to_string()));
+            };
             if is_head {
+                headed.insert(conv);
                 self.notify = true;
             }
             let record = RunRecord::new(run, 0, now_ms);
@@ -151,7 +148,7 @@ impl Batch<'_> {
                 trigger_key: record.trigger_key.clone(),
                 created_at_ms: db(now_ms),
             });
-            replies.push(StoreReply::Enqueued {
+            replies[i] = Some(StoreReply::Enqueued {
                 run: record.id,
                 created: true,
             });
@@ -163,6 +160,56 @@ impl Batch<'_> {
             self.execute_json(sql.insert_trigger_keys, &new_keys)
                 .await?;
         }
-        Ok(replies)
+        Ok(answered(replies))
     }
+
+    /// Turns each op into the run it enqueues (its index, the run, the
+    /// store's time), planning triggers in the core from the tenant and
+    /// flow read here, each distinct one once; a trigger the core refuses
+    /// is answered in `replies` and enqueues nothing.
+    async fn plan_triggers(
+        &mut self,
+        ops: Vec<StoreOp>,
+        replies: &mut Vec<Option<StoreReply>>,
+    ) -> Tx<Vec<(usize, NewRun, u64)>> {
+        let mut tenants: BTreeMap<TenantId, bool> = BTreeMap::new();
+        let mut flows: BTreeMap<(TenantId, FlowId), Option<Flow>> = BTreeMap::new();
+        let mut runs = Vec::with_capacity(ops.len());
+        for (i, op) in ops.into_iter().enumerate() {
+            replies.push(None);
+            match op {
+                StoreOp::Enqueue { run, now_ms } => runs.push((i, run, now_ms)),
+                StoreOp::Trigger {
+                    flow,
+                    trigger,
+                    run,
+                    now_ms,
+                } => {
+                    let tenant = trigger.tenant.clone();
+                    if !tenants.contains_key(&tenant) {
+                        let stored = self.tenant_stored(&tenant).await?;
+                        tenants.insert(tenant.clone(), stored);
+                    }
+                    let key = (tenant, flow);
+                    if !flows.contains_key(&key) {
+                        let found = self.load_flow(&key.0, &key.1).await?;
+                        flows.insert(key.clone(), found);
+                    }
+                    match plan_trigger(tenants[&key.0], flows[&key].as_ref(), trigger, run) {
+                        Ok(run) => runs.push((i, run, now_ms)),
+                        Err(why) => replies[i] = Some(StoreReply::TriggerRefused(why)),
+                    }
+                }
+                other => unreachable!("{} is not an enqueue", other.name()),
+            }
+        }
+        Ok(runs)
+    }
+}
+
+fn answered(replies: Vec<Option<StoreReply>>) -> Vec<StoreReply> {
+    replies
+        .into_iter()
+        .map(|r| r.expect("every enqueue is answered"))
+        .collect()
 }

@@ -30,6 +30,14 @@ impl Batch<'_> {
     }
 
     pub(super) async fn get_flow(&mut self, tenant: TenantId, flow: FlowId) -> Tx<StoreReply> {
+        Ok(match self.load_flow(&tenant, &flow).await? {
+            Some(flow) => StoreReply::Flow(flow),
+            None => StoreReply::NotFound,
+        })
+    }
+
+    /// The tenant's flow of that name, if it has one.
+    pub(super) async fn load_flow(&mut self, tenant: &TenantId, flow: &FlowId) -> Tx<Option<Flow>> {
         let row = sqlx::query(common::GET_FLOW)
             .bind(tenant.as_str())
             .bind(flow.as_str())
@@ -38,11 +46,21 @@ impl Batch<'_> {
         match row {
             Some(row) => {
                 let body: String = row.try_get(0)?;
-                let flow: Flow = serde_json::from_str(&body).map_err(|e| decode_err("flow", e))?;
-                Ok(StoreReply::Flow(flow))
+                Ok(Some(
+                    serde_json::from_str(&body).map_err(|e| decode_err("flow", e))?,
+                ))
             }
-            None => Ok(StoreReply::NotFound),
+            None => Ok(None),
         }
+    }
+
+    /// Whether the tenant is stored (`default` never is).
+    pub(super) async fn tenant_stored(&mut self, tenant: &TenantId) -> Tx<bool> {
+        Ok(sqlx::query(common::TENANT_EXISTS)
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *self.conn)
+            .await?
+            .is_some())
     }
 
     pub(super) async fn put_tenant(&mut self, tenant: Tenant) -> Tx<StoreReply> {
