@@ -518,4 +518,83 @@ mod tests {
         assert_eq!(e.path().as_deref(), Some("steps[1].text"));
         assert!(e.to_string().contains("5000 characters"), "{e}");
     }
+
+    #[test]
+    fn every_limit_takes_its_bound_and_refuses_one_past_it() {
+        assert_eq!(MAX_AFTER_TIMEOUT_MS, 86_400_000, "one day");
+        let waiting = |t: u64| {
+            raw(serde_json::json!({"text": "a", "after": "delivered", "after_timeout_ms": t}))
+        };
+        assert!(FlowStep::from_raw(waiting(MAX_AFTER_TIMEOUT_MS)).is_ok());
+        let e = FlowStep::from_raw(waiting(MAX_AFTER_TIMEOUT_MS + 1)).unwrap_err();
+        assert_eq!(e.path, "after_timeout_ms");
+
+        let id = FlowId::new("f").unwrap();
+        let raws = |n: usize| vec![raw(serde_json::json!({"text": "a"})); n];
+        for (n, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_STEPS, true),
+            (MAX_STEPS + 1, false),
+        ] {
+            let got = Flow::from_raw(id.clone(), raws(n));
+            assert_eq!(got.is_ok(), ok, "{n} steps: {got:?}");
+            if let Err(e) = got {
+                assert_eq!(e, PlanError::StepCount(n));
+                assert_eq!(e.path().as_deref(), Some("steps"));
+            }
+        }
+        let e = Flow::new(id.clone(), vec![step("a", MAX_DELAY_MS + 1)]).unwrap_err();
+        assert_eq!(e.path().as_deref(), Some("steps[0].delay_ms"));
+        let e = PlanError::Step {
+            step: 3,
+            path: String::new(),
+            problem: "no message".into(),
+        };
+        assert_eq!(e.path().as_deref(), Some("steps[3]"));
+
+        let flow = Flow::new(id, vec![step("{{a}}", 0)]).unwrap();
+        let plan = |vars: BTreeMap<String, String>, key: Option<String>| {
+            let mut t = trigger(&[]);
+            t.vars = vars;
+            t.trigger_key = key;
+            plan_run(&flow, t, RunId::new(1, 1))
+        };
+        let vars = |n: usize, len: usize| -> BTreeMap<String, String> {
+            (0..n)
+                .map(|i| {
+                    (
+                        if i == 0 {
+                            "a".to_string()
+                        } else {
+                            format!("v{i}")
+                        },
+                        "x".repeat(len),
+                    )
+                })
+                .collect()
+        };
+        assert!(plan(vars(MAX_VARS, 1), None).is_ok());
+        assert!(matches!(
+            plan(vars(MAX_VARS + 1, 1), None),
+            Err(PlanError::Vars(_))
+        ));
+        assert!(plan(vars(1, MAX_VAR_BYTES), None).is_ok());
+        assert!(matches!(
+            plan(vars(1, MAX_VAR_BYTES + 1), None),
+            Err(PlanError::Vars(_))
+        ));
+        for (len, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_TRIGGER_KEY_BYTES, true),
+            (MAX_TRIGGER_KEY_BYTES + 1, false),
+        ] {
+            let got = plan(vars(1, 1), Some("k".repeat(len)));
+            assert_eq!(got.is_ok(), ok, "a key of {len} bytes: {got:?}");
+            if !ok {
+                assert_eq!(got.unwrap_err(), PlanError::TriggerKey);
+            }
+        }
+    }
 }

@@ -303,3 +303,128 @@ fn a_request_number_in_use_is_a_driver_bug() {
         0,
     );
 }
+
+#[test]
+fn the_engine_keeps_its_config_and_counts_what_is_in_flight() {
+    let mut store = MemStore::new();
+    let reqs = requests(&mut store, 2);
+    let mut engine = Engine::new(EngineConfig {
+        max_inflight: 7,
+        ..config()
+    });
+    assert_eq!(engine.config().send_timeout_ms, TIMEOUT_MS);
+    assert_eq!(engine.config().max_inflight, 7);
+    assert_eq!(engine.inflight(), 0);
+    for (i, request) in reqs.into_iter().enumerate() {
+        engine.handle(
+            EngineEvent::Request {
+                req: i as u64,
+                request,
+            },
+            0,
+        );
+    }
+    let (calls, _) = settle(&mut engine, &mut store, 0);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(engine.inflight(), 2);
+    engine.handle(
+        EngineEvent::ProviderReplied {
+            req: 0,
+            outcome: sent("wamid.0"),
+        },
+        10,
+    );
+    settle(&mut engine, &mut store, 10);
+    assert_eq!(engine.inflight(), 1);
+}
+
+/// A later call's deadline must not stop the engine listening for an
+/// earlier call's late answer.
+#[test]
+fn a_late_answer_is_still_heard_after_another_call_times_out() {
+    let mut store = MemStore::new();
+    let mut reqs = requests(&mut store, 2);
+    let (second, first) = (reqs.pop().unwrap(), reqs.pop().unwrap());
+    let key = first.key;
+    let mut engine = Engine::new(config());
+    engine.handle(
+        EngineEvent::Request {
+            req: 1,
+            request: first,
+        },
+        0,
+    );
+    settle(&mut engine, &mut store, 0);
+    engine.handle(
+        EngineEvent::Request {
+            req: 2,
+            request: second,
+        },
+        500,
+    );
+    settle(&mut engine, &mut store, 500);
+    for at in [TIMEOUT_MS, 500 + TIMEOUT_MS] {
+        engine.handle(EngineEvent::Timeout, at);
+        let (_, answers) = settle(&mut engine, &mut store, at);
+        assert_eq!(answers.len(), 1, "one call times out at {at}");
+    }
+    assert_eq!(state(&mut store, key), DeliveryState::Unknown);
+    let at = 500 + TIMEOUT_MS + 100;
+    engine.handle(
+        EngineEvent::ProviderReplied {
+            req: 1,
+            outcome: sent("wamid.first"),
+        },
+        at,
+    );
+    settle(&mut engine, &mut store, at);
+    assert_eq!(state(&mut store, key), DeliveryState::Sent);
+    assert_eq!(engine.stats().late_replies, 1);
+}
+
+/// Every counter behind `/metrics` counts each event once.
+#[test]
+fn the_counters_count_each_outcome_once() {
+    let mut store = MemStore::new();
+    let mut reqs = requests(&mut store, 4);
+    let mut engine = Engine::new(config());
+    // A stale epoch: fenced, nothing sent.
+    let mut stale = reqs.pop().unwrap();
+    stale.epoch -= 1;
+    engine.handle(
+        EngineEvent::Request {
+            req: 9,
+            request: stale,
+        },
+        0,
+    );
+    let (calls, answers) = settle(&mut engine, &mut store, 0);
+    assert!(calls.is_empty());
+    assert_eq!(answers, vec![(9, SendResponse::Fenced)]);
+    // Two refusals and one send, twice each counter's worth of events.
+    for (i, request) in reqs.into_iter().enumerate() {
+        engine.handle(
+            EngineEvent::Request {
+                req: i as u64,
+                request,
+            },
+            0,
+        );
+    }
+    settle(&mut engine, &mut store, 0);
+    let refused = DeliveryOutcome::Failed {
+        retryable: false,
+        reason: "131026 message undeliverable".into(),
+        retry_after_ms: None,
+    };
+    for (req, outcome) in [(0, refused.clone()), (1, refused), (2, sent("wamid.2"))] {
+        engine.handle(EngineEvent::ProviderReplied { req, outcome }, 5);
+        settle(&mut engine, &mut store, 5);
+    }
+    let s = engine.stats();
+    assert_eq!(
+        (s.provider_calls, s.sent, s.failed, s.fenced, s.unknown),
+        (3, 1, 2, 1, 0),
+        "{s:?}"
+    );
+}
