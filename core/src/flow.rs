@@ -190,13 +190,29 @@ impl From<FlowStep> for RawFlowStep {
     }
 }
 
-/// An ordered list of 1 to [`MAX_STEPS`] message steps.
+/// An ordered list of 1 to [`MAX_STEPS`] message steps. Built only by
+/// [`Flow::new`] (or [`Flow::from_raw`]), and read from JSON through the
+/// same checks, so a stored flow is always a valid one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "FlowParts")]
 pub struct Flow {
-    /// The flow's name.
-    pub id: FlowId,
-    /// Its steps, in order.
-    pub steps: Vec<FlowStep>,
+    id: FlowId,
+    steps: Vec<FlowStep>,
+}
+
+/// A flow as JSON, before [`Flow::new`] checks it.
+#[derive(Deserialize)]
+struct FlowParts {
+    id: FlowId,
+    steps: Vec<FlowStep>,
+}
+
+impl TryFrom<FlowParts> for Flow {
+    type Error = PlanError;
+
+    fn try_from(p: FlowParts) -> Result<Self, PlanError> {
+        Flow::new(p.id, p.steps)
+    }
 }
 
 /// Why a flow or a trigger was refused.
@@ -275,6 +291,16 @@ impl Flow {
             .map(|(i, raw)| FlowStep::from_raw(raw).map_err(|e| PlanError::step(i, e)))
             .collect::<Result<Vec<_>, _>>()?;
         Self::new(id, steps)
+    }
+
+    /// The flow's name.
+    pub fn id(&self) -> &FlowId {
+        &self.id
+    }
+
+    /// Its steps, in order.
+    pub fn steps(&self) -> &[FlowStep] {
+        &self.steps
     }
 
     /// Checks a flow's bounds.
@@ -596,5 +622,19 @@ mod tests {
                 assert_eq!(got.unwrap_err(), PlanError::TriggerKey);
             }
         }
+    }
+
+    #[test]
+    fn a_flow_read_from_json_is_checked_like_a_new_one() {
+        let flow = Flow::new(FlowId::new("f").unwrap(), vec![step("a", 0), step("b", 5)]).unwrap();
+        let json = serde_json::to_value(&flow).unwrap();
+        assert_eq!(serde_json::from_value::<Flow>(json.clone()).unwrap(), flow);
+        let mut empty = json.clone();
+        empty["steps"] = serde_json::json!([]);
+        let e = serde_json::from_value::<Flow>(empty).unwrap_err();
+        assert!(e.to_string().contains("1 to 50 steps"), "{e}");
+        let mut late = json;
+        late["steps"][1]["delay_ms"] = (MAX_DELAY_MS + 1).into();
+        assert!(serde_json::from_value::<Flow>(late).is_err());
     }
 }

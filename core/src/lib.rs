@@ -14,7 +14,9 @@
 pub mod check;
 pub mod engine;
 pub mod flow;
-#[doc(hidden)]
+/// Harnesses for the fuzz targets and their corpus replays; only with the
+/// `fuzzing` feature, which `fuzz/` and this crate's own tests turn on.
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod ids;
 pub mod limits;

@@ -112,13 +112,28 @@ impl ProviderSettings {
     }
 }
 
-/// A stored tenant.
+/// A stored tenant. Built only by [`Tenant::new`], and read from JSON
+/// through the same checks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TenantParts")]
 pub struct Tenant {
-    /// Its name.
-    pub id: TenantId,
-    /// Its provider.
-    pub provider: ProviderSettings,
+    id: TenantId,
+    provider: ProviderSettings,
+}
+
+/// A tenant as JSON, before [`Tenant::new`] checks it.
+#[derive(Deserialize)]
+struct TenantParts {
+    id: TenantId,
+    provider: ProviderSettings,
+}
+
+impl TryFrom<TenantParts> for Tenant {
+    type Error = TenantError;
+
+    fn try_from(p: TenantParts) -> Result<Self, TenantError> {
+        Tenant::new(p.id, p.provider)
+    }
 }
 
 fn setting(field: &'static str, value: &str) -> Result<(), TenantError> {
@@ -135,6 +150,16 @@ fn setting(field: &'static str, value: &str) -> Result<(), TenantError> {
 }
 
 impl Tenant {
+    /// Its name.
+    pub fn id(&self) -> &TenantId {
+        &self.id
+    }
+
+    /// Its provider.
+    pub fn provider(&self) -> &ProviderSettings {
+        &self.provider
+    }
+
     /// Checks a tenant's settings where they enter the system.
     pub fn new(id: TenantId, provider: ProviderSettings) -> Result<Self, TenantError> {
         if id == TenantId::default_tenant() {
@@ -206,5 +231,26 @@ mod tests {
         assert_eq!(log, ProviderSettings::Log {});
         assert!(serde_json::from_str::<ProviderSettings>(r#"{"provider":"log","x":1}"#).is_err());
         assert!(serde_json::from_str::<ProviderSettings>(r#"{"provider":"sms"}"#).is_err());
+    }
+
+    #[test]
+    fn a_tenant_read_from_json_is_checked_like_a_new_one() {
+        let good = Tenant::new(
+            TenantId::new("acme").unwrap(),
+            cloud("https://graph.facebook.com", "1234"),
+        )
+        .unwrap();
+        let json = serde_json::to_value(&good).unwrap();
+        assert_eq!(
+            serde_json::from_value::<Tenant>(json.clone()).unwrap(),
+            good
+        );
+        let mut bad = json.clone();
+        bad["provider"]["cloud_api"]["base_url"] = "graph.facebook.com".into();
+        let e = serde_json::from_value::<Tenant>(bad).unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+        let mut default = json;
+        default["id"] = "default".into();
+        assert!(serde_json::from_value::<Tenant>(default).is_err());
     }
 }

@@ -39,10 +39,10 @@ pub fn api_json(data: &[u8]) {
     let id = FlowId::new("fuzz").expect("valid");
     match parse_flow_body(id.clone(), data) {
         Ok(req) => {
-            assert!((1..=MAX_STEPS).contains(&req.flow.steps.len()));
+            assert!((1..=MAX_STEPS).contains(&req.flow.steps().len()));
             let again = serde_json::to_vec(&serde_json::json!({
                 "tenant": req.tenant,
-                "steps": req.flow.steps,
+                "steps": req.flow.steps(),
             }))
             .expect("a flow serializes");
             match parse_flow_body(id.clone(), &again) {
@@ -118,8 +118,8 @@ fn plan(
     };
     match plan_run(&flow, trigger, RunId::new(1, 2)) {
         Ok(run) => {
-            assert_eq!(run.steps.len(), flow.steps.len());
-            for (s, p) in flow.steps.iter().zip(&run.steps) {
+            assert_eq!(run.steps.len(), flow.steps().len());
+            for (s, p) in flow.steps().iter().zip(&run.steps) {
                 assert_eq!(Ok(&p.message), s.render(&vars).as_ref());
             }
         }

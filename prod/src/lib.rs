@@ -13,7 +13,9 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod engine;
-#[doc(hidden)]
+/// Harnesses for the fuzz targets and their corpus replays; only with the
+/// `fuzzing` feature, which `fuzz/` and this crate's own tests turn on.
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod net;
 pub mod provider;

@@ -7,7 +7,9 @@
 
 pub mod db;
 pub mod fault;
-#[doc(hidden)]
+/// Harnesses for the fuzz targets and their corpus replays; only with the
+/// `fuzzing` feature, which `fuzz/` and this crate's own tests turn on.
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod legacy;
 pub mod meta;

@@ -66,17 +66,20 @@ impl MemStore {
     pub fn apply(&mut self, op: StoreOp) -> StoreReply {
         match op {
             StoreOp::PutFlow { tenant, flow } => {
-                let created = self.flows.insert((tenant, flow.id.clone()), flow).is_none();
+                let created = self
+                    .flows
+                    .insert((tenant, flow.id().clone()), flow)
+                    .is_none();
                 StoreReply::FlowPut { created }
             }
             StoreOp::PutTenant { tenant } => {
                 assert!(
-                    tenant.id != TenantId::default_tenant(),
+                    *tenant.id() != TenantId::default_tenant(),
                     "the default tenant is never stored"
                 );
                 // New settings (a new token, say) end a pause.
-                self.pauses.remove(&tenant.id);
-                let created = self.tenants.insert(tenant.id.clone(), tenant).is_none();
+                self.pauses.remove(tenant.id());
+                let created = self.tenants.insert(tenant.id().clone(), tenant).is_none();
                 StoreReply::TenantPut { created }
             }
             StoreOp::GetTenant { tenant } => match self.tenants.get(&tenant) {

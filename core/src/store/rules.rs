@@ -237,7 +237,7 @@ pub fn plan_trigger(
     })?;
     assert_eq!(
         run.steps.len(),
-        flow.steps.len(),
+        flow.steps().len(),
         "a planned run has one step per flow step"
     );
     Ok(run)

@@ -49,7 +49,7 @@ pub(super) async fn put_flow<S: Store>(
     let body = read_body(body, st.config.max_body_bytes)?;
     let FlowRequest { tenant, flow } = parse_flow_body(id.clone(), &body)?;
     tenant_exists(&st, &tenant).await?;
-    let steps = flow.steps.len();
+    let steps = flow.steps().len();
     match store_reply(st.store.apply(StoreOp::PutFlow { tenant, flow }).await)? {
         StoreReply::FlowPut { created } => {
             let status = if created {
@@ -78,9 +78,9 @@ pub(super) struct TenantQuery {
 /// The flow as `GET /v1/flows/{flow}` shows it: its steps exactly as put.
 pub fn flow_json(tenant: &TenantId, flow: &Flow) -> serde_json::Value {
     serde_json::json!({
-        "flow": flow.id,
+        "flow": flow.id(),
         "tenant": tenant,
-        "steps": flow.steps,
+        "steps": flow.steps(),
     })
 }
 

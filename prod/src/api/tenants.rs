@@ -36,11 +36,11 @@ pub(super) async fn put_tenant<S: Store>(
     let id = TenantId::new(tenant).map_err(|e| Problem::invalid(e.to_string()))?;
     let settings: ProviderSettings = parse_json(body, st.config.max_body_bytes)?;
     let tenant = Tenant::new(id.clone(), settings).map_err(|e| Problem::invalid(e.to_string()))?;
-    if let ProviderSettings::CloudApi { cloud_api } = &tenant.provider {
+    if let ProviderSettings::CloudApi { cloud_api } = &tenant.provider() {
         crate::net::HttpUrl::parse(&cloud_api.base_url)
             .map_err(|e| Problem::invalid(format!("cloud_api.base_url: {e}")))?;
     }
-    let kind = tenant.provider.kind();
+    let kind = tenant.provider().kind();
     match store_reply(st.store.apply(StoreOp::PutTenant { tenant }).await)? {
         StoreReply::TenantPut { created } => {
             if let Some(hook) = &st.tenant_hook {
@@ -77,7 +77,7 @@ pub(crate) async fn tenant_provider<S: Store>(
         })
         .await;
     match store_reply(reply)? {
-        StoreReply::Tenant(t) => Ok(t.provider.kind()),
+        StoreReply::Tenant(t) => Ok(t.provider().kind()),
         StoreReply::NotFound => Err(Problem::not_found(format!(
             "no tenant {:?}; create it with PUT /v1/tenants/{tenant}",
             tenant.as_str()

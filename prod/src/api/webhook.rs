@@ -179,11 +179,11 @@ async fn tenant_of<S: Store>(
             },
         );
     }
-    Ok(tenants.iter().flatten().find_map(|t| match &t.provider {
+    Ok(tenants.iter().flatten().find_map(|t| match &t.provider() {
         oncesend_core::ProviderSettings::CloudApi { cloud_api }
             if cloud_api.phone_number_id == phone_number_id =>
         {
-            Some(t.id.clone())
+            Some(t.id().clone())
         }
         _ => None,
     }))

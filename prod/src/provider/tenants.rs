@@ -161,7 +161,7 @@ impl<S: Store, N: Network> TenantProviders<S, N> {
             .await
             .map_err(|e| refuse(true, format!("cannot read tenant {tenant}: {e}")))?;
         let settings = match reply {
-            StoreReply::Tenant(t) => t.provider,
+            StoreReply::Tenant(t) => t.provider().clone(),
             StoreReply::NotFound => {
                 return Err(refuse(
                     false,

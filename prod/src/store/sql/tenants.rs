@@ -16,13 +16,13 @@ impl Batch<'_> {
         let body = serde_json::to_string(&flow).expect("a flow serializes");
         let existed = sqlx::query(common::FLOW_EXISTS)
             .bind(tenant.as_str())
-            .bind(flow.id.as_str())
+            .bind(flow.id().as_str())
             .fetch_optional(&mut *self.conn)
             .await?
             .is_some();
         sqlx::query(common::PUT_FLOW)
             .bind(tenant.as_str())
-            .bind(flow.id.as_str())
+            .bind(flow.id().as_str())
             .bind(body)
             .execute(&mut *self.conn)
             .await?;
@@ -65,22 +65,22 @@ impl Batch<'_> {
 
     pub(super) async fn put_tenant(&mut self, tenant: Tenant) -> Tx<StoreReply> {
         assert!(
-            tenant.id != TenantId::default_tenant(),
+            *tenant.id() != TenantId::default_tenant(),
             "the default tenant is never stored"
         );
         let body = serde_json::to_string(&tenant).expect("a tenant serializes");
         let existed = sqlx::query(common::TENANT_EXISTS)
-            .bind(tenant.id.as_str())
+            .bind(tenant.id().as_str())
             .fetch_optional(&mut *self.conn)
             .await?
             .is_some();
         sqlx::query(common::PUT_TENANT)
-            .bind(tenant.id.as_str())
+            .bind(tenant.id().as_str())
             .bind(body)
             .execute(&mut *self.conn)
             .await?;
         // New settings (a new token, say) end a pause.
-        self.delete_pause(&tenant.id).await?;
+        self.delete_pause(tenant.id()).await?;
         Ok(StoreReply::TenantPut { created: !existed })
     }
 
