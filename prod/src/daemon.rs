@@ -23,7 +23,7 @@ use std::time::Duration;
 pub enum SetupError {
     /// `--ca-file` could not be read or holds no certificate.
     #[error("--ca-file {0}")]
-    CaFile(String),
+    CaFile(crate::net::NetError),
     /// `--log-file` could not be opened.
     #[error("cannot open --log-file {path}: {source}")]
     LogFile {
@@ -37,13 +37,13 @@ pub enum SetupError {
     CloudApiCredentials,
     /// The Cloud API URL is not one the client can use.
     #[error("ONCESEND_CLOUD_API_URL: {0}")]
-    CloudApiUrl(String),
+    CloudApiUrl(crate::net::NetError),
     /// An open API off loopback.
     #[error("listening on {0} without a token would let anyone send messages; set ONCESEND_TOKEN (or listen on 127.0.0.1)")]
     OpenApi(std::net::SocketAddr),
     /// `--engine-url` is not one the worker can use.
     #[error("--engine-url: {0}")]
-    EngineUrl(String),
+    EngineUrl(crate::net::NetError),
     /// `--worker-id` is not a valid name.
     #[error("--worker-id: {0}")]
     WorkerId(String),

@@ -209,18 +209,78 @@ pub struct HttpUrl {
     pub tls: bool,
 }
 
+/// Why a URL or a TLS setting was refused: each says what was wrong with
+/// which value.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Not a URL at all.
+    #[error("{url:?} is not a URL: {why}")]
+    NotAUrl {
+        /// The value given.
+        url: String,
+        /// The parser's reason.
+        why: String,
+    },
+    /// A scheme other than `http` and `https`.
+    #[error("{0:?} must start with https:// or http://")]
+    Scheme(String),
+    /// No host in the URL.
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    /// The CA file cannot be read.
+    #[error("{path}: cannot read it: {why}")]
+    CaUnreadable {
+        /// The file.
+        path: String,
+        /// The reason.
+        why: String,
+    },
+    /// The CA file is not PEM.
+    #[error("{path}: not a PEM certificate file: {why}")]
+    CaNotPem {
+        /// The file.
+        path: String,
+        /// The reason.
+        why: String,
+    },
+    /// The CA file holds no certificate.
+    #[error("{0} holds no certificate (expected one or more PEM blocks \"-----BEGIN CERTIFICATE-----\")")]
+    CaEmpty(String),
+    /// A certificate in the CA file is not a usable root.
+    #[error("{path}: a certificate in it cannot be trusted: {why}")]
+    CaUntrusted {
+        /// The file.
+        path: String,
+        /// The reason.
+        why: String,
+    },
+    /// The host is not a name a certificate can be checked against.
+    #[error("{host:?} is not a valid TLS server name: {why}")]
+    ServerName {
+        /// The host.
+        host: String,
+        /// The reason.
+        why: String,
+    },
+}
+
 impl HttpUrl {
     /// Parses `http[s]://host[:port][/path]`.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    pub fn parse(url: &str) -> Result<Self, NetError> {
+        let uri: hyper::Uri =
+            url.parse()
+                .map_err(|e: hyper::http::uri::InvalidUri| NetError::NotAUrl {
+                    url: url.to_string(),
+                    why: e.to_string(),
+                })?;
         let (tls, default_port) = match uri.scheme_str() {
             Some("http") => (false, 80),
             Some("https") => (true, 443),
-            _ => return Err(format!("{url:?} must start with https:// or http://")),
+            _ => return Err(NetError::Scheme(url.to_string())),
         };
-        let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| NetError::NoHost(url.to_string()))?;
         let port = uri.port_u16().unwrap_or(default_port);
         let authority = uri
             .authority()
@@ -273,24 +333,30 @@ impl TlsTrust {
     /// The web roots plus every certificate in the PEM file `ca_file`, if
     /// given. A file that cannot be read, or that holds no certificate, or
     /// a certificate that is not a usable root, is an error naming it.
-    pub fn load(ca_file: Option<&Path>) -> Result<Self, String> {
+    pub fn load(ca_file: Option<&Path>) -> Result<Self, NetError> {
         let mut roots = Self::web_root_store();
         if let Some(path) = ca_file {
-            let shown = path.display();
-            std::fs::metadata(path).map_err(|e| format!("{shown}: cannot read it: {e}"))?;
+            let shown = path.display().to_string();
+            let unreadable = |why: String| NetError::CaUnreadable {
+                path: shown.clone(),
+                why,
+            };
+            std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
             let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{shown}: cannot read it: {e}"))?
+                .map_err(|e| unreadable(e.to_string()))?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{shown}: not a PEM certificate file: {e}"))?;
+                .map_err(|e| NetError::CaNotPem {
+                    path: shown.clone(),
+                    why: e.to_string(),
+                })?;
             if certs.is_empty() {
-                return Err(format!(
-                    "{shown} holds no certificate (expected one or more PEM blocks \"-----BEGIN CERTIFICATE-----\")"
-                ));
+                return Err(NetError::CaEmpty(shown));
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{shown}: a certificate in it cannot be trusted: {e}"))?;
+                roots.add(cert).map_err(|e| NetError::CaUntrusted {
+                    path: shown.clone(),
+                    why: e.to_string(),
+                })?;
             }
         }
         Ok(Self::with_roots(roots))
@@ -331,9 +397,11 @@ pub struct TlsConnector<C> {
 
 impl<C: Connector> TlsConnector<C> {
     /// TLS to `host` (a DNS name or an IP address) over `inner`.
-    pub fn new(inner: C, host: &str, trust: &TlsTrust) -> Result<Self, String> {
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+    pub fn new(inner: C, host: &str, trust: &TlsTrust) -> Result<Self, NetError> {
+        let name = ServerName::try_from(host.to_string()).map_err(|e| NetError::ServerName {
+            host: host.to_string(),
+            why: e.to_string(),
+        })?;
         Ok(Self {
             inner,
             tls: tokio_rustls::TlsConnector::from(trust.config.clone()),
@@ -364,7 +432,7 @@ pub enum MaybeTls<C> {
 
 impl<C: Connector> MaybeTls<C> {
     /// The connector `url` asks for, over `inner`.
-    pub fn for_url(inner: C, url: &HttpUrl, trust: &TlsTrust) -> Result<Self, String> {
+    pub fn for_url(inner: C, url: &HttpUrl, trust: &TlsTrust) -> Result<Self, NetError> {
         Ok(if url.tls {
             Self::Tls(TlsConnector::new(inner, &url.host, trust)?)
         } else {
@@ -403,6 +471,9 @@ mod tests {
         let u = HttpUrl::parse("https://[::1]:8443/x").unwrap();
         assert_eq!((u.addr.as_str(), u.host.as_str()), ("[::1]:8443", "::1"));
         assert!(u.is_loopback());
-        assert!(HttpUrl::parse("ftp://x").unwrap_err().contains("https://"));
+        assert!(HttpUrl::parse("ftp://x")
+            .unwrap_err()
+            .to_string()
+            .contains("https://"));
     }
 }

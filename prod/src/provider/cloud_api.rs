@@ -34,7 +34,7 @@ impl CloudApiProvider {
         settings: &CloudApiSettings,
         timeout: Duration,
         trust: &TlsTrust,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::net::NetError> {
         Self::over(&Tcp, settings, timeout, trust)
     }
 }
@@ -48,7 +48,7 @@ impl<C: Connector> CloudApiProvider<C> {
         settings: &CloudApiSettings,
         timeout: Duration,
         trust: &TlsTrust,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::net::NetError> {
         let url = HttpUrl::parse(&settings.base_url)?;
         if !url.tls && !url.is_loopback() {
             tracing::warn!(

@@ -121,7 +121,10 @@ impl<S: Store, N: Network> TenantProviders<S, N> {
     }
 
     /// Builds the provider for stored settings.
-    pub fn build(&self, settings: &ProviderSettings) -> Result<AnyProvider<N::Connector>, String> {
+    pub fn build(
+        &self,
+        settings: &ProviderSettings,
+    ) -> Result<AnyProvider<N::Connector>, crate::net::NetError> {
         Ok(match settings {
             ProviderSettings::Log {} => AnyProvider::Log(self.log.clone()),
             ProviderSettings::CloudApi { cloud_api } => AnyProvider::CloudApi(

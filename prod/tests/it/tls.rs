@@ -4,7 +4,9 @@
 
 use crate::common::*;
 use hyper::Method;
-use oncesend::net::{Connector, HttpClient, HttpError, TcpConnector, TlsConnector, TlsTrust};
+use oncesend::net::{
+    Connector, HttpClient, HttpError, NetError, TcpConnector, TlsConnector, TlsTrust,
+};
 use oncesend::provider::CloudApiProvider;
 use oncesend::provider::Provider;
 use oncesend_core::{
@@ -173,7 +175,7 @@ async fn a_plain_http_server_behind_an_https_url_is_never_spoken_to_in_plain_tex
 fn a_ca_file_must_exist_and_hold_a_certificate() {
     let dir = std::env::temp_dir();
     let missing = dir.join(format!("oncesend-no-such-ca-{}.pem", std::process::id()));
-    let err = TlsTrust::load(Some(&missing)).unwrap_err();
+    let err = TlsTrust::load(Some(&missing)).unwrap_err().to_string();
     assert!(
         err.contains(&missing.display().to_string()) && err.contains("cannot read"),
         "{err}"
@@ -182,7 +184,8 @@ fn a_ca_file_must_exist_and_hold_a_certificate() {
     let empty = dir.join(format!("oncesend-empty-ca-{}.pem", std::process::id()));
     std::fs::write(&empty, "not a certificate\n").unwrap();
     let err = TlsTrust::load(Some(&empty)).unwrap_err();
-    assert!(err.contains("holds no certificate"), "{err}");
+    assert!(matches!(err, NetError::CaEmpty(_)), "{err}");
+    assert!(err.to_string().contains("holds no certificate"), "{err}");
 
     let broken = dir.join(format!("oncesend-broken-ca-{}.pem", std::process::id()));
     std::fs::write(
@@ -190,7 +193,7 @@ fn a_ca_file_must_exist_and_hold_a_certificate() {
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    let err = TlsTrust::load(Some(&broken)).unwrap_err();
+    let err = TlsTrust::load(Some(&broken)).unwrap_err().to_string();
     assert!(err.contains(&broken.display().to_string()), "{err}");
     for f in [empty, broken] {
         std::fs::remove_file(f).unwrap();
