@@ -27,10 +27,15 @@ pub struct CoalesceOptions {
 
 type Call<T, R> = (T, oneshot::Sender<R>);
 
+/// Calls that may wait for a batch, per call the running batches can
+/// hold: past that a caller waits to queue (back-pressure), so the queue
+/// never grows without bound.
+const QUEUED_PER_SLOT: usize = 2;
+
 /// A queue of calls that leave in batches. Cheap to clone; the task stops
 /// when the last clone is dropped and the batches it started have ended.
 pub struct Coalescer<T, R> {
-    tx: mpsc::UnboundedSender<Call<T, R>>,
+    tx: mpsc::Sender<Call<T, R>>,
 }
 
 impl<T, R> Clone for Coalescer<T, R> {
@@ -50,7 +55,8 @@ impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send + 'static,
     {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let slots = options.max_batch.max(1) * options.in_flight.max(1);
+        let (tx, rx) = mpsc::channel(slots * QUEUED_PER_SLOT);
         tokio::spawn(pump(options, Arc::new(run), rx));
         Self { tx }
     }
@@ -60,7 +66,7 @@ impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
     /// runtime is shutting down).
     pub async fn call(&self, item: T) -> Option<R> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send((item, reply)).ok()?;
+        self.tx.send((item, reply)).await.ok()?;
         rx.await.ok()
     }
 }
@@ -68,7 +74,7 @@ impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
 async fn pump<T, R, F, Fut>(
     options: CoalesceOptions,
     run: Arc<F>,
-    mut rx: mpsc::UnboundedReceiver<Call<T, R>>,
+    mut rx: mpsc::Receiver<Call<T, R>>,
 ) where
     T: Send + 'static,
     R: Send + 'static,

@@ -18,10 +18,23 @@ enum Cmd {
     Event(EngineEvent),
 }
 
+/// Requests that may wait for the driver, per request the machine may
+/// have in flight: past that the caller hears `Busy` at once, as it would
+/// from the machine itself, instead of queueing without bound.
+const QUEUED_PER_INFLIGHT: usize = 1;
+
+/// Answers (the store's, the provider's) that may wait for the driver,
+/// per request in flight: each request has at most one store op or one
+/// provider call outstanding, and late provider answers are bounded by
+/// the machine to `max_inflight` too. A full queue makes the answering
+/// task wait, never drops the answer.
+const EVENTS_PER_INFLIGHT: usize = 2;
+
 /// A handle to a running engine driver. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: mpsc::UnboundedSender<Cmd>,
+    tx: mpsc::Sender<Cmd>,
+    busy_retry_ms: u64,
     stats: Arc<Mutex<EngineStats>>,
 }
 
@@ -33,27 +46,41 @@ impl EngineHandle {
         provider: P,
         clock: TokioClock,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let inflight = config.max_inflight.max(1);
+        let busy_retry_ms = config.busy_retry_ms;
+        let (tx, requests) = mpsc::channel(inflight * QUEUED_PER_INFLIGHT);
+        let (events_tx, events) = mpsc::channel(inflight * EVENTS_PER_INFLIGHT);
         let stats = Arc::new(Mutex::new(EngineStats::default()));
         let driver = Driver {
             engine: Engine::new(config),
             store,
             provider,
             clock,
-            tx: tx.clone(),
+            tx: events_tx,
             waiters: BTreeMap::new(),
             next_req: 0,
             stats: stats.clone(),
         };
-        tokio::spawn(driver.run(rx));
-        Self { tx, stats }
+        tokio::spawn(driver.run(requests, events));
+        Self {
+            tx,
+            busy_retry_ms,
+            stats,
+        }
     }
 
     /// Sends one step, as `POST /v1/messages` does.
     pub async fn send(&self, request: SendRequest) -> SendResponse {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Send(request, reply)).is_err() {
-            return SendResponse::engine_gone();
+        match self.tx.try_send(Cmd::Send(request, reply)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Nothing was written: the worker may safely ask again.
+                return SendResponse::Busy {
+                    retry_after_ms: self.busy_retry_ms,
+                };
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return SendResponse::engine_gone(),
         }
         rx.await.unwrap_or_else(|_| SendResponse::engine_gone())
     }
@@ -61,9 +88,10 @@ impl EngineHandle {
     /// A handle whose driver has stopped: what callers see when the engine's
     /// send path is gone (for tests of that answer).
     pub fn stopped() -> Self {
-        let (tx, _) = mpsc::unbounded_channel();
+        let (tx, _) = mpsc::channel(1);
         Self {
             tx,
+            busy_retry_ms: 0,
             stats: Arc::default(),
         }
     }
@@ -84,20 +112,28 @@ struct Driver<S, P> {
     store: S,
     provider: P,
     clock: TokioClock,
-    tx: mpsc::UnboundedSender<Cmd>,
+    /// Where the store's and the provider's answers come back.
+    tx: mpsc::Sender<EngineEvent>,
     waiters: BTreeMap<u64, oneshot::Sender<SendResponse>>,
     next_req: u64,
     stats: Arc<Mutex<EngineStats>>,
 }
 
 impl<S: Store, P: Provider> Driver<S, P> {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Cmd>,
+        mut events: mpsc::Receiver<EngineEvent>,
+    ) {
         loop {
             // The machine keeps every timer; the driver only says the time came.
             let wake = self.engine.poll_timeout().map(|t| self.clock.instant_at(t));
+            // Answers first: they finish work in flight and free room for
+            // new requests.
             let cmd = tokio::select! {
                 biased;
-                cmd = rx.recv() => match cmd {
+                event = events.recv() => Cmd::Event(event.expect("the driver holds a sender")),
+                cmd = requests.recv() => match cmd {
                     Some(cmd) => cmd,
                     None => return,
                 },
@@ -126,7 +162,7 @@ impl<S: Store, P: Provider> Driver<S, P> {
                     let tx = self.tx.clone();
                     tokio::spawn(async move {
                         let reply = store.apply(op).await;
-                        let _ = tx.send(Cmd::Event(EngineEvent::StoreReplied { req, reply }));
+                        let _ = tx.send(EngineEvent::StoreReplied { req, reply }).await;
                     });
                 }
                 EngineEffect::Provide {
@@ -168,7 +204,7 @@ impl<S: Store, P: Provider> Driver<S, P> {
                                 tracing::warn!(idempotency_key = %key, reason, code, temporary, "provider refused the sender itself")
                             }
                         }
-                        let _ = tx.send(Cmd::Event(EngineEvent::ProviderReplied { req, outcome }));
+                        let _ = tx.send(EngineEvent::ProviderReplied { req, outcome }).await;
                     });
                 }
                 EngineEffect::Respond { req, response } => {
@@ -186,5 +222,73 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use oncesend_core::{DeliveryKey, Message, Recipient, RunId, TenantId};
+
+    /// A provider that never answers.
+    #[derive(Clone)]
+    struct Silent;
+
+    impl Provider for Silent {
+        async fn send(&self, _: oncesend_core::OutboundMessage) -> DeliveryOutcome {
+            std::future::pending().await
+        }
+    }
+
+    fn request(n: u64) -> SendRequest {
+        SendRequest {
+            key: DeliveryKey {
+                run: RunId::new(n, n),
+                step: 0,
+            },
+            epoch: 1,
+            tenant: TenantId::default_tenant(),
+            to: Recipient::parse("+5511913390707").unwrap(),
+            message: Message::text("hi"),
+        }
+    }
+
+    /// Requests past the queue's bound are answered `Busy` at once, before
+    /// the driver sees them: nothing queues without bound in front of the
+    /// machine, and nothing is written for them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn past_the_queue_bound_a_request_is_busy_at_once() {
+        let config = EngineConfig {
+            max_inflight: 2,
+            busy_retry_ms: 77,
+            ..EngineConfig::default()
+        };
+        let engine = EngineHandle::spawn(
+            config,
+            MemoryStore::new(Default::default()),
+            Silent,
+            TokioClock::new(0),
+        );
+        // Polled one after another in this task, before the driver runs:
+        // two fit in the queue, the rest are turned away.
+        let sends: Vec<_> = (0..5).map(|n| Box::pin(engine.send(request(n)))).collect();
+        let mut answers = Vec::new();
+        for mut send in sends {
+            tokio::select! {
+                biased;
+                answer = &mut send => answers.push(Some(answer)),
+                _ = std::future::ready(()) => answers.push(None),
+            }
+        }
+        assert_eq!(
+            answers[..2],
+            [None, None],
+            "the first two wait in the queue"
+        );
+        for a in &answers[2..] {
+            assert_eq!(a, &Some(SendResponse::Busy { retry_after_ms: 77 }));
+        }
+        assert!(engine.is_running());
     }
 }

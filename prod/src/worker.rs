@@ -245,6 +245,9 @@ pub async fn run_worker<S: Store, E: EngineClient>(
     run_worker_woken(worker, store, engine, clock, shutdown, stats, None).await
 }
 
+/// Answers that may wait for the worker's loop, per run a claim may take.
+const EVENTS_PER_RUN: usize = 2;
+
 /// [`run_worker`], also claiming at once whenever `wakeups` is notified
 /// (PostgreSQL's `NOTIFY` on enqueue), instead of only at its next poll.
 pub async fn run_worker_woken<S: Store, E: EngineClient>(
@@ -256,7 +259,11 @@ pub async fn run_worker_woken<S: Store, E: EngineClient>(
     stats: Arc<Mutex<WorkerStats>>,
     wakeups: Option<Arc<tokio::sync::Notify>>,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<WorkerEvent>();
+    // Each claimed run has at most one store op or one send outstanding,
+    // and the claim and the heartbeats one more each: answers beyond that
+    // make their task wait, never get dropped.
+    let (tx, mut rx) =
+        mpsc::channel::<WorkerEvent>(worker.config().batch.max(1) as usize * EVENTS_PER_RUN + 2);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut stopping = false;
     let worker_id = worker.config().id.clone();
@@ -270,14 +277,14 @@ pub async fn run_worker_woken<S: Store, E: EngineClient>(
                     let store = store.clone();
                     tokio::spawn(async move {
                         let reply = store.apply(request).await;
-                        let _ = tx.send(WorkerEvent::StoreReplied { op, reply });
+                        let _ = tx.send(WorkerEvent::StoreReplied { op, reply }).await;
                     });
                 }
                 WorkerEffect::Send { op, request } => {
                     let engine = engine.clone();
                     tokio::spawn(async move {
                         let reply = engine.send(request).await;
-                        let _ = tx.send(WorkerEvent::SendReplied { op, reply });
+                        let _ = tx.send(WorkerEvent::SendReplied { op, reply }).await;
                     });
                 }
             }

@@ -1,0 +1,265 @@
+//! The row rules at their edges, against the reference store: a holder
+//! that repeats a write whose reply it lost, fencing switched off, retry
+//! counting, opt-outs, and the loading plan SQL backends follow.
+
+use oncesend_core::store::rules::{is_row_op, needs_ledger, needs_pause, RunRecord};
+use oncesend_core::store::After;
+use oncesend_core::{
+    DeliveryKey, FlowId, Guards, MemStore, NewRun, PlannedStep, Recipient, RunId, RunStatus,
+    StoreOp, StoreReply, TenantId, WorkerId,
+};
+
+fn step(after: After) -> PlannedStep {
+    PlannedStep {
+        message: oncesend_core::Message::text("hi"),
+        delay_ms: 0,
+        after_timeout_ms: (!after.is_sent()).then_some(1_000),
+        after,
+    }
+}
+
+fn new_run(n: u64, to: &str, steps: Vec<PlannedStep>) -> NewRun {
+    NewRun {
+        id: RunId::new(n, n),
+        tenant: TenantId::default_tenant(),
+        flow: FlowId::new("f").unwrap(),
+        to: Recipient::parse(to).unwrap(),
+        steps,
+        trigger_key: None,
+    }
+}
+
+/// Enqueues a run and claims it; its id and epoch.
+fn claimed(store: &mut MemStore, n: u64, steps: Vec<PlannedStep>) -> (RunId, u64) {
+    let run = new_run(n, &format!("+55119133907{n:02}"), steps);
+    let id = run.id;
+    store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
+        owner: WorkerId::new("w").unwrap(),
+        max: 1,
+        lease_ms: 10_000,
+        now_ms: 0,
+    }) else {
+        panic!("claim")
+    };
+    assert_eq!(c[0].id, id);
+    (id, c[0].epoch)
+}
+
+fn view(store: &mut MemStore, run: RunId) -> oncesend_core::RunView {
+    match store.apply(StoreOp::GetRun { run }) {
+        StoreReply::Run(v) => v,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_holder_that_lost_its_reply_may_repeat_the_write_and_hears_the_same() {
+    let mut store = MemStore::new();
+    let (run, epoch) = claimed(&mut store, 1, vec![step(After::Sent)]);
+    let complete = StoreOp::Complete {
+        run,
+        epoch,
+        step: 0,
+        now_ms: 5,
+    };
+    assert_eq!(store.apply(complete.clone()), StoreReply::Completed);
+    assert_eq!(store.apply(complete), StoreReply::Completed, "a repeat");
+    // Epoch 0 was never granted: it never matches, even a finished run's.
+    assert_eq!(
+        store.apply(StoreOp::Complete {
+            run,
+            epoch: 0,
+            step: 0,
+            now_ms: 6,
+        }),
+        StoreReply::Fenced
+    );
+
+    // An advance that keeps the lease, and one that releases the run.
+    for (n, delay_ms) in [(2, None), (3, Some(50))] {
+        let (run, epoch) = claimed(&mut store, n, vec![step(After::Sent), step(After::Sent)]);
+        let advance = StoreOp::Advance {
+            run,
+            epoch,
+            step: 0,
+            delay_ms,
+            now_ms: 5,
+        };
+        let first = store.apply(advance.clone());
+        assert!(
+            matches!(first, StoreReply::Advanced { cursor: 1, .. }),
+            "{first:?}"
+        );
+        assert_eq!(store.apply(advance), first, "a repeat of {delay_ms:?}");
+        assert_eq!(
+            store.apply(StoreOp::Advance {
+                run,
+                epoch: 0,
+                step: 0,
+                delay_ms,
+                now_ms: 6,
+            }),
+            StoreReply::Fenced,
+            "epoch 0"
+        );
+    }
+}
+
+#[test]
+fn without_fencing_only_finished_runs_refuse_a_write() {
+    let mut store = MemStore::with_guards(Guards {
+        fencing: false,
+        ledger: true,
+    });
+    let (run, epoch) = claimed(&mut store, 1, vec![step(After::Sent), step(After::Sent)]);
+    // A stale epoch passes: that is what fencing would have stopped.
+    let reply = store.apply(StoreOp::Advance {
+        run,
+        epoch: epoch + 7,
+        step: 0,
+        delay_ms: None,
+        now_ms: 5,
+    });
+    assert!(matches!(reply, StoreReply::Advanced { .. }), "{reply:?}");
+    store.apply(StoreOp::Cancel { run, now_ms: 6 });
+    assert_eq!(
+        store.apply(StoreOp::Complete {
+            run,
+            epoch,
+            step: 1,
+            now_ms: 7,
+        }),
+        StoreReply::Fenced
+    );
+}
+
+#[test]
+fn each_retryable_failure_counts_one_attempt() {
+    let mut store = MemStore::new();
+    let (run, mut epoch) = claimed(&mut store, 1, vec![step(After::Sent)]);
+    for attempt in 1..=3u32 {
+        let reply = store.apply(StoreOp::Fail {
+            run,
+            epoch,
+            reason: "131000 something went wrong".into(),
+            retry_after_ms: Some(0),
+            now_ms: attempt as u64,
+        });
+        assert_eq!(reply, StoreReply::Failed { dead: false });
+        assert_eq!(view(&mut store, run).attempts, attempt);
+        let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
+            owner: WorkerId::new("w").unwrap(),
+            max: 1,
+            lease_ms: 10_000,
+            now_ms: 10 * attempt as u64,
+        }) else {
+            panic!("claim")
+        };
+        epoch = c[0].epoch;
+    }
+}
+
+#[test]
+fn an_opt_out_cancels_unfinished_runs_only_and_counts_them() {
+    let mut store = MemStore::new();
+    let to = "+5511913390701";
+    let first = new_run(1, to, vec![step(After::Sent)]);
+    let second = new_run(2, to, vec![step(After::Sent)]);
+    let (a, b) = (first.id, second.id);
+    store.apply(StoreOp::Enqueue {
+        run: first,
+        now_ms: 0,
+    });
+    store.apply(StoreOp::Enqueue {
+        run: second,
+        now_ms: 0,
+    });
+    store.apply(StoreOp::Cancel { run: a, now_ms: 1 });
+    let reply = store.apply(StoreOp::Suppress {
+        tenant: TenantId::default_tenant(),
+        to: Recipient::parse(to).unwrap(),
+        reason: "STOP".into(),
+        now_ms: 2,
+    });
+    assert_eq!(
+        reply,
+        StoreReply::Suppressed {
+            newly: true,
+            cancelled: 1
+        }
+    );
+    assert_eq!(view(&mut store, b).status, RunStatus::Cancelled);
+    let mut row = RunRecord::new(new_run(3, to, vec![step(After::Sent)]), 1, 0);
+    assert!(oncesend_core::store::rules::opt_out(&mut row, 3));
+    assert!(!oncesend_core::store::rules::opt_out(&mut row, 4), "once");
+}
+
+/// What a SQL backend loads for each row op: the ledger only where the op
+/// reads it, the pause and opt-out only for a send. Their effect is proven
+/// by the SQL stores' differential test; here the plan itself is pinned.
+#[test]
+fn the_loading_plan_backends_follow() {
+    let run = RunId::new(1, 1);
+    let key = DeliveryKey { run, step: 0 };
+    let waits = RunRecord::new(
+        new_run(
+            1,
+            "+5511913390701",
+            vec![step(After::Sent), step(After::Read)],
+        ),
+        1,
+        0,
+    );
+    let plain = RunRecord::new(
+        new_run(
+            1,
+            "+5511913390701",
+            vec![step(After::Sent), step(After::Sent)],
+        ),
+        1,
+        0,
+    );
+    let advance = StoreOp::Advance {
+        run,
+        epoch: 1,
+        step: 0,
+        delay_ms: None,
+        now_ms: 0,
+    };
+    assert!(needs_ledger(&advance, Some(&waits)), "the next step waits");
+    assert!(!needs_ledger(&advance, Some(&plain)));
+    assert!(!needs_ledger(&advance, None));
+    let begin = StoreOp::BeginDelivery {
+        key,
+        epoch: 1,
+        send_timeout_ms: 1,
+        now_ms: 0,
+    };
+    let heartbeat = StoreOp::Heartbeat {
+        run,
+        epoch: 1,
+        lease_ms: 1,
+        now_ms: 0,
+    };
+    let complete = StoreOp::Complete {
+        run,
+        epoch: 1,
+        step: 0,
+        now_ms: 0,
+    };
+    assert!(needs_ledger(&begin, None));
+    for op in [&heartbeat, &complete, &StoreOp::Cancel { run, now_ms: 0 }] {
+        assert!(!needs_ledger(op, Some(&waits)), "{}", op.name());
+    }
+    assert!(needs_pause(&begin));
+    assert!(!needs_pause(&heartbeat) && !needs_pause(&advance));
+    assert!(is_row_op(&begin) && is_row_op(&heartbeat) && is_row_op(&advance));
+    let claim = StoreOp::Claim {
+        owner: WorkerId::new("w").unwrap(),
+        max: 1,
+        lease_ms: 1,
+        now_ms: 0,
+    };
+    assert!(!is_row_op(&claim) && !is_row_op(&StoreOp::GetRun { run }));
+}
