@@ -333,6 +333,12 @@ impl Engine {
                 deadline_ms: 0,
             },
         );
+        assert!(
+            self.inflight.len() <= self.config.max_inflight,
+            "the engine holds {} requests, over its bound of {}",
+            self.inflight.len(),
+            self.config.max_inflight
+        );
     }
 
     fn on_store(&mut self, req: ReqId, reply: Result<StoreReply, StoreUnavailable>, now_ms: u64) {

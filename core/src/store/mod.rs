@@ -272,6 +272,30 @@ pub struct ClaimedRun {
     pub waited: Option<RunWait>,
 }
 
+impl ClaimedRun {
+    /// Panics, naming the run, unless a claim could have handed it out:
+    /// `stored_steps` steps as the row counts them, a cursor on one of
+    /// them, an epoch granted. Checked in release builds where a claim is
+    /// read back from SQL, before anything is sent for it.
+    pub fn assert_sound(&self, stored_steps: usize) {
+        let (id, steps) = (self.id, self.steps.len());
+        assert_eq!(
+            steps, stored_steps,
+            "run {id}: {steps} steps read back, the row counts {stored_steps}"
+        );
+        assert!(
+            (1..=crate::limits::MAX_STEPS).contains(&steps),
+            "run {id}: {steps} steps"
+        );
+        assert!(
+            (self.cursor as usize) < steps,
+            "run {id}: claimed at cursor {} of {steps} steps",
+            self.cursor
+        );
+        assert!(self.epoch > 0, "run {id}: claimed under epoch 0");
+    }
+}
+
 /// A delivery's state in the engine's ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]

@@ -110,8 +110,42 @@ impl RunRecord {
         }
     }
 
+    /// Panics, naming the run, unless the row is one the rules could have
+    /// written: at least one step, a cursor within them (before the last
+    /// step's end while unfinished), a lease under the run's own epoch
+    /// while leased, a wait while waiting. Checked in release builds on
+    /// every run a claim reads back, from the model or from SQL, before
+    /// anything is sent for it.
+    pub fn assert_sound(&self) {
+        let (id, steps, cursor) = (self.id, self.steps.len(), self.cursor as usize);
+        assert!(
+            (1..=crate::limits::MAX_STEPS).contains(&steps),
+            "run {id}: {steps} steps stored"
+        );
+        assert!(
+            cursor <= steps,
+            "run {id}: cursor {cursor} past its {steps} steps"
+        );
+        assert!(
+            self.status.is_terminal() || cursor < steps,
+            "run {id}: {} with no step left (cursor {cursor} of {steps})",
+            self.status.as_str()
+        );
+        if self.status == RunStatus::Leased {
+            assert!(
+                self.lease.as_ref().is_some_and(|l| l.epoch == self.epoch) && self.epoch > 0,
+                "run {id}: leased without a lease under its epoch {}",
+                self.epoch
+            );
+        }
+        if self.status == RunStatus::Waiting {
+            assert!(self.wait.is_some(), "run {id}: waiting for nothing");
+        }
+    }
+
     /// Leases the run to `owner`, bumping its epoch.
     pub fn claim(&mut self, owner: &WorkerId, lease_ms: u64, now_ms: u64) -> ClaimedRun {
+        self.assert_sound();
         // A run claimed while still leased had a holder whose lease lapsed:
         // this claim rescues it.
         let rescued = self.status == RunStatus::Leased;

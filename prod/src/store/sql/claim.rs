@@ -60,6 +60,7 @@ impl Batch<'_> {
                                 None => None,
                             },
                         };
+                        claimed.assert_sound(un(row.try_get("step_count")?) as usize);
                         Ok((
                             un(row.try_get("run_at_ms")?),
                             un(row.try_get("seq")?),
@@ -101,6 +102,7 @@ impl Batch<'_> {
                     let record = run_from_row(row)?;
                     let mut leased = record.clone();
                     let claimed = leased.claim(&owner, lease_ms, now_ms);
+                    claimed.assert_sound(un(row.try_get("step_count")?) as usize);
                     out.push((record.run_at_ms, record.seq, claimed));
                     before.push(record);
                     after.push(leased);

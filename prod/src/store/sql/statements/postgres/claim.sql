@@ -20,6 +20,6 @@ WHERE runs.seq = picked.seq AND runs.is_head
   AND ((runs.status IN ('pending', 'waiting') AND runs.run_at_ms <= $1)
     OR (runs.status = 'leased' AND runs.lease_until_ms <= $1))
 RETURNING runs.seq, runs.id, runs.tenant, runs.flow, runs.recipient,
-    runs.steps, runs.next_step, runs.epoch, runs.attempts, runs.run_at_ms,
+    runs.steps, runs.step_count, runs.next_step, runs.epoch, runs.attempts, runs.run_at_ms,
     CASE WHEN picked.was = 'leased' THEN 1 ELSE 0 END AS rescued,
     CASE WHEN picked.was = 'waiting' THEN picked.waited END AS waited
