@@ -263,3 +263,198 @@ fn the_loading_plan_backends_follow() {
     };
     assert!(!is_row_op(&claim) && !is_row_op(&StoreOp::GetRun { run }));
 }
+
+/// A released advance repeated after the run was cancelled is not a
+/// repeat: the run is finished, and says so.
+#[test]
+fn a_repeated_advance_after_a_cancel_is_refused() {
+    let mut store = MemStore::new();
+    let (run, epoch) = claimed(&mut store, 1, vec![step(After::Sent), step(After::Sent)]);
+    let advance = StoreOp::Advance {
+        run,
+        epoch,
+        step: 0,
+        delay_ms: Some(50),
+        now_ms: 5,
+    };
+    assert!(matches!(
+        store.apply(advance.clone()),
+        StoreReply::Advanced { released: true, .. }
+    ));
+    store.apply(StoreOp::Cancel { run, now_ms: 6 });
+    let again = store.apply(advance);
+    assert!(
+        !matches!(again, StoreReply::Advanced { .. }),
+        "a cancelled run advanced: {again:?}"
+    );
+}
+
+/// An operator settles an unknown step of a run that waits for its
+/// outcome while a later run of the same conversation is queued: the
+/// waiting run is still its conversation's head, so nothing overtakes.
+#[test]
+fn an_unknown_step_of_a_waiting_head_is_resolved_with_runs_queued_behind() {
+    let mut store = MemStore::new();
+    let to = "+5511913390701";
+    let (a, b) = (
+        new_run(1, to, vec![step(After::Sent)]),
+        new_run(2, to, vec![step(After::Sent)]),
+    );
+    let run = a.id;
+    store.apply(StoreOp::Enqueue { run: a, now_ms: 0 });
+    store.apply(StoreOp::Enqueue { run: b, now_ms: 0 });
+    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
+        owner: WorkerId::new("w").unwrap(),
+        max: 10,
+        lease_ms: 10_000,
+        now_ms: 0,
+    }) else {
+        panic!("claim")
+    };
+    assert_eq!(c.len(), 1, "only the head");
+    let (key, epoch) = (DeliveryKey { run, step: 0 }, c[0].epoch);
+    store.apply(StoreOp::BeginDelivery {
+        key,
+        epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 1,
+    });
+    store.apply(StoreOp::FinishDelivery {
+        key,
+        outcome: oncesend_core::DeliveryOutcome::Unknown {
+            reason: "no answer".into(),
+        },
+        now_ms: 2,
+    });
+    store.apply(StoreOp::AwaitOutcome {
+        run,
+        epoch,
+        step: 0,
+        wait_ms: Some(60_000),
+        reason: "delivery unknown".into(),
+        now_ms: 3,
+    });
+    assert_eq!(view(&mut store, run).status, RunStatus::Waiting);
+    let reply = store.apply(StoreOp::ResolveUnknown {
+        key,
+        sent: true,
+        by: "operator".into(),
+        now_ms: 4,
+    });
+    assert!(
+        !matches!(reply, StoreReply::Conflict { .. }),
+        "refused: {reply:?}"
+    );
+    assert_eq!(view(&mut store, run).status, RunStatus::Completed);
+}
+
+/// An operator's retry of a failed run whose current step did go out goes
+/// on to the next step, keeping that step's delay (only a wait for a
+/// status is dropped).
+#[test]
+fn a_retried_run_past_a_sent_step_keeps_the_next_steps_delay() {
+    let mut store = MemStore::new();
+    let mut later = step(After::Sent);
+    later.delay_ms = 5_000;
+    let (run, epoch) = claimed(&mut store, 1, vec![step(After::Sent), later]);
+    let key = DeliveryKey { run, step: 0 };
+    store.apply(StoreOp::BeginDelivery {
+        key,
+        epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 1,
+    });
+    store.apply(StoreOp::FinishDelivery {
+        key,
+        outcome: oncesend_core::DeliveryOutcome::Sent {
+            provider_message_id: "wamid.0".into(),
+        },
+        now_ms: 2,
+    });
+    let failed = store.apply(StoreOp::Fail {
+        run,
+        epoch,
+        reason: "the worker gave up".into(),
+        retry_after_ms: None,
+        now_ms: 3,
+    });
+    assert_eq!(failed, StoreReply::Failed { dead: true });
+    store.apply(StoreOp::RetryRun {
+        run,
+        by: "operator".into(),
+        now_ms: 100,
+    });
+    let v = view(&mut store, run);
+    assert_eq!((v.status, v.cursor), (RunStatus::Pending, 1));
+    assert_eq!(v.run_at_ms, 5_100, "due after step 1's own delay");
+}
+
+/// A run that had failed before its recipient opted out, retried by an
+/// operator afterwards, gets as far as the send, and the send is refused:
+/// nothing more goes to them.
+#[test]
+fn a_run_retried_after_an_opt_out_is_refused_at_the_send() {
+    let mut store = MemStore::new();
+    let to = "+5511913390701";
+    let (run, epoch) = claimed_to(&mut store, 1, to);
+    store.apply(StoreOp::Fail {
+        run,
+        epoch,
+        reason: "131026 message undeliverable".into(),
+        retry_after_ms: None,
+        now_ms: 1,
+    });
+    let reply = store.apply(StoreOp::Suppress {
+        tenant: TenantId::default_tenant(),
+        to: Recipient::parse(to).unwrap(),
+        reason: "STOP".into(),
+        now_ms: 2,
+    });
+    assert_eq!(
+        reply,
+        StoreReply::Suppressed {
+            newly: true,
+            cancelled: 0
+        },
+        "a failed run is not cancelled"
+    );
+    store.apply(StoreOp::RetryRun {
+        run,
+        by: "operator".into(),
+        now_ms: 3,
+    });
+    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
+        owner: WorkerId::new("w").unwrap(),
+        max: 1,
+        lease_ms: 10_000,
+        now_ms: 4,
+    }) else {
+        panic!("claim")
+    };
+    assert_eq!(c.len(), 1, "the retried run is claimed");
+    let reply = store.apply(StoreOp::BeginDelivery {
+        key: DeliveryKey { run, step: 0 },
+        epoch: c[0].epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 5,
+    });
+    assert!(
+        matches!(&reply, StoreReply::DeliveryFailed { reason } if reason.contains("opted out")),
+        "{reply:?}"
+    );
+}
+
+fn claimed_to(store: &mut MemStore, n: u64, to: &str) -> (RunId, u64) {
+    let run = new_run(n, to, vec![step(After::Sent)]);
+    let id = run.id;
+    store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
+        owner: WorkerId::new("w").unwrap(),
+        max: 1,
+        lease_ms: 10_000,
+        now_ms: 0,
+    }) else {
+        panic!("claim")
+    };
+    (id, c[0].epoch)
+}

@@ -39,6 +39,17 @@ fn op(flow: &str, trigger: Trigger, n: u64) -> StoreOp {
     }
 }
 
+/// A store whose default tenant has the flow `welcome`.
+fn with_welcome() -> (MemStore, TenantId) {
+    let mut store = MemStore::new();
+    let default = TenantId::default_tenant();
+    store.apply(StoreOp::PutFlow {
+        tenant: default.clone(),
+        flow: flow("welcome"),
+    });
+    (store, default)
+}
+
 fn created(reply: StoreReply) -> RunId {
     match reply {
         StoreReply::Enqueued { run, created: true } => run,
@@ -48,12 +59,7 @@ fn created(reply: StoreReply) -> RunId {
 
 #[test]
 fn a_trigger_plans_the_stored_flow_and_enqueues_it_once_per_key() {
-    let mut store = MemStore::new();
-    let default = TenantId::default_tenant();
-    store.apply(StoreOp::PutFlow {
-        tenant: default.clone(),
-        flow: flow("welcome"),
-    });
+    let (mut store, default) = with_welcome();
     let to = "+5511913390707";
     let first = created(store.apply(op("welcome", trigger(&default, to, Some("k1")), 1)));
     // The same key again: the run it created, nothing new.
@@ -126,12 +132,7 @@ fn a_trigger_is_refused_for_an_unknown_tenant_a_missing_flow_or_a_missing_variab
 
 #[test]
 fn an_opted_out_recipient_gets_no_run_but_a_key_seen_before_still_answers_its_run() {
-    let mut store = MemStore::new();
-    let default = TenantId::default_tenant();
-    store.apply(StoreOp::PutFlow {
-        tenant: default.clone(),
-        flow: flow("welcome"),
-    });
+    let (mut store, default) = with_welcome();
     let to = "+5511913390707";
     let first = created(store.apply(op("welcome", trigger(&default, to, Some("k")), 1)));
     store.apply(StoreOp::Suppress {
@@ -160,12 +161,7 @@ fn an_opted_out_recipient_gets_no_run_but_a_key_seen_before_still_answers_its_ru
 
 #[test]
 fn the_enqueue_rule_in_each_case() {
-    let mut store = MemStore::new();
     let default = TenantId::default_tenant();
-    store.apply(StoreOp::PutFlow {
-        tenant: default.clone(),
-        flow: flow("welcome"),
-    });
     let run = oncesend_core::store::rules::plan_trigger(
         false,
         Some(&flow("welcome")),

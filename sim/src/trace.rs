@@ -60,6 +60,15 @@ struct Inner {
     lookups: Vec<(TenantId, u64, Option<u64>, bool)>,
 }
 
+/// Puts `key` in `set` or takes it out.
+fn mark(set: &mut BTreeSet<DeliveryKey>, key: DeliveryKey, member: bool) {
+    if member {
+        set.insert(key);
+    } else {
+        set.remove(&key);
+    }
+}
+
 /// An inbound message a recipient will send the business.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwedInbound {
@@ -310,13 +319,7 @@ impl Shared {
     /// The engine asked the db to record `sending` for `key` (`true`), or
     /// to record its outcome (`false`).
     pub fn engine_sending(&self, key: DeliveryKey, sending: bool) {
-        self.with(|s| {
-            if sending {
-                s.engine_sending.insert(key);
-            } else {
-                s.engine_sending.remove(&key);
-            }
-        });
+        self.with(|s| mark(&mut s.engine_sending, key, sending));
     }
 
     /// A group commit started: its counters are read at the end.
@@ -468,13 +471,7 @@ impl Shared {
     /// A `BeginDelivery` for `key` is on its way to the db (`true`) or
     /// has come back (`false`).
     pub fn begin_in_flight(&self, key: DeliveryKey, in_flight: bool) {
-        self.with(|s| {
-            if in_flight {
-                s.begins.insert(key);
-            } else {
-                s.begins.remove(&key);
-            }
-        });
+        self.with(|s| mark(&mut s.begins, key, in_flight));
     }
 
     /// Calls under way in the provider, and `sending` rows on their way to
