@@ -291,11 +291,18 @@ mod tests {
             postgres::LOAD_RUNS,
             postgres::LOAD_RUNS_LOCKED,
             sqlite::LOAD_RUNS,
-            sqlite::CLAIM,
             common::LIST_RUNS,
         ] {
             assert_eq!(selected(sql), RUN_COLUMNS.join(", "), "{sql}");
         }
+        // The claim also reads the stored step count, which each claimed
+        // run is checked against.
+        assert_eq!(
+            selected(sqlite::CLAIM),
+            format!("{}, step_count", RUN_COLUMNS.join(", ")),
+            "{}",
+            sqlite::CLAIM
+        );
         for sql in [
             postgres::LOAD_DELIVERIES,
             postgres::LOAD_DELIVERIES_LOCKED,
