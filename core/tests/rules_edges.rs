@@ -29,19 +29,62 @@ fn new_run(n: u64, to: &str, steps: Vec<PlannedStep>) -> NewRun {
     }
 }
 
+/// Claims up to `max` runs at `now_ms`.
+fn claim(store: &mut MemStore, max: u32, now_ms: u64) -> Vec<oncesend_core::ClaimedRun> {
+    match store.apply(StoreOp::Claim {
+        owner: WorkerId::new("w").unwrap(),
+        max,
+        lease_ms: 10_000,
+        now_ms,
+    }) {
+        StoreReply::Claimed(c) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Begins `key` and records `outcome` for it.
+fn send(
+    store: &mut MemStore,
+    key: DeliveryKey,
+    epoch: u64,
+    outcome: oncesend_core::DeliveryOutcome,
+) {
+    store.apply(StoreOp::BeginDelivery {
+        key,
+        epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 1,
+    });
+    store.apply(StoreOp::FinishDelivery {
+        key,
+        outcome,
+        now_ms: 2,
+    });
+}
+
+/// `to` opts out of the default tenant at 2 ms; how many unfinished runs
+/// that cancelled.
+fn stop(store: &mut MemStore, to: &str) -> u32 {
+    match store.apply(StoreOp::Suppress {
+        tenant: TenantId::default_tenant(),
+        to: Recipient::parse(to).unwrap(),
+        reason: "STOP".into(),
+        now_ms: 2,
+    }) {
+        StoreReply::Suppressed {
+            newly: true,
+            cancelled,
+        } => cancelled,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Enqueues a run and claims it; its id and epoch.
 fn claimed(store: &mut MemStore, n: u64, steps: Vec<PlannedStep>) -> (RunId, u64) {
     let run = new_run(n, &format!("+55119133907{n:02}"), steps);
     let id = run.id;
     store.apply(StoreOp::Enqueue { run, now_ms: 0 });
-    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
-        owner: WorkerId::new("w").unwrap(),
-        max: 1,
-        lease_ms: 10_000,
-        now_ms: 0,
-    }) else {
-        panic!("claim")
-    };
+    let c = claim(store, 1, 0);
     assert_eq!(c[0].id, id);
     (id, c[0].epoch)
 }
@@ -148,14 +191,7 @@ fn each_retryable_failure_counts_one_attempt() {
         });
         assert_eq!(reply, StoreReply::Failed { dead: false });
         assert_eq!(view(&mut store, run).attempts, attempt);
-        let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
-            owner: WorkerId::new("w").unwrap(),
-            max: 1,
-            lease_ms: 10_000,
-            now_ms: 10 * attempt as u64,
-        }) else {
-            panic!("claim")
-        };
+        let c = claim(&mut store, 1, 10 * attempt as u64);
         epoch = c[0].epoch;
     }
 }
@@ -176,19 +212,7 @@ fn an_opt_out_cancels_unfinished_runs_only_and_counts_them() {
         now_ms: 0,
     });
     store.apply(StoreOp::Cancel { run: a, now_ms: 1 });
-    let reply = store.apply(StoreOp::Suppress {
-        tenant: TenantId::default_tenant(),
-        to: Recipient::parse(to).unwrap(),
-        reason: "STOP".into(),
-        now_ms: 2,
-    });
-    assert_eq!(
-        reply,
-        StoreReply::Suppressed {
-            newly: true,
-            cancelled: 1
-        }
-    );
+    assert_eq!(stop(&mut store, to), 1);
     assert_eq!(view(&mut store, b).status, RunStatus::Cancelled);
     let mut row = RunRecord::new(new_run(3, to, vec![step(After::Sent)]), 1, 0);
     assert!(oncesend_core::store::rules::opt_out(&mut row, 3));
@@ -303,29 +327,17 @@ fn an_unknown_step_of_a_waiting_head_is_resolved_with_runs_queued_behind() {
     let run = a.id;
     store.apply(StoreOp::Enqueue { run: a, now_ms: 0 });
     store.apply(StoreOp::Enqueue { run: b, now_ms: 0 });
-    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
-        owner: WorkerId::new("w").unwrap(),
-        max: 10,
-        lease_ms: 10_000,
-        now_ms: 0,
-    }) else {
-        panic!("claim")
-    };
+    let c = claim(&mut store, 10, 0);
     assert_eq!(c.len(), 1, "only the head");
     let (key, epoch) = (DeliveryKey { run, step: 0 }, c[0].epoch);
-    store.apply(StoreOp::BeginDelivery {
+    send(
+        &mut store,
         key,
         epoch,
-        send_timeout_ms: 1_000,
-        now_ms: 1,
-    });
-    store.apply(StoreOp::FinishDelivery {
-        key,
-        outcome: oncesend_core::DeliveryOutcome::Unknown {
+        oncesend_core::DeliveryOutcome::Unknown {
             reason: "no answer".into(),
         },
-        now_ms: 2,
-    });
+    );
     store.apply(StoreOp::AwaitOutcome {
         run,
         epoch,
@@ -358,19 +370,14 @@ fn a_retried_run_past_a_sent_step_keeps_the_next_steps_delay() {
     later.delay_ms = 5_000;
     let (run, epoch) = claimed(&mut store, 1, vec![step(After::Sent), later]);
     let key = DeliveryKey { run, step: 0 };
-    store.apply(StoreOp::BeginDelivery {
+    send(
+        &mut store,
         key,
         epoch,
-        send_timeout_ms: 1_000,
-        now_ms: 1,
-    });
-    store.apply(StoreOp::FinishDelivery {
-        key,
-        outcome: oncesend_core::DeliveryOutcome::Sent {
+        oncesend_core::DeliveryOutcome::Sent {
             provider_message_id: "wamid.0".into(),
         },
-        now_ms: 2,
-    });
+    );
     let failed = store.apply(StoreOp::Fail {
         run,
         epoch,
@@ -404,33 +411,13 @@ fn a_run_retried_after_an_opt_out_is_refused_at_the_send() {
         retry_after_ms: None,
         now_ms: 1,
     });
-    let reply = store.apply(StoreOp::Suppress {
-        tenant: TenantId::default_tenant(),
-        to: Recipient::parse(to).unwrap(),
-        reason: "STOP".into(),
-        now_ms: 2,
-    });
-    assert_eq!(
-        reply,
-        StoreReply::Suppressed {
-            newly: true,
-            cancelled: 0
-        },
-        "a failed run is not cancelled"
-    );
+    assert_eq!(stop(&mut store, to), 0, "a failed run is not cancelled");
     store.apply(StoreOp::RetryRun {
         run,
         by: "operator".into(),
         now_ms: 3,
     });
-    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
-        owner: WorkerId::new("w").unwrap(),
-        max: 1,
-        lease_ms: 10_000,
-        now_ms: 4,
-    }) else {
-        panic!("claim")
-    };
+    let c = claim(&mut store, 1, 4);
     assert_eq!(c.len(), 1, "the retried run is claimed");
     let reply = store.apply(StoreOp::BeginDelivery {
         key: DeliveryKey { run, step: 0 },
@@ -448,13 +435,6 @@ fn claimed_to(store: &mut MemStore, n: u64, to: &str) -> (RunId, u64) {
     let run = new_run(n, to, vec![step(After::Sent)]);
     let id = run.id;
     store.apply(StoreOp::Enqueue { run, now_ms: 0 });
-    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
-        owner: WorkerId::new("w").unwrap(),
-        max: 1,
-        lease_ms: 10_000,
-        now_ms: 0,
-    }) else {
-        panic!("claim")
-    };
+    let c = claim(store, 1, 0);
     (id, c[0].epoch)
 }
