@@ -4,9 +4,13 @@
 
 use clap::Parser;
 use oncesend_sim::fault::FAULT_KINDS;
-use oncesend_sim::{run_seed, Faults, Mode, SimConfig};
+use oncesend_sim::trace::Exercised;
+use oncesend_sim::{run_seed, Faults, Mode, SeedResult, SimConfig};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::process::ExitCode;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
 
 /// Deterministic simulation of oncesend (and of the old system's race).
 #[derive(Parser, Debug)]
@@ -48,6 +52,221 @@ struct Args {
     /// turmoil's tick, in ms.
     #[arg(long, default_value_t = 10)]
     tick_ms: u64,
+    /// Processes to run seeds in (each seed runs whole in one of them, so
+    /// it gives the same trace whatever this is). Default: one per core.
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Internal: run only the seeds whose index is PART modulo PARTS, and
+    /// print one JSON line per seed for the process that started this one.
+    #[arg(long, hide = true, value_parser = parse_part)]
+    part: Option<(usize, usize)>,
+}
+
+fn parse_part(s: &str) -> Result<(usize, usize), String> {
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("--part takes K/N, not {s:?}"))?;
+    let k: usize = k.parse().map_err(|e| format!("--part {s}: {e}"))?;
+    let n: usize = n.parse().map_err(|e| format!("--part {s}: {e}"))?;
+    if n == 0 || k >= n {
+        return Err(format!("--part {s}: K must be below N"));
+    }
+    Ok((k, n))
+}
+
+impl Args {
+    /// The command line of the process that runs part `k` of `n`.
+    fn part_args(&self, k: usize, n: usize) -> Vec<String> {
+        let mut a = vec![
+            "--start".to_string(),
+            self.start.to_string(),
+            "--seeds".into(),
+            self.seeds.to_string(),
+            "--workers".into(),
+            self.workers.to_string(),
+            "--runs".into(),
+            self.runs.to_string(),
+            "--tick-ms".into(),
+            self.tick_ms.to_string(),
+            "--part".into(),
+            format!("{k}/{n}"),
+        ];
+        for (on, flag) in [
+            (self.legacy, "--legacy"),
+            (self.no_faults, "--no-faults"),
+            (self.no_fencing, "--no-fencing"),
+            (self.no_ledger, "--no-ledger"),
+            (self.race_faults, "--race-faults"),
+        ] {
+            if on {
+                a.push(flag.into());
+            }
+        }
+        a
+    }
+
+    fn replay_line(&self, seed: u64) -> String {
+        format!(
+            "  replay: cargo run --release -p oncesend-sim --{} --seed {seed} --workers {} --runs {} --tick-ms {}{}{}{}{} --trace",
+            if self.legacy { " --legacy" } else { "" },
+            self.workers,
+            self.runs,
+            self.tick_ms,
+            if self.no_faults { " --no-faults" } else { "" },
+            if self.race_faults { " --race-faults" } else { "" },
+            if self.no_fencing { " --no-fencing" } else { "" },
+            if self.no_ledger { " --no-ledger" } else { "" },
+        )
+    }
+}
+
+/// What the summary needs of one seed: the line a part process prints.
+#[derive(Debug, Serialize, Deserialize)]
+struct SeedLine {
+    seed: u64,
+    /// The checker's report, when the seed broke an invariant.
+    failure: Option<String>,
+    runs: u64,
+    deliveries: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    lost: u64,
+    unknown: u64,
+    sim_ms: u64,
+    receipt_settled: u64,
+    unknown_timeouts: u64,
+    settle_ms: u64,
+    exercised: Exercised,
+    fired: Vec<String>,
+}
+
+impl SeedLine {
+    fn of(r: &SeedResult) -> Self {
+        Self {
+            seed: r.seed,
+            failure: (!r.ok()).then(|| r.report.to_string()),
+            runs: r.runs,
+            deliveries: r.report.deliveries,
+            duplicates: r.report.duplicates.len() as u64,
+            out_of_order: (r.report.out_of_order.len() + r.report.interleaved.len()) as u64,
+            lost: r.report.lost.len() as u64,
+            unknown: r.report.unknown.len() as u64,
+            sim_ms: r.sim_ms,
+            receipt_settled: r.receipt_settled,
+            unknown_timeouts: r.unknown_timeouts,
+            settle_ms: r.settle_ms.unwrap_or(0),
+            exercised: r.exercised,
+            fired: r.fired.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+}
+
+/// The sums over every seed run.
+#[derive(Default)]
+struct Tally {
+    seeds: u64,
+    runs: u64,
+    deliveries: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    lost: u64,
+    unknown: u64,
+    sim_ms: u64,
+    receipt_settled: u64,
+    unknown_timeouts: u64,
+    worst_settle: u64,
+    exercised: Exercised,
+    fired: BTreeMap<String, u64>,
+    failed: Vec<u64>,
+}
+
+impl Tally {
+    /// Adds a seed; prints its failure and how to replay it.
+    fn add(&mut self, line: SeedLine, args: &Args) {
+        self.seeds += 1;
+        self.runs += line.runs;
+        self.deliveries += line.deliveries;
+        self.duplicates += line.duplicates;
+        self.out_of_order += line.out_of_order;
+        self.lost += line.lost;
+        self.unknown += line.unknown;
+        self.sim_ms += line.sim_ms;
+        self.receipt_settled += line.receipt_settled;
+        self.unknown_timeouts += line.unknown_timeouts;
+        self.worst_settle = self.worst_settle.max(line.settle_ms);
+        self.exercised += line.exercised;
+        for k in line.fired {
+            *self.fired.entry(k).or_default() += 1;
+        }
+        if let Some(report) = line.failure {
+            println!("seed {} FAILED: {report}", line.seed);
+            println!("{}", args.replay_line(line.seed));
+            self.failed.push(line.seed);
+        }
+    }
+}
+
+/// Runs the seeds in `jobs` processes of this same program, each taking
+/// every `jobs`-th seed, and adds up the lines they print.
+fn run_in_parts(args: &Args, jobs: usize, tally: &mut Tally) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let (tx, rx) = mpsc::channel::<Result<SeedLine, String>>();
+    let mut children = Vec::new();
+    for k in 0..jobs {
+        let mut child = Command::new(&exe)
+            .args(args.part_args(k, jobs))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start part {k} of {jobs}: {e}"))?;
+        let out = child.stdout.take().expect("piped stdout");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let parsed = line.map_err(|e| format!("part {k}: {e}")).and_then(|l| {
+                    serde_json::from_str::<SeedLine>(&l)
+                        .map_err(|e| format!("part {k} printed {l:?}: {e}"))
+                });
+                if tx.send(parsed).is_err() {
+                    break;
+                }
+            }
+        });
+        children.push(child);
+    }
+    drop(tx);
+    let mut trouble = Vec::new();
+    for line in rx {
+        match line {
+            Ok(line) => tally.add(line, args),
+            Err(e) => trouble.push(e),
+        }
+    }
+    for (k, mut child) in children.into_iter().enumerate() {
+        match child.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => trouble.push(format!(
+                "part {k} of {jobs} stopped ({status}); its error is above"
+            )),
+            Err(e) => trouble.push(format!("part {k} of {jobs}: {e}")),
+        }
+    }
+    let expected = seed_list(args).len() as u64;
+    if trouble.is_empty() && tally.seeds != expected {
+        trouble.push(format!("{} of {expected} seeds reported back", tally.seeds));
+    }
+    if trouble.is_empty() {
+        Ok(())
+    } else {
+        Err(trouble.join("\n"))
+    }
+}
+
+fn seed_list(args: &Args) -> Vec<u64> {
+    match args.seed {
+        Some(s) => vec![s],
+        None => (args.start..args.start + args.seeds).collect(),
+    }
 }
 
 #[allow(clippy::disallowed_methods)] // Wall time is only reported, never fed to the simulation.
@@ -73,74 +292,74 @@ fn main() -> ExitCode {
     }
     config.guards.fencing = !args.no_fencing;
     config.guards.ledger = !args.no_ledger;
-    let seeds: Vec<u64> = match args.seed {
-        Some(s) => vec![s],
-        None => (args.start..args.start + args.seeds).collect(),
-    };
-    let started = wall_clock();
-    let mut totals = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut failed = Vec::new();
-    let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut worst_settle = 0u64;
-    let (mut receipt_settled, mut unknown_timeouts) = (0u64, 0u64);
-    let mut ex = oncesend_sim::trace::Exercised::default();
-    for &seed in &seeds {
-        let r = run_seed(seed, &config);
-        if args.trace {
-            for line in &r.trace {
-                println!("{line}");
+    let seeds = seed_list(&args);
+
+    // A part process: one JSON line per seed, nothing else.
+    if let Some((k, n)) = args.part {
+        let stdout = std::io::stdout();
+        for &seed in seeds.iter().skip(k).step_by(n) {
+            let line = serde_json::to_string(&SeedLine::of(&run_seed(seed, &config)))
+                .expect("a seed line serializes");
+            let mut out = stdout.lock();
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                return ExitCode::from(2);
             }
         }
-        totals.0 += r.runs;
-        totals.1 += r.report.deliveries;
-        totals.2 += r.report.duplicates.len() as u64;
-        totals.3 += (r.report.out_of_order.len() + r.report.interleaved.len()) as u64;
-        totals.4 += r.report.lost.len() as u64;
-        totals.5 += r.report.unknown.len() as u64;
-        totals.6 += r.sim_ms;
-        receipt_settled += r.receipt_settled;
-        unknown_timeouts += r.unknown_timeouts;
-        ex += r.exercised;
-        worst_settle = worst_settle.max(r.settle_ms.unwrap_or(0));
-        for k in &r.fired {
-            *fired.entry(k).or_default() += 1;
+        return ExitCode::SUCCESS;
+    }
+
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, seeds.len().max(1));
+    let started = wall_clock();
+    let mut tally = Tally::default();
+    if jobs > 1 && !args.trace {
+        if let Err(e) = run_in_parts(&args, jobs, &mut tally) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
-        if !r.ok() {
-            let legacy = if args.legacy { " --legacy" } else { "" };
-            println!("seed {seed} FAILED: {}", r.report);
-            println!(
-                "  replay: cargo run --release -p oncesend-sim --{legacy} --seed {seed} --workers {} --runs {} --tick-ms {}{}{}{}{} --trace",
-                args.workers,
-                args.runs,
-                args.tick_ms,
-                if args.no_faults { " --no-faults" } else { "" },
-                if args.race_faults { " --race-faults" } else { "" },
-                if args.no_fencing { " --no-fencing" } else { "" },
-                if args.no_ledger { " --no-ledger" } else { "" },
-            );
-            failed.push(seed);
+    } else {
+        for &seed in &seeds {
+            let r = run_seed(seed, &config);
+            if args.trace {
+                for line in &r.trace {
+                    println!("{line}");
+                }
+            }
+            tally.add(SeedLine::of(&r), &args);
         }
     }
+    tally.failed.sort_unstable();
     let wall = started.elapsed().as_secs_f64();
-    let sim_secs = totals.6 as f64 / 1000.0;
+    let sim_secs = tally.sim_ms as f64 / 1000.0;
     let mode = if args.legacy {
         Mode::Legacy
     } else {
         Mode::Fixed
     };
+    let ex = tally.exercised;
     println!();
     println!("{:<22} {:>12}", "mode", mode.name());
-    println!("{:<22} {:>12}", "seeds", seeds.len());
-    println!("{:<22} {:>12}", "seeds with violations", failed.len());
-    println!("{:<22} {:>12}", "runs", totals.0);
-    println!("{:<22} {:>12}", "deliveries", totals.1);
-    println!("{:<22} {:>12}", "duplicate keys", totals.2);
-    println!("{:<22} {:>12}", "out of order", totals.3);
-    println!("{:<22} {:>12}", "lost runs", totals.4);
-    println!("{:<22} {:>12}", "unknown keys", totals.5);
-    println!("{:<22} {:>12}", "settled by a status", receipt_settled);
-    println!("{:<22} {:>12}", "unknown timeouts", unknown_timeouts);
-    println!("{:<22} {:>12}", "worst settle (ms)", worst_settle);
+    println!("{:<22} {:>12}", "seeds", tally.seeds);
+    println!(
+        "{:<22} {:>12}",
+        "processes",
+        if args.trace { 1 } else { jobs }
+    );
+    println!("{:<22} {:>12}", "seeds with violations", tally.failed.len());
+    println!("{:<22} {:>12}", "runs", tally.runs);
+    println!("{:<22} {:>12}", "deliveries", tally.deliveries);
+    println!("{:<22} {:>12}", "duplicate keys", tally.duplicates);
+    println!("{:<22} {:>12}", "out of order", tally.out_of_order);
+    println!("{:<22} {:>12}", "lost runs", tally.lost);
+    println!("{:<22} {:>12}", "unknown keys", tally.unknown);
+    println!(
+        "{:<22} {:>12}",
+        "settled by a status", tally.receipt_settled
+    );
+    println!("{:<22} {:>12}", "unknown timeouts", tally.unknown_timeouts);
+    println!("{:<22} {:>12}", "worst settle (ms)", tally.worst_settle);
     if mode == Mode::Fixed {
         println!("{:<22} {:>12}", "send batches (>1)", ex.send_batches);
         println!("{:<22} {:>12}", "group commits (>1)", ex.group_commits);
@@ -154,35 +373,43 @@ fn main() -> ExitCode {
     println!(
         "{:<22} {:>12.1}",
         "seeds per second",
-        seeds.len() as f64 / wall.max(1e-9)
+        tally.seeds as f64 / wall.max(1e-9)
     );
     println!(
         "{:<22} {:>12.0}",
         "sim time / wall time",
         sim_secs / wall.max(1e-9)
     );
+    if !tally.failed.is_empty() {
+        let list: Vec<String> = tally.failed.iter().map(u64::to_string).collect();
+        println!("{:<22} {}", "failed seeds", list.join(" "));
+    }
     if mode == Mode::Fixed && !args.no_faults {
         println!("fault kinds fired (seeds):");
         for k in FAULT_KINDS {
-            println!("  {:<20} {:>8}", k, fired.get(k).copied().unwrap_or(0));
+            println!(
+                "  {:<20} {:>8}",
+                k,
+                tally.fired.get(k).copied().unwrap_or(0)
+            );
         }
     }
     println!(
         "RESULT mode={} seeds={} runs={} deliveries={} duplicates={} out_of_order={} lost={} unknown={} receipt_settled={} unknown_timeouts={} sim_secs={:.1} wall_secs={:.2}",
         mode.name(),
-        seeds.len(),
-        totals.0,
-        totals.1,
-        totals.2,
-        totals.3,
-        totals.4,
-        totals.5,
-        receipt_settled,
-        unknown_timeouts,
+        tally.seeds,
+        tally.runs,
+        tally.deliveries,
+        tally.duplicates,
+        tally.out_of_order,
+        tally.lost,
+        tally.unknown,
+        tally.receipt_settled,
+        tally.unknown_timeouts,
         sim_secs,
         wall
     );
-    if failed.is_empty() {
+    if tally.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

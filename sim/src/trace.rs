@@ -84,7 +84,7 @@ pub struct OwedInbound {
 
 /// What the production parts did in one simulation, from their own
 /// counters: proof the simulation exercised them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Exercised {
     /// `POST /v1/messages/batch` requests carrying more than one send.
     pub send_batches: u64,

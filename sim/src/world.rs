@@ -848,6 +848,13 @@ async fn operator(shared: Shared, http: HttpClient<SimConnector>) {
 }
 
 fn all_finished(store: &MemoryStore) -> bool {
+    // The queue's figures answer "not yet" without copying a run; only a
+    // queue with nothing open is read in full.
+    if let StoreReply::Stats(s) = store.apply_now(StoreOp::Stats { now_ms: 0 }) {
+        if s.pending + s.leased + s.waiting > 0 {
+            return false;
+        }
+    }
     let StoreReply::Runs(runs) = store.apply_now(StoreOp::ListRuns {
         status: None,
         filter: Default::default(),
