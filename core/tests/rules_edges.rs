@@ -438,3 +438,117 @@ fn claimed_to(store: &mut MemStore, n: u64, to: &str) -> (RunId, u64) {
     let c = claim(store, 1, 0);
     (id, c[0].epoch)
 }
+
+/// The opt-out check at the send refuses only a send that could still go
+/// out: a step whose earlier try failed and may be tried again is refused,
+/// while a repeat of a step already sent hears that it was sent, and a run
+/// the opt-out cancelled is fenced like any cancelled run.
+#[test]
+fn the_opt_out_check_at_the_send_refuses_only_what_could_still_go_out() {
+    let opted_out = |r: &StoreReply| matches!(r, StoreReply::DeliveryFailed { reason } if reason.contains("opted out"));
+    let failed_for_now = oncesend_core::DeliveryOutcome::Failed {
+        retryable: true,
+        reason: "131000 something went wrong".into(),
+        retry_after_ms: None,
+    };
+
+    // A step that failed for now, then an opt-out, a failed run retried:
+    // its ledger row is not sent, so the send is refused.
+    let mut store = MemStore::new();
+    let to = "+5511913390701";
+    let (run, epoch) = claimed_to(&mut store, 1, to);
+    let key = DeliveryKey { run, step: 0 };
+    send(&mut store, key, epoch, failed_for_now.clone());
+    store.apply(StoreOp::Fail {
+        run,
+        epoch,
+        reason: "gave up".into(),
+        retry_after_ms: None,
+        now_ms: 2,
+    });
+    assert_eq!(stop(&mut store, to), 0);
+    store.apply(StoreOp::RetryRun {
+        run,
+        by: "operator".into(),
+        now_ms: 3,
+    });
+    let c = claim(&mut store, 1, 4);
+    let reply = store.apply(StoreOp::BeginDelivery {
+        key,
+        epoch: c[0].epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 5,
+    });
+    assert!(opted_out(&reply), "{reply:?}");
+
+    // Step 0 sent, step 1 failed, an opt-out, the run retried: a repeat of
+    // step 0's begin hears that it was sent, not that the recipient left.
+    let mut store = MemStore::new();
+    let to = "+5511913390702";
+    let (run, epoch) = claimed(&mut store, 2, vec![step(After::Sent), step(After::Sent)]);
+    let first = DeliveryKey { run, step: 0 };
+    send(
+        &mut store,
+        first,
+        epoch,
+        oncesend_core::DeliveryOutcome::Sent {
+            provider_message_id: "wamid.0".into(),
+        },
+    );
+    let v = view(&mut store, run);
+    assert_eq!(v.to.as_str(), to);
+    store.apply(StoreOp::Advance {
+        run,
+        epoch,
+        step: 0,
+        delay_ms: None,
+        now_ms: 3,
+    });
+    // Not released: the holder goes on to step 1 under the same lease.
+    send(
+        &mut store,
+        DeliveryKey { run, step: 1 },
+        epoch,
+        failed_for_now,
+    );
+    store.apply(StoreOp::Fail {
+        run,
+        epoch,
+        reason: "gave up".into(),
+        retry_after_ms: None,
+        now_ms: 5,
+    });
+    assert_eq!(stop(&mut store, to), 0);
+    store.apply(StoreOp::RetryRun {
+        run,
+        by: "operator".into(),
+        now_ms: 6,
+    });
+    let c = claim(&mut store, 1, 7);
+    assert_eq!(view(&mut store, run).status, RunStatus::Leased);
+    let reply = store.apply(StoreOp::BeginDelivery {
+        key: first,
+        epoch: c[0].epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 8,
+    });
+    assert!(
+        matches!(&reply, StoreReply::AlreadySent { provider_message_id } if provider_message_id == "wamid.0"),
+        "{reply:?}"
+    );
+
+    // A run the opt-out cancelled while it was leased: its holder's begin
+    // is fenced, as for any cancelled run.
+    let mut store = MemStore::new();
+    let to = "+5511913390703";
+    let (run, epoch) = claimed_to(&mut store, 3, to);
+    assert_eq!(stop(&mut store, to), 1);
+    assert_eq!(view(&mut store, run).status, RunStatus::Cancelled);
+    let reply = store.apply(StoreOp::BeginDelivery {
+        key: DeliveryKey { run, step: 0 },
+        epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 3,
+    });
+    assert_eq!(reply, StoreReply::Fenced);
+}
