@@ -290,6 +290,14 @@ impl Engine {
             !self.inflight.contains_key(&req) && !self.late.contains_key(&req),
             "request number {req} is already in use: a driver numbers each request afresh"
         );
+        // Every way in checks it: flows and rendered steps when stored, the
+        // send API when a worker hands one over.
+        let len = request.message.encoded_len();
+        assert!(
+            len <= crate::limits::MAX_MESSAGE_BYTES,
+            "a message of {len} bytes reached the engine, over {}",
+            crate::limits::MAX_MESSAGE_BYTES
+        );
         if self.at_capacity() {
             self.stats.busy += 1;
             self.respond(

@@ -1,6 +1,11 @@
 //! Explicit bounds on everything that can grow. Each one is checked where
 //! the data enters the system, so nothing past the edge has to wonder.
 
+/// Most bytes of one message as JSON (the message object, without the
+/// envelope). Checked wherever a message enters (a flow, a rendered step,
+/// a send handed to the engine's API), and asserted where the engine takes
+/// one. The Cloud API's own limits keep real messages far smaller.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Most steps one flow may have.
 pub const MAX_STEPS: usize = 50;
 /// Most characters of one rendered message text, counted as the Cloud API

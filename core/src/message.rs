@@ -10,7 +10,7 @@
 //! themselves). Every error names the JSON path of what is wrong.
 
 use crate::ids::DeliveryKey;
-use crate::limits::{MAX_CAPTION_CHARS, MAX_TEXT_CHARS};
+use crate::limits::{MAX_CAPTION_CHARS, MAX_MESSAGE_BYTES, MAX_TEXT_CHARS};
 use crate::recipient::Recipient;
 use crate::template::Template;
 use serde::{Deserialize, Serialize};
@@ -94,6 +94,17 @@ impl Message {
     /// A template message's template name.
     pub fn template_name(&self) -> Option<&str> {
         self.0.get("template")?.get("name")?.as_str()
+    }
+
+    /// Its size as JSON, in bytes (the message object, as a provider
+    /// request would carry it, without the envelope).
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(&self.0)
+    }
+
+    /// Refuses a message larger than [`MAX_MESSAGE_BYTES`] as JSON.
+    pub fn check_size(&self) -> Result<(), MessageError> {
+        check_size(&self.0)
     }
 
     /// The message object.
@@ -306,6 +317,34 @@ fn render_value(
 /// The limits, checked on a stored message (`rendered: false`: a string's
 /// length is its literal text, and a string with a variable in it may
 /// still become anything) or a rendered one.
+/// Bytes `m` takes as JSON, counted without building the text.
+fn encoded_len(m: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, m).expect("a JSON map always serializes");
+    count.0
+}
+
+fn check_size(m: &Map<String, Value>) -> Result<(), MessageError> {
+    let len = encoded_len(m);
+    if len > MAX_MESSAGE_BYTES {
+        return err(
+            "",
+            format!("the message is {len} bytes as JSON; at most {MAX_MESSAGE_BYTES}"),
+        );
+    }
+    Ok(())
+}
+
 struct Check {
     rendered: bool,
 }
@@ -487,6 +526,7 @@ impl Check {
     }
 
     fn message(&self, m: &Map<String, Value>) -> Result<(), MessageError> {
+        check_size(m)?;
         let top = At {
             obj: m,
             path: String::new(),
@@ -827,6 +867,37 @@ impl Check {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_message_over_the_size_bound_is_refused_whatever_its_kind() {
+        let max = crate::limits::MAX_MESSAGE_BYTES;
+        let param = serde_json::json!({"type": "text", "text": "p".repeat(1000)});
+        let template = |n: usize| {
+            serde_json::json!({
+                "type": "template",
+                "template": {
+                    "name": "order_update",
+                    "language": {"code": "en"},
+                    "components": [{"type": "body", "parameters": vec![param.clone(); n]}],
+                },
+            })
+        };
+        let e = Message::checked(template(70)).unwrap_err();
+        assert_eq!(e.path, "");
+        assert!(
+            e.problem.contains(&format!("bytes as JSON; at most {max}")),
+            "{e}"
+        );
+        let small = Message::try_from(template(2)).unwrap();
+        assert!(small.encoded_len() < 2_200, "{}", small.encoded_len());
+        assert!(small.check_size().is_ok());
+        assert_eq!(
+            small.encoded_len(),
+            serde_json::to_vec(small.as_object()).unwrap().len()
+        );
+        // A template of a flow is held to the same bound.
+        assert!(MessageTemplate::parse(template(70)).is_err());
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -22,6 +22,11 @@ pub const MAX_HELD_WAIT_MS: u64 = 1_000;
 /// moves on once the tenant is resumed.
 pub const PAUSED_RECHECK_MS: u64 = 1_000;
 
+/// Heartbeats per lease: a holder renews its lease after a third of it has
+/// passed, so two heartbeats in a row may be lost (or answered late) before
+/// the lease can lapse under it.
+pub const HEARTBEATS_PER_LEASE: u64 = 3;
+
 /// An op's number, unique within one worker.
 pub type OpId = u64;
 
@@ -575,7 +580,7 @@ impl Worker {
                 match reply {
                     Ok(StoreReply::Heartbeated { .. }) => {
                         h.lease_until_ms = h.lease_until_ms.max(p.sent_at_ms + lease_ms);
-                        h.next_heartbeat_ms = p.sent_at_ms + lease_ms / 3;
+                        h.next_heartbeat_ms = p.sent_at_ms + lease_ms / HEARTBEATS_PER_LEASE;
                         if let Stage::Ready { at_ms } = &mut h.stage {
                             *at_ms = (*at_ms).min(now_ms);
                         }
@@ -613,7 +618,8 @@ impl Worker {
                         lease_until_ms,
                         stage: Stage::Ready { at_ms: now_ms },
                         heartbeat_in_flight: false,
-                        next_heartbeat_ms: p.sent_at_ms + self.config.lease_ms / 3,
+                        next_heartbeat_ms: p.sent_at_ms
+                            + self.config.lease_ms / HEARTBEATS_PER_LEASE,
                         transient: 0,
                         filed_ms: 0,
                     });

@@ -304,6 +304,29 @@ fn a_request_number_in_use_is_a_driver_bug() {
     );
 }
 
+/// A message over the size bound never gets past the ways in; one that
+/// reaches the engine is a bug in the way it came, and stops it.
+#[test]
+#[should_panic(expected = "bytes reached the engine")]
+fn a_message_over_the_size_bound_at_the_engine_is_a_bug_upstream() {
+    let mut store = MemStore::new();
+    let mut req = requests(&mut store, 1).pop().unwrap();
+    let big = serde_json::json!({
+        "type": "text",
+        "text": {"body": "a".repeat(oncesend_core::limits::MAX_MESSAGE_BYTES)},
+    });
+    // The shape alone, as deserializing does; the size is for the edge.
+    req.message = serde_json::from_value(big).unwrap();
+    assert!(req.message.check_size().is_err());
+    Engine::new(config()).handle(
+        EngineEvent::Request {
+            req: 1,
+            request: req,
+        },
+        0,
+    );
+}
+
 #[test]
 fn the_engine_keeps_its_config_and_counts_what_is_in_flight() {
     let mut store = MemStore::new();

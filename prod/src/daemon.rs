@@ -303,6 +303,13 @@ pub fn spawn_inner_workers<S: Store>(
     Ok(workers)
 }
 
+/// A worker waits this many provider-call timeouts for the engine's
+/// answer to a batch: one for the call, one for the sends queued ahead of
+/// it under pacing.
+pub const ENGINE_CALL_SEND_TIMEOUTS: u64 = 2;
+/// And this much more, for recording the outcomes and the HTTP exchange.
+pub const ENGINE_CALL_SLACK_MS: u64 = 2_000;
+
 /// The standalone worker's way to the engine: `POST /v1/messages/batch`
 /// to `--engine-url` over `network` (TLS when the URL says `https://`),
 /// with time for the engine to finish a provider call and record it.
@@ -311,7 +318,9 @@ pub fn engine_client<N: Network>(
     network: &N,
 ) -> Result<BatchedHttpEngineClient, SetupError> {
     let url = HttpUrl::parse(&args.engine_url).map_err(SetupError::EngineUrl)?;
-    let timeout = Duration::from_millis(args.send_timeout_ms * 2 + 2_000);
+    let timeout = Duration::from_millis(
+        args.send_timeout_ms * ENGINE_CALL_SEND_TIMEOUTS + ENGINE_CALL_SLACK_MS,
+    );
     let connector = MaybeTls::for_url(network.connector(&url.addr), &url, &TlsTrust::web_roots())
         .map_err(SetupError::EngineUrl)?;
     let http = HttpClient::new(connector, &url.authority, args.token.clone(), timeout);

@@ -19,6 +19,9 @@ pub(super) async fn send_message<S: Store>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let request: SendRequest = parse_json(body, st.config.max_body_bytes)?;
+    if let Err(e) = request.message.check_size() {
+        return Err(Problem::invalid(format!("message: {}", e.problem)));
+    }
     let key = request.key.to_string();
     match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
         Some(k) if k == key => {}
@@ -67,6 +70,14 @@ pub fn parse_send_batch(body: &[u8]) -> Result<SendBatch, Problem> {
             "\"messages\" holds {} messages; send at most {max} per request",
             batch.messages.len()
         )));
+    }
+    for (i, m) in batch.messages.iter().enumerate() {
+        if let Err(e) = m.message.check_size() {
+            return Err(Problem::invalid(format!(
+                "messages[{i}].message: {}",
+                e.problem
+            )));
+        }
     }
     Ok(batch)
 }
@@ -146,5 +157,27 @@ mod tests {
         assert!(e.detail.contains("bogus"), "{}", e.detail);
         let e = parse_send_batch(br#"{"messages":[],"x":1}"#).unwrap_err();
         assert!(e.detail.contains('x'), "{}", e.detail);
+    }
+
+    #[test]
+    fn a_message_over_the_size_bound_is_refused_by_index_before_the_engine() {
+        let max = oncesend_core::limits::MAX_MESSAGE_BYTES;
+        let sized = |step: u32, body_len: usize| {
+            let mut m = message(step);
+            m["message"]["text"]["body"] = "a".repeat(body_len).into();
+            m
+        };
+        // {"type":"text","text":{"body":"…"}} is 34 bytes around the body.
+        let fits = parse_send_batch(&body(vec![sized(0, max - 34)])).unwrap();
+        assert_eq!(fits.messages[0].message.encoded_len(), max);
+        let e = parse_send_batch(&body(vec![sized(0, 1), sized(1, max - 33)])).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            e.detail.starts_with("messages[1].message: ")
+                && e.detail
+                    .contains(&format!("{} bytes as JSON; at most {max}", max + 1)),
+            "{}",
+            e.detail
+        );
     }
 }
