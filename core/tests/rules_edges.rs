@@ -552,3 +552,71 @@ fn the_opt_out_check_at_the_send_refuses_only_what_could_still_go_out() {
     });
     assert_eq!(reply, StoreReply::Fenced);
 }
+
+/// A backend reads a run back through `RunRecord::from_row`, which refuses
+/// a row the rules could not have written, naming the run and the fault.
+#[test]
+fn a_run_row_read_back_is_checked_before_it_is_used() {
+    use oncesend_core::store::rules::RunRow;
+    let record = RunRecord::new(
+        new_run(
+            9,
+            "+5511913390709",
+            vec![step(After::Sent), step(After::Sent)],
+        ),
+        4,
+        10,
+    );
+    let row = RunRow {
+        id: record.id(),
+        seq: record.seq(),
+        tenant: record.tenant().clone(),
+        flow: record.flow().clone(),
+        to: record.to().clone(),
+        steps: record.steps().to_vec(),
+        cursor: record.cursor(),
+        status: record.status(),
+        run_at_ms: record.run_at_ms(),
+        attempts: record.attempts(),
+        epoch: record.epoch(),
+        lease: record.lease().cloned(),
+        wait: record.wait(),
+        note: record.note().map(str::to_string),
+        reason: record.reason().map(str::to_string),
+        trigger_key: record.trigger_key().map(str::to_string),
+        created_at_ms: record.created_at_ms(),
+        finished_at_ms: record.finished_at_ms(),
+    };
+    assert_eq!(RunRecord::from_row(row.clone()).unwrap(), record);
+    let refused = |row: RunRow| RunRecord::from_row(row).unwrap_err().to_string();
+    let e = refused(RunRow {
+        status: RunStatus::Leased,
+        epoch: 1,
+        ..row.clone()
+    });
+    assert!(
+        e.contains(&record.id().to_string()) && e.contains("leased without a lease"),
+        "{e}"
+    );
+    let e = refused(RunRow {
+        cursor: 3,
+        ..row.clone()
+    });
+    assert!(e.contains("cursor 3 past its 2 steps"), "{e}");
+    let e = refused(RunRow {
+        cursor: 2,
+        ..row.clone()
+    });
+    assert!(e.contains("pending with no step left"), "{e}");
+    let e = refused(RunRow {
+        status: RunStatus::Waiting,
+        ..row.clone()
+    });
+    assert!(e.contains("waiting for nothing"), "{e}");
+    let e = refused(RunRow {
+        steps: vec![],
+        cursor: 0,
+        ..row
+    });
+    assert!(e.contains("0 steps stored"), "{e}");
+}

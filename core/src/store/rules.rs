@@ -23,9 +23,10 @@ use crate::send::DeliveryOutcome;
 use crate::tenant::SenderPause;
 use std::collections::BTreeMap;
 
-/// A run as every backend stores it.
+/// A run row as a backend reads it back, before it is checked: the fields
+/// of a [`RunRecord`], each as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunRecord {
+pub struct RunRow {
     /// The run.
     pub id: RunId,
     /// Trigger order, unique and growing (gaps allowed).
@@ -63,6 +64,204 @@ pub struct RunRecord {
     pub created_at_ms: u64,
     /// When it reached a terminal status.
     pub finished_at_ms: Option<u64>,
+}
+
+/// A run as every backend stores it. A backend reads one back through
+/// [`RunRecord::from_row`], which checks it, and reads its fields through
+/// the accessors; only the rules change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// The run.
+    pub(crate) id: RunId,
+    /// Trigger order, unique and growing (gaps allowed).
+    pub(crate) seq: u64,
+    /// Whose run.
+    pub(crate) tenant: TenantId,
+    /// Its flow.
+    pub(crate) flow: FlowId,
+    /// The recipient; with `tenant`, the conversation.
+    pub(crate) to: Recipient,
+    /// Its messages.
+    pub(crate) steps: Vec<PlannedStep>,
+    /// The next step to send.
+    pub(crate) cursor: u32,
+    /// Where it stands.
+    pub(crate) status: RunStatus,
+    /// Not to be sent before this store time.
+    pub(crate) run_at_ms: u64,
+    /// Failed attempts at the current step.
+    pub(crate) attempts: u32,
+    /// The latest claim's epoch.
+    pub(crate) epoch: u64,
+    /// The lease, while leased.
+    pub(crate) lease: Option<Lease>,
+    /// What it waits for, while waiting.
+    pub(crate) wait: Option<RunWait>,
+    /// Something it did that its flow did not ask for (a step sent
+    /// without the status it was to wait for).
+    pub(crate) note: Option<String>,
+    /// Why it failed, or the last retryable error.
+    pub(crate) reason: Option<String>,
+    /// The trigger's idempotency key.
+    pub(crate) trigger_key: Option<String>,
+    /// When it was enqueued.
+    pub(crate) created_at_ms: u64,
+    /// When it reached a terminal status.
+    pub(crate) finished_at_ms: Option<u64>,
+}
+
+/// A stored run that breaks the rules' invariants: the row is not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run {run}: {problem}")]
+pub struct UnsoundRun {
+    /// The run.
+    pub run: RunId,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl RunRecord {
+    /// Checks a row read back from a backend: its step count, its cursor,
+    /// its lease against its epoch and status, its wait.
+    pub fn from_row(row: RunRow) -> Result<Self, UnsoundRun> {
+        let RunRow {
+            id,
+            seq,
+            tenant,
+            flow,
+            to,
+            steps,
+            cursor,
+            status,
+            run_at_ms,
+            attempts,
+            epoch,
+            lease,
+            wait,
+            note,
+            reason,
+            trigger_key,
+            created_at_ms,
+            finished_at_ms,
+        } = row;
+        let record = Self {
+            id,
+            seq,
+            tenant,
+            flow,
+            to,
+            steps,
+            cursor,
+            status,
+            run_at_ms,
+            attempts,
+            epoch,
+            lease,
+            wait,
+            note,
+            reason,
+            trigger_key,
+            created_at_ms,
+            finished_at_ms,
+        };
+        match record.soundness() {
+            Ok(()) => Ok(record),
+            Err(problem) => Err(UnsoundRun {
+                run: record.id,
+                problem,
+            }),
+        }
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn id(&self) -> RunId {
+        self.id
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn flow(&self) -> &FlowId {
+        &self.flow
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn to(&self) -> &Recipient {
+        &self.to
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn steps(&self) -> &[PlannedStep] {
+        &self.steps
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn cursor(&self) -> u32 {
+        self.cursor
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn status(&self) -> RunStatus {
+        self.status
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn run_at_ms(&self) -> u64 {
+        self.run_at_ms
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn wait(&self) -> Option<RunWait> {
+        self.wait
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn trigger_key(&self) -> Option<&str> {
+        self.trigger_key.as_deref()
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn created_at_ms(&self) -> u64 {
+        self.created_at_ms
+    }
+
+    /// See the field of the same name on [`RunRow`].
+    pub fn finished_at_ms(&self) -> Option<u64> {
+        self.finished_at_ms
+    }
 }
 
 impl RunRecord {
@@ -117,30 +316,37 @@ impl RunRecord {
     /// every run a claim reads back, from the model or from SQL, before
     /// anything is sent for it.
     pub fn assert_sound(&self) {
-        let (id, steps, cursor) = (self.id, self.steps.len(), self.cursor as usize);
-        assert!(
-            (1..=crate::limits::MAX_STEPS).contains(&steps),
-            "run {id}: {steps} steps stored"
-        );
-        assert!(
-            cursor <= steps,
-            "run {id}: cursor {cursor} past its {steps} steps"
-        );
-        assert!(
-            self.status.is_terminal() || cursor < steps,
-            "run {id}: {} with no step left (cursor {cursor} of {steps})",
-            self.status.as_str()
-        );
-        if self.status == RunStatus::Leased {
-            assert!(
-                self.lease.as_ref().is_some_and(|l| l.epoch == self.epoch) && self.epoch > 0,
-                "run {id}: leased without a lease under its epoch {}",
+        if let Err(problem) = self.soundness() {
+            panic!("run {}: {problem}", self.id);
+        }
+    }
+
+    fn soundness(&self) -> Result<(), String> {
+        let (steps, cursor) = (self.steps.len(), self.cursor as usize);
+        if !(1..=crate::limits::MAX_STEPS).contains(&steps) {
+            return Err(format!("{steps} steps stored"));
+        }
+        if cursor > steps {
+            return Err(format!("cursor {cursor} past its {steps} steps"));
+        }
+        if !(self.status.is_terminal() || cursor < steps) {
+            return Err(format!(
+                "{} with no step left (cursor {cursor} of {steps})",
+                self.status.as_str()
+            ));
+        }
+        if self.status == RunStatus::Leased
+            && !(self.lease.as_ref().is_some_and(|l| l.epoch == self.epoch) && self.epoch > 0)
+        {
+            return Err(format!(
+                "leased without a lease under its epoch {}",
                 self.epoch
-            );
+            ));
         }
-        if self.status == RunStatus::Waiting {
-            assert!(self.wait.is_some(), "run {id}: waiting for nothing");
+        if self.status == RunStatus::Waiting && self.wait.is_none() {
+            return Err("waiting for nothing".into());
         }
+        Ok(())
     }
 
     /// Leases the run to `owner`, bumping its epoch.

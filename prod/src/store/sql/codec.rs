@@ -3,7 +3,7 @@
 //! conversions between the store's `u64`s and the databases' `BIGINT`s.
 
 use super::tx::{Tx, TxError};
-use oncesend_core::store::rules::RunRecord;
+use oncesend_core::store::rules::{RunRecord, RunRow};
 use oncesend_core::store::RunWait;
 use oncesend_core::tenant::SenderPause;
 use oncesend_core::{
@@ -76,7 +76,7 @@ pub(super) fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
         _ => None,
     };
     let id: Vec<u8> = row.try_get("id")?;
-    Ok(RunRecord {
+    RunRecord::from_row(RunRow {
         id: run_id(&id)?,
         seq: un(row.try_get("seq")?),
         tenant: TenantId::new(row.try_get::<String, _>("tenant")?)
@@ -101,6 +101,7 @@ pub(super) fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
         created_at_ms: un(row.try_get("created_at_ms")?),
         finished_at_ms: row.try_get::<Option<i64>, _>("finished_at_ms")?.map(un),
     })
+    .map_err(|e| decode_err("run", e))
 }
 
 /// The columns [`delivery_from_row`] reads.
