@@ -9,7 +9,7 @@ use crate::pacing::{Pacer, PacingConfig};
 use crate::provider_error::{classify_cloud_api, code_in_reason, retry_later_wait_ms, ErrorClass};
 use crate::send::{DeliveryOutcome, OutboundMessage, SendRequest, SendResponse};
 use crate::store::{StoreOp, StoreReply, StoreUnavailable};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The Cloud API's "throughput reached" code.
 const THROUGHPUT_CODE: i64 = 130429;
@@ -185,6 +185,10 @@ pub struct Engine {
     stats: EngineStats,
     pacer: Option<Pacer>,
     late: BTreeMap<ReqId, Late>,
+    /// Every deadline the engine keeps, by time: a provider call's (while
+    /// in flight) and the end of listening for a late answer. Kept with
+    /// the entries they time, so the next deadline is read, not searched.
+    timers: BTreeSet<(u64, ReqId)>,
 }
 
 impl Engine {
@@ -197,6 +201,7 @@ impl Engine {
             effects: VecDeque::new(),
             stats: EngineStats::default(),
             late: BTreeMap::new(),
+            timers: BTreeSet::new(),
         }
     }
 
@@ -223,13 +228,7 @@ impl Engine {
     /// When the engine next wants [`EngineEvent::Timeout`]: the earliest
     /// deadline of a provider call in flight, or of listening for a late one.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let calls = self
-            .inflight
-            .values()
-            .filter(|f| matches!(f.stage, Stage::Provide))
-            .map(|f| f.deadline_ms);
-        let late = self.late.values().map(|l| l.abandon_at_ms);
-        calls.chain(late).min()
+        self.timers.first().map(|&(at_ms, _)| at_ms)
     }
 
     /// Takes one event at store time `now_ms`.
@@ -246,13 +245,28 @@ impl Engine {
     /// reached the provider. Their answers are still listened to until
     /// [`LATE_REPLY_TIMEOUTS`] send timeouts from the deadline.
     fn on_timeout(&mut self, now_ms: u64) {
-        self.late.retain(|_, l| l.abandon_at_ms > now_ms);
-        let due: Vec<ReqId> = self
-            .inflight
-            .iter()
-            .filter(|(_, f)| matches!(f.stage, Stage::Provide) && f.deadline_ms <= now_ms)
-            .map(|(req, _)| *req)
-            .collect();
+        let mut due = Vec::new();
+        while let Some(&(at_ms, req)) = self.timers.first() {
+            if at_ms > now_ms {
+                break;
+            }
+            self.timers.pop_first();
+            if self
+                .late
+                .get(&req)
+                .is_some_and(|l| l.abandon_at_ms == at_ms)
+            {
+                self.late.remove(&req);
+            } else if self
+                .inflight
+                .get(&req)
+                .is_some_and(|f| matches!(f.stage, Stage::Provide) && f.deadline_ms == at_ms)
+            {
+                due.push(req);
+            }
+        }
+        // In request order, as the calls were made.
+        due.sort_unstable();
         let timeout_ms = self.config.send_timeout_ms;
         for req in due {
             let key = self.inflight[&req].request.key;
@@ -269,14 +283,10 @@ impl Engine {
             if self.late.len() >= self.config.max_inflight {
                 continue;
             }
-            self.late.insert(
-                req,
-                Late {
-                    key,
-                    abandon_at_ms: now_ms
-                        .saturating_add(timeout_ms.saturating_mul(LATE_REPLY_TIMEOUTS)),
-                },
-            );
+            let abandon_at_ms =
+                now_ms.saturating_add(timeout_ms.saturating_mul(LATE_REPLY_TIMEOUTS));
+            self.late.insert(req, Late { key, abandon_at_ms });
+            self.timers.insert((abandon_at_ms, req));
         }
     }
 
@@ -365,6 +375,7 @@ impl Engine {
                         }
                         let timeout_ms = self.config.send_timeout_ms;
                         flight.deadline_ms = now_ms.saturating_add(timeout_ms);
+                        self.timers.insert((flight.deadline_ms, req));
                         let r = &flight.request;
                         self.effects.push_back(EngineEffect::Provide {
                             req,
@@ -456,6 +467,7 @@ impl Engine {
 
     fn on_provider(&mut self, req: ReqId, outcome: DeliveryOutcome, now_ms: u64) {
         if let Some(late) = self.late.remove(&req) {
+            self.timers.remove(&(late.abandon_at_ms, req));
             // The worker was told `unknown` already. Only "sent" is passed
             // on to the ledger: it is true whenever it comes. A late refusal
             // is true of this call only, and by the time it lands another
@@ -482,6 +494,7 @@ impl Engine {
         if !matches!(flight.stage, Stage::Provide) {
             return;
         }
+        self.timers.remove(&(flight.deadline_ms, req));
         let mut then = None;
         let response = match &outcome {
             DeliveryOutcome::Sent {
