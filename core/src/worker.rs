@@ -22,6 +22,11 @@ pub const MAX_HELD_WAIT_MS: u64 = 1_000;
 /// moves on once the tenant is resumed.
 pub const PAUSED_RECHECK_MS: u64 = 1_000;
 
+/// A lease is at least this many send timeouts long, so a provider call
+/// begun under it always ends inside it, with room for the heartbeat that
+/// renews it.
+pub const LEASE_SEND_TIMEOUTS: u64 = 3;
+
 /// Heartbeats per lease: a holder renews its lease after a third of it has
 /// passed, so two heartbeats in a row may be lost (or answered late) before
 /// the lease can lapse under it.
@@ -97,7 +102,7 @@ impl WorkerConfig {
 
     /// Checks the bounds the machine relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.lease_ms < 3 * self.send_timeout_ms {
+        if self.lease_ms < LEASE_SEND_TIMEOUTS * self.send_timeout_ms {
             return Err(ConfigError::LeaseTooShort {
                 lease_ms: self.lease_ms,
                 send_timeout_ms: self.send_timeout_ms,

@@ -1,0 +1,186 @@
+//! The worker machine at its edges: the bounds its settings must keep, when
+//! it next wants time (a claim, a heartbeat, a lease's end), how many runs
+//! it holds, and when a shutdown is finished.
+
+use oncesend_core::worker::ConfigError;
+use oncesend_core::{
+    DeliveryKey, FlowId, MemStore, NewRun, PlannedStep, Recipient, RunId, SendResponse, StoreOp,
+    StoreReply, TenantId, Worker, WorkerConfig, WorkerEffect, WorkerEvent, WorkerId,
+};
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        lease_ms: 3_000,
+        send_timeout_ms: 1_000,
+        poll_ms: 50,
+        concurrency: 1,
+        ..WorkerConfig::new(WorkerId::new("w").unwrap())
+    }
+}
+
+#[test]
+fn a_worker_s_settings_keep_the_bounds_its_machine_relies_on() {
+    assert_eq!(config().validate(), Ok(()));
+    let lease_at_bound = WorkerConfig {
+        lease_ms: 3_000,
+        send_timeout_ms: 1_000,
+        ..config()
+    };
+    assert_eq!(lease_at_bound.validate(), Ok(()), "three send timeouts fit");
+    let short = WorkerConfig {
+        lease_ms: 2_999,
+        ..config()
+    };
+    assert!(matches!(
+        short.validate(),
+        Err(ConfigError::LeaseTooShort {
+            lease_ms: 2_999,
+            send_timeout_ms: 1_000
+        })
+    ));
+    let max = oncesend_core::limits::MAX_CLAIM_BATCH;
+    for (batch, concurrency, ok) in [
+        (1, 1, true),
+        (max, 1, true),
+        (0, 1, false),
+        (max + 1, 1, false),
+        (1, 0, false),
+    ] {
+        let c = WorkerConfig {
+            batch,
+            concurrency,
+            ..config()
+        };
+        assert_eq!(
+            c.validate().is_ok(),
+            ok,
+            "batch {batch}, concurrency {concurrency}"
+        );
+    }
+}
+
+fn one_run(store: &mut MemStore) -> RunId {
+    let id = RunId::new(7, 7);
+    store.apply(StoreOp::Enqueue {
+        run: NewRun {
+            id,
+            tenant: TenantId::default_tenant(),
+            flow: FlowId::new("f").unwrap(),
+            to: Recipient::parse("+5511913390701").unwrap(),
+            steps: vec![PlannedStep {
+                message: oncesend_core::Message::text("hi"),
+                delay_ms: 0,
+                after: Default::default(),
+                after_timeout_ms: None,
+            }],
+            trigger_key: None,
+        },
+        now_ms: 0,
+    });
+    id
+}
+
+/// Applies the worker's store ops now; returns the sends it asked for.
+fn settle(w: &mut Worker, store: &mut MemStore, now_ms: u64) -> Vec<(u64, DeliveryKey)> {
+    let mut sends = Vec::new();
+    while let Some(effect) = w.poll_effect() {
+        match effect {
+            WorkerEffect::Store { op, request } => {
+                let reply = Ok(store.apply(request));
+                w.handle(WorkerEvent::StoreReplied { op, reply }, now_ms);
+            }
+            WorkerEffect::Send { op, request } => sends.push((op, request.key)),
+        }
+    }
+    sends
+}
+
+#[test]
+fn a_worker_says_when_it_next_wants_time_and_is_idle_only_once_drained() {
+    let mut store = MemStore::new();
+    let run = one_run(&mut store);
+    let mut w = Worker::new(config(), 1).unwrap();
+    assert_eq!(w.poll_timeout(), Some(0), "a new worker claims at once");
+    assert_eq!(w.held(), 0);
+
+    // The claim goes out; while it is unanswered nothing else is due.
+    w.handle(WorkerEvent::Tick, 0);
+    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
+        panic!("a claim")
+    };
+    assert!(matches!(request, StoreOp::Claim { .. }));
+    assert_eq!(w.poll_timeout(), None);
+    assert!(!w.is_idle());
+    let reply = Ok(store.apply(request));
+    w.handle(WorkerEvent::StoreReplied { op, reply }, 0);
+    let sends = settle(&mut w, &mut store, 0);
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].1, DeliveryKey { run, step: 0 });
+    assert_eq!(w.held(), 1);
+    // Holding all it may: no claim is due, only the heartbeat at a third
+    // of the lease.
+    assert_eq!(w.poll_timeout(), Some(1_000));
+
+    // The heartbeat goes out; while it is unanswered, only the lease's end.
+    w.handle(WorkerEvent::Tick, 1_000);
+    let Some(WorkerEffect::Store { op: hb, request }) = w.poll_effect() else {
+        panic!("a heartbeat")
+    };
+    assert!(matches!(request, StoreOp::Heartbeat { .. }));
+    assert_eq!(w.poll_timeout(), Some(3_000));
+    let reply = Ok(store.apply(request));
+    w.handle(WorkerEvent::StoreReplied { op: hb, reply }, 1_010);
+    assert_eq!(
+        w.poll_timeout(),
+        Some(2_000),
+        "renewed from when it was sent"
+    );
+
+    // The send is answered; the run completes and nothing is held.
+    w.handle(
+        WorkerEvent::SendReplied {
+            op: sends[0].0,
+            reply: Ok(SendResponse::Sent {
+                provider_message_id: "wamid.1".into(),
+                replayed: false,
+            }),
+        },
+        1_100,
+    );
+    settle(&mut w, &mut store, 1_100);
+    assert_eq!(w.held(), 0);
+    let StoreReply::Run(v) = store.apply(StoreOp::GetRun { run }) else {
+        panic!()
+    };
+    assert_eq!(v.status, oncesend_core::RunStatus::Completed);
+    assert!(!w.is_idle(), "not shut down");
+
+    w.handle(WorkerEvent::Shutdown, 1_200);
+    assert!(w.is_idle(), "shut down with nothing held");
+    assert_eq!(w.poll_timeout(), None, "a drained worker claims no more");
+}
+
+#[test]
+fn a_shutdown_waits_for_its_claim_and_gives_back_what_it_brings() {
+    let mut store = MemStore::new();
+    let run = one_run(&mut store);
+    let mut w = Worker::new(config(), 1).unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
+        panic!("a claim")
+    };
+    w.handle(WorkerEvent::Shutdown, 0);
+    assert!(!w.is_idle(), "its claim is unanswered");
+    let reply = Ok(store.apply(request));
+    w.handle(WorkerEvent::StoreReplied { op, reply }, 0);
+    let sends = settle(&mut w, &mut store, 0);
+    // A run claimed while shutting down is given back at once, unsent.
+    assert!(sends.is_empty());
+    assert_eq!(w.held(), 0);
+    assert!(w.is_idle());
+    let StoreReply::Run(v) = store.apply(StoreOp::GetRun { run }) else {
+        panic!()
+    };
+    assert_eq!(v.status, oncesend_core::RunStatus::Pending);
+    assert!(v.lease.is_none());
+}
