@@ -184,3 +184,32 @@ fn a_shutdown_waits_for_its_claim_and_gives_back_what_it_brings() {
     assert_eq!(v.status, oncesend_core::RunStatus::Pending);
     assert!(v.lease.is_none());
 }
+
+/// A claim that does not reach the store is tried again after a wait drawn
+/// from the worker's own seeded stream: full jitter under the retry
+/// policy's ceiling, never shorter than the poll interval.
+#[test]
+fn a_failed_claim_waits_a_jittered_backoff_drawn_from_the_worker_s_seed() {
+    let policy = config().retry;
+    let expected = |seed: u64| {
+        let r = oncesend_core::rng::SplitMix64::new(seed).next_u64();
+        policy.backoff_ms(1, r).max(1).max(config().poll_ms)
+    };
+    // A seed whose draw is above the poll interval, so the draw shows.
+    let seed = (1..100)
+        .find(|&s| expected(s) > 2 * config().poll_ms)
+        .unwrap();
+    let mut w = Worker::new(config(), seed).unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    let Some(WorkerEffect::Store { op, .. }) = w.poll_effect() else {
+        panic!("a claim")
+    };
+    w.handle(
+        WorkerEvent::StoreReplied {
+            op,
+            reply: Err(oncesend_core::store::StoreUnavailable("db down".into())),
+        },
+        10,
+    );
+    assert_eq!(w.poll_timeout(), Some(10 + expected(seed)));
+}
