@@ -221,6 +221,33 @@ mod tests {
     }
 
     #[test]
+    fn a_setting_is_refused_empty_too_long_or_with_control_characters() {
+        let acme = TenantId::new("acme").unwrap();
+        let with_token = |token: String| {
+            Tenant::new(
+                acme.clone(),
+                ProviderSettings::CloudApi {
+                    cloud_api: CloudApiSettings {
+                        base_url: "https://graph.facebook.com".into(),
+                        version: "v21.0".into(),
+                        phone_number_id: "1234".into(),
+                        token,
+                    },
+                },
+            )
+        };
+        assert!(with_token("t".repeat(MAX_SETTING_BYTES)).is_ok());
+        for (token, why) in [
+            (String::new(), "must not be empty"),
+            ("t".repeat(MAX_SETTING_BYTES + 1), "at most 1024 bytes"),
+            ("EAAG\nX".to_string(), "control characters"),
+        ] {
+            let e = with_token(token).unwrap_err().to_string();
+            assert!(e.contains("cloud_api.token") && e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
     fn settings_json_is_tagged_and_strict() {
         let s: ProviderSettings = serde_json::from_str(
             r#"{"provider":"cloud-api","cloud_api":{"base_url":"http://x","version":"v1","phone_number_id":"1","token":"t"}}"#,

@@ -82,3 +82,16 @@ fn a_bad_template_inside_an_array_is_found_and_named_by_its_index() {
     .unwrap_err();
     assert_eq!(e.path, "template.components[0].parameters[1].text", "{e}");
 }
+
+#[test]
+fn an_unclosed_variable_is_placed_by_its_byte_offset_in_the_whole_text() {
+    use oncesend_core::template::{Template, TemplateError};
+    assert_eq!(
+        Template::parse("Hi {{a}} and {{b}}, {{c").unwrap_err(),
+        TemplateError::Unclosed { at: 20 }
+    );
+    assert_eq!(
+        Template::parse("{{x").unwrap_err(),
+        TemplateError::Unclosed { at: 0 }
+    );
+}

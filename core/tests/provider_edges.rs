@@ -153,3 +153,24 @@ fn a_pacer_keeps_its_limits_and_each_conversation_s_gap() {
     assert_eq!(pacer.admit(&tenant, &to, 499), Err(1));
     assert_eq!(pacer.admit(&tenant, &to, 500), Ok(()));
 }
+
+/// The pacer remembers at most 100,000 conversations' last sends; when it
+/// is full it forgets only those whose gap has passed, so a conversation
+/// still inside its gap stays held back.
+#[test]
+fn a_full_pacer_forgets_only_conversations_whose_gap_has_passed() {
+    let mut pacer = Pacer::new(PacingConfig {
+        rate_per_s: 1_000_000,
+        burst: 1_000_000,
+        recipient_gap_ms: 500,
+    });
+    let tenant = TenantId::default_tenant();
+    let to = |i: u32| Recipient::parse(&format!("+5511{i:09}")).unwrap();
+    for i in 0..100_000 {
+        assert_eq!(pacer.admit(&tenant, &to(i), 0), Ok(()));
+    }
+    // Full: this send sweeps the memory at 1 ms, inside everyone's gap.
+    assert_eq!(pacer.admit(&tenant, &to(100_000), 1), Ok(()));
+    assert_eq!(pacer.admit(&tenant, &to(0), 2), Err(498));
+    assert_eq!(pacer.admit(&tenant, &to(99_999), 2), Err(498));
+}
