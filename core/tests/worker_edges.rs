@@ -213,3 +213,190 @@ fn a_failed_claim_waits_a_jittered_backoff_drawn_from_the_worker_s_seed() {
     );
     assert_eq!(w.poll_timeout(), Some(10 + expected(seed)));
 }
+
+/// Enqueues a run of `steps` (delay, waits for delivery) for a recipient of
+/// its own.
+fn enqueue(store: &mut MemStore, n: u64, steps: &[(u64, bool)]) -> RunId {
+    let id = RunId::new(100 + n, n);
+    store.apply(StoreOp::Enqueue {
+        run: NewRun {
+            id,
+            tenant: TenantId::default_tenant(),
+            flow: FlowId::new("f").unwrap(),
+            to: Recipient::parse(&format!("+55119133907{n:02}")).unwrap(),
+            steps: steps
+                .iter()
+                .map(|&(delay_ms, waits)| PlannedStep {
+                    message: oncesend_core::Message::text("hi"),
+                    delay_ms,
+                    after: if waits {
+                        oncesend_core::store::After::Delivered
+                    } else {
+                        oncesend_core::store::After::Sent
+                    },
+                    after_timeout_ms: waits.then_some(60_000),
+                })
+                .collect(),
+            trigger_key: None,
+        },
+        now_ms: 0,
+    });
+    id
+}
+
+fn run_state(store: &mut MemStore, run: RunId) -> oncesend_core::RunView {
+    match store.apply(StoreOp::GetRun { run }) {
+        StoreReply::Run(v) => v,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// One worker against the model; the test answers every send from `answer`
+/// (by run), until nothing is held.
+fn drive(
+    w: &mut Worker,
+    store: &mut MemStore,
+    now_ms: u64,
+    answer: &dyn Fn(RunId, u32) -> SendResponse,
+) {
+    w.handle(WorkerEvent::Tick, now_ms);
+    loop {
+        let sends = settle(w, store, now_ms);
+        if sends.is_empty() {
+            break;
+        }
+        for (op, key) in sends {
+            w.handle(
+                WorkerEvent::SendReplied {
+                    op,
+                    reply: Ok(answer(key.run, key.step)),
+                },
+                now_ms,
+            );
+        }
+    }
+}
+
+#[test]
+fn each_answer_to_a_send_moves_the_run_as_the_contract_says_and_is_counted_once() {
+    let mut store = MemStore::new();
+    let done = enqueue(&mut store, 1, &[(0, false), (0, false)]);
+    let delayed = enqueue(&mut store, 2, &[(0, false), (5_000, false)]);
+    let waits = enqueue(&mut store, 3, &[(0, false), (0, true)]);
+    let refused = enqueue(&mut store, 4, &[(0, false)]);
+    let retried = enqueue(&mut store, 5, &[(0, false)]);
+    let unknown = enqueue(&mut store, 6, &[(0, false)]);
+    let mut w = Worker::new(
+        WorkerConfig {
+            concurrency: 10,
+            retry: oncesend_core::RetryPolicy {
+                max_attempts: 2,
+                ..config().retry
+            },
+            ..config()
+        },
+        1,
+    )
+    .unwrap();
+    let failed = |retryable: bool| SendResponse::Failed {
+        retryable,
+        reason: "Cloud API error 131000".into(),
+        retry_after_ms: Some(9_000),
+    };
+    let answer = |run: RunId, _step: u32| {
+        if run == refused {
+            failed(false)
+        } else if run == retried {
+            failed(true)
+        } else if run == unknown {
+            SendResponse::Unknown {
+                reason: "timed out".into(),
+            }
+        } else {
+            SendResponse::Sent {
+                provider_message_id: format!("wamid.{run}"),
+                replayed: false,
+            }
+        }
+    };
+    drive(&mut w, &mut store, 0, &answer);
+    assert_eq!(w.held(), 0, "every run was let go or finished");
+
+    // Two steps without a delay go out under one lease.
+    assert_eq!(
+        run_state(&mut store, done).status,
+        oncesend_core::RunStatus::Completed
+    );
+    // A delay gives the lease up: the next step is due after it.
+    let v = run_state(&mut store, delayed);
+    assert_eq!(
+        (v.status, v.cursor, v.run_at_ms),
+        (oncesend_core::RunStatus::Pending, 1, 5_000)
+    );
+    // A step that waits for the previous one's delivery gives it up too.
+    let v = run_state(&mut store, waits);
+    assert_eq!((v.status, v.cursor), (oncesend_core::RunStatus::Waiting, 1));
+    let v = run_state(&mut store, refused);
+    assert_eq!(v.status, oncesend_core::RunStatus::Failed);
+    assert_eq!(v.reason.as_deref(), Some("step 0: Cloud API error 131000"));
+    // A retryable refusal with attempts left waits at least what was asked.
+    let v = run_state(&mut store, retried);
+    assert_eq!(v.status, oncesend_core::RunStatus::Pending);
+    assert!(v.run_at_ms >= 9_000, "{}", v.run_at_ms);
+    let v = run_state(&mut store, unknown);
+    assert_eq!(v.status, oncesend_core::RunStatus::Waiting);
+
+    let s = w.stats();
+    assert_eq!(
+        (
+            s.claimed,
+            s.sent,
+            s.completed,
+            s.failed,
+            s.awaiting,
+            s.fenced
+        ),
+        (6, 4, 1, 1, 1, 0)
+    );
+
+    // The retried run's second refusal is its last attempt: it fails.
+    drive(&mut w, &mut store, 9_000, &answer);
+    let v = run_state(&mut store, retried);
+    assert_eq!(v.status, oncesend_core::RunStatus::Failed);
+    assert_eq!(
+        v.reason.as_deref(),
+        Some("step 0: gave up after 2 attempts: Cloud API error 131000")
+    );
+    let s = w.stats();
+    assert_eq!(
+        (s.claimed, s.sent, s.failed, s.completed),
+        (8, 5, 2, 2),
+        "the delayed run's step 1 was claimed and sent too"
+    );
+    assert_eq!(
+        run_state(&mut store, delayed).status,
+        oncesend_core::RunStatus::Completed
+    );
+}
+
+#[test]
+fn a_send_whose_lease_was_taken_is_fenced_and_counted() {
+    let mut store = MemStore::new();
+    let run = enqueue(&mut store, 1, &[(0, false)]);
+    let mut w = Worker::new(config(), 1).unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    let sends = settle(&mut w, &mut store, 0);
+    w.handle(
+        WorkerEvent::SendReplied {
+            op: sends[0].0,
+            reply: Ok(SendResponse::Fenced),
+        },
+        10,
+    );
+    assert_eq!(w.held(), 0);
+    assert_eq!(w.stats().fenced, 1);
+    assert_eq!(
+        run_state(&mut store, run).status,
+        oncesend_core::RunStatus::Leased
+    );
+}
