@@ -27,6 +27,10 @@ pub const PAUSED_RECHECK_MS: u64 = 1_000;
 /// renews it.
 pub const LEASE_SEND_TIMEOUTS: u64 = 3;
 
+/// A heartbeat that failed is tried again after this fraction of a lease
+/// (a tenth): several tries fit in what is left of it.
+pub const HEARTBEAT_RETRIES_PER_LEASE: u64 = 10;
+
 /// Heartbeats per lease: a holder renews its lease after a third of it has
 /// passed, so two heartbeats in a row may be lost (or answered late) before
 /// the lease can lapse under it.
@@ -492,7 +496,7 @@ impl Worker {
         let epoch = h.run.epoch;
         if !h.heartbeat_in_flight && now_ms >= h.next_heartbeat_ms {
             h.heartbeat_in_flight = true;
-            h.next_heartbeat_ms = now_ms + lease_ms / 10;
+            h.next_heartbeat_ms = now_ms + lease_ms / HEARTBEAT_RETRIES_PER_LEASE;
             let request = StoreOp::Heartbeat {
                 run: id,
                 epoch,

@@ -400,3 +400,52 @@ fn a_send_whose_lease_was_taken_is_fenced_and_counted() {
         oncesend_core::RunStatus::Leased
     );
 }
+
+/// A heartbeat that does not reach the store is tried again a tenth of a
+/// lease after it was sent; one that is fenced lets the run go.
+#[test]
+fn a_lost_heartbeat_is_tried_again_soon_and_a_fenced_one_lets_the_run_go() {
+    let mut store = MemStore::new();
+    let run = one_run(&mut store);
+    let mut w = Worker::new(config(), 1).unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    let sends = settle(&mut w, &mut store, 0);
+    assert_eq!(sends.len(), 1);
+    w.handle(WorkerEvent::Tick, 1_000);
+    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
+        panic!("a heartbeat")
+    };
+    assert!(matches!(request, StoreOp::Heartbeat { .. }));
+    w.handle(
+        WorkerEvent::StoreReplied {
+            op,
+            reply: Err(oncesend_core::store::StoreUnavailable("db down".into())),
+        },
+        1_050,
+    );
+    assert_eq!(
+        w.poll_timeout(),
+        Some(1_300),
+        "3,000 ms lease / 10 after 1,000"
+    );
+    assert_eq!(w.held(), 1);
+
+    // The lease lapses in the store and another worker takes the run.
+    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
+        owner: WorkerId::new("other").unwrap(),
+        max: 1,
+        lease_ms: 3_000,
+        now_ms: 3_000,
+    }) else {
+        panic!()
+    };
+    assert_eq!(c[0].id, run);
+    w.handle(WorkerEvent::Tick, 1_300);
+    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
+        panic!("a heartbeat")
+    };
+    let reply = Ok(store.apply(request));
+    w.handle(WorkerEvent::StoreReplied { op, reply }, 1_310);
+    assert_eq!(w.held(), 0);
+    assert_eq!(w.stats().fenced, 1);
+}
