@@ -1,0 +1,200 @@
+//! The reference store's reads and upkeep, which the SQL stores are held
+//! equal to: suppression paging, the status filter, the queue's figures
+//! and pruning of finished runs.
+
+use oncesend_core::store::{After, QueueStats};
+use oncesend_core::{
+    DeliveryKey, DeliveryOutcome, FlowId, Guards, MemStore, NewRun, PlannedStep, Recipient, RunId,
+    RunStatus, StoreOp, StoreReply, TenantId, WorkerId,
+};
+
+fn to(n: u64) -> Recipient {
+    Recipient::parse(&format!("+55119133907{n:02}")).unwrap()
+}
+
+fn new_run(n: u64, delay_ms: u64, trigger_key: Option<&str>) -> NewRun {
+    NewRun {
+        id: RunId::new(100 + n, n),
+        tenant: TenantId::default_tenant(),
+        flow: FlowId::new("f").unwrap(),
+        to: to(n),
+        steps: vec![PlannedStep {
+            message: oncesend_core::Message::text("hi"),
+            delay_ms,
+            after: After::Sent,
+            after_timeout_ms: None,
+        }],
+        trigger_key: trigger_key.map(str::to_string),
+    }
+}
+
+fn enqueue(store: &mut MemStore, run: NewRun, now_ms: u64) -> (RunId, bool) {
+    match store.apply(StoreOp::Enqueue { run, now_ms }) {
+        StoreReply::Enqueued { run, created } => (run, created),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn claim(store: &mut MemStore, max: u32, now_ms: u64) -> Vec<oncesend_core::ClaimedRun> {
+    match store.apply(StoreOp::Claim {
+        owner: WorkerId::new("w").unwrap(),
+        max,
+        lease_ms: 10_000,
+        now_ms,
+    }) {
+        StoreReply::Claimed(c) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_model_keeps_the_guards_it_was_made_with() {
+    let off = Guards {
+        fencing: false,
+        ledger: false,
+    };
+    assert_eq!(MemStore::with_guards(off).guards(), off);
+    assert_eq!(MemStore::new().guards(), Guards::default());
+}
+
+#[test]
+fn suppressions_are_listed_per_tenant_in_pages_after_a_recipient() {
+    let mut store = MemStore::new();
+    let acme = TenantId::new("acme").unwrap();
+    for (tenant, n) in [
+        (TenantId::default_tenant(), 3),
+        (TenantId::default_tenant(), 1),
+        (acme.clone(), 2),
+        (TenantId::default_tenant(), 2),
+    ] {
+        store.apply(StoreOp::Suppress {
+            tenant,
+            to: to(n),
+            reason: "STOP".into(),
+            now_ms: 1,
+        });
+    }
+    let page =
+        |after: Option<Recipient>, limit| match store.clone().apply(StoreOp::ListSuppressed {
+            tenant: TenantId::default_tenant(),
+            after,
+            limit,
+        }) {
+            StoreReply::Suppressions(s) => s.into_iter().map(|(r, _)| r).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+    assert_eq!(page(None, 10), vec![to(1), to(2), to(3)]);
+    assert_eq!(page(None, 2), vec![to(1), to(2)]);
+    assert_eq!(page(Some(to(1)), 10), vec![to(2), to(3)], "strictly after");
+    assert_eq!(page(Some(to(3)), 10), vec![]);
+}
+
+#[test]
+fn runs_are_listed_by_status_when_one_is_asked_for() {
+    let mut store = MemStore::new();
+    let (a, _) = enqueue(&mut store, new_run(1, 0, None), 0);
+    let (b, _) = enqueue(&mut store, new_run(2, 0, None), 0);
+    store.apply(StoreOp::Cancel { run: b, now_ms: 1 });
+    let list = |status| match store.clone().apply(StoreOp::ListRuns {
+        status,
+        filter: Default::default(),
+        limit: 10,
+    }) {
+        StoreReply::Runs(r) => r.into_iter().map(|v| v.id).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(list(Some(RunStatus::Pending)), vec![a]);
+    assert_eq!(list(Some(RunStatus::Cancelled)), vec![b]);
+    assert_eq!(list(None), vec![b, a], "newest first");
+}
+
+#[test]
+fn the_queue_s_figures_count_each_run_where_it_stands() {
+    let mut store = MemStore::new();
+    enqueue(&mut store, new_run(1, 0, None), 100);
+    enqueue(&mut store, new_run(2, 0, None), 400);
+    enqueue(&mut store, new_run(3, 5_000, None), 0);
+    enqueue(&mut store, new_run(4, 0, None), 0);
+    enqueue(&mut store, new_run(5, 0, None), 0);
+    // Runs 4 and 5 (due at 0, the oldest) are claimed; 5's send is unknown
+    // and it waits for the provider's word.
+    let c = claim(&mut store, 2, 500);
+    let mut claimed: Vec<RunId> = c.iter().map(|r| r.id).collect();
+    claimed.sort();
+    assert_eq!(claimed, vec![RunId::new(104, 4), RunId::new(105, 5)]);
+    let five = c.iter().find(|r| r.id == RunId::new(105, 5)).unwrap();
+    let key = DeliveryKey {
+        run: five.id,
+        step: 0,
+    };
+    store.apply(StoreOp::BeginDelivery {
+        key,
+        epoch: five.epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 500,
+    });
+    store.apply(StoreOp::FinishDelivery {
+        key,
+        outcome: DeliveryOutcome::Unknown {
+            reason: "timed out".into(),
+        },
+        now_ms: 600,
+    });
+    store.apply(StoreOp::AwaitOutcome {
+        run: five.id,
+        epoch: five.epoch,
+        step: 0,
+        wait_ms: Some(60_000),
+        reason: "timed out".into(),
+        now_ms: 600,
+    });
+    let StoreReply::Stats(s) = store.apply(StoreOp::Stats { now_ms: 1_000 }) else {
+        panic!()
+    };
+    assert_eq!(
+        s,
+        QueueStats {
+            pending: 3,
+            due: 2,
+            leased: 1,
+            waiting: 1,
+            oldest_due_age_ms: 900,
+            unknown_deliveries: 1,
+        }
+    );
+}
+
+#[test]
+fn pruning_deletes_the_oldest_runs_finished_before_the_retention_and_frees_their_keys() {
+    let mut store = MemStore::new();
+    let (a, _) = enqueue(&mut store, new_run(1, 0, Some("order-1")), 0);
+    let (b, _) = enqueue(&mut store, new_run(2, 0, Some("order-2")), 0);
+    let (c, _) = enqueue(&mut store, new_run(3, 0, None), 0);
+    let (open, _) = enqueue(&mut store, new_run(4, 0, None), 0);
+    store.apply(StoreOp::Cancel { run: a, now_ms: 10 });
+    store.apply(StoreOp::Cancel { run: b, now_ms: 10 });
+    store.apply(StoreOp::Cancel { run: c, now_ms: 20 });
+    let prune = |store: &mut MemStore, max| match store.apply(StoreOp::Prune {
+        retention_ms: 100,
+        max,
+        now_ms: 120,
+    }) {
+        StoreReply::Pruned { runs } => runs,
+        other => panic!("{other:?}"),
+    };
+    // The cutoff is 20: a run finished at 20 is kept; of the two before it,
+    // at most one goes, the oldest by trigger order.
+    assert_eq!(prune(&mut store, 1), 1);
+    let exists = |store: &mut MemStore, run| {
+        !matches!(store.apply(StoreOp::GetRun { run }), StoreReply::NotFound)
+    };
+    assert!(!exists(&mut store, a) && exists(&mut store, b));
+    assert_eq!(prune(&mut store, 10), 1);
+    assert!(!exists(&mut store, b));
+    assert!(exists(&mut store, c) && exists(&mut store, open));
+    assert_eq!(prune(&mut store, 10), 0);
+    // A pruned run's trigger key may be used again.
+    let (again, created) = enqueue(&mut store, new_run(5, 0, Some("order-1")), 200);
+    assert!(created);
+    assert_ne!(again, a);
+}
