@@ -169,3 +169,20 @@ fn a_list_holds_one_to_ten_sections_and_ten_rows_in_all() {
     let e = refused(list(list_action(2, 1, false)));
     assert_eq!(e.path, "interactive.action.sections[0].title", "{e}");
 }
+
+#[test]
+fn a_message_may_be_exactly_as_large_as_its_bound() {
+    let max = oncesend_core::limits::MAX_MESSAGE_BYTES;
+    // {"type":"text","text":{"body":"…"}} is 34 bytes around the body.
+    let sized = |body: usize| {
+        Message::try_from(json!({"type": "text", "text": {"body": "a".repeat(body)}})).unwrap()
+    };
+    let at_bound = sized(max - 34);
+    assert_eq!(at_bound.encoded_len(), max);
+    assert!(at_bound.check_size().is_ok());
+    let over = sized(max - 33).check_size().unwrap_err();
+    assert!(
+        over.problem.contains(&format!("{} bytes", max + 1)),
+        "{over}"
+    );
+}
