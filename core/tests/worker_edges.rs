@@ -449,3 +449,111 @@ fn a_lost_heartbeat_is_tried_again_soon_and_a_fenced_one_lets_the_run_go() {
     assert_eq!(w.held(), 0);
     assert_eq!(w.stats().fenced, 1);
 }
+
+/// A worker claims no more than it has room for: with one run held and
+/// room for two, its next claim asks for one.
+#[test]
+fn a_claim_asks_only_for_the_room_left() {
+    let mut store = MemStore::new();
+    enqueue(&mut store, 1, &[(0, false)]);
+    let mut w = Worker::new(
+        WorkerConfig {
+            concurrency: 2,
+            batch: 10,
+            ..config()
+        },
+        1,
+    )
+    .unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    assert_eq!(settle(&mut w, &mut store, 0).len(), 1);
+    for n in 2..6 {
+        enqueue(&mut store, n, &[(0, false)]);
+    }
+    w.handle(WorkerEvent::Tick, 50);
+    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
+        panic!("a claim")
+    };
+    assert!(
+        matches!(request, StoreOp::Claim { max: 1, .. }),
+        "{request:?}"
+    );
+    let reply = Ok(store.apply(request));
+    w.handle(WorkerEvent::StoreReplied { op, reply }, 50);
+    settle(&mut w, &mut store, 50);
+    assert_eq!(w.held(), 2);
+}
+
+/// A short wait the engine asks for is waited out with the lease held: the
+/// step goes again when it is up, not before.
+#[test]
+fn a_short_busy_wait_sends_again_when_it_is_up_and_not_before() {
+    let mut store = MemStore::new();
+    enqueue(&mut store, 1, &[(0, false)]);
+    let mut w = Worker::new(config(), 1).unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    let sends = settle(&mut w, &mut store, 0);
+    w.handle(
+        WorkerEvent::SendReplied {
+            op: sends[0].0,
+            reply: Ok(SendResponse::Busy {
+                retry_after_ms: 200,
+            }),
+        },
+        10,
+    );
+    assert_eq!(w.poll_timeout(), Some(210));
+    w.handle(WorkerEvent::Tick, 209);
+    assert!(settle(&mut w, &mut store, 209).is_empty(), "not yet");
+    w.handle(WorkerEvent::Tick, 210);
+    assert_eq!(settle(&mut w, &mut store, 210).len(), 1, "sent again");
+}
+
+/// A run claimed back after its wait for the provider's word ran out is
+/// not sent again: the worker gives the step up, and the run fails.
+#[test]
+fn a_run_whose_wait_for_the_provider_ran_out_is_given_up_not_resent() {
+    let mut store = MemStore::new();
+    let run = enqueue(&mut store, 1, &[(0, false)]);
+    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
+        owner: WorkerId::new("first").unwrap(),
+        max: 1,
+        lease_ms: 3_000,
+        now_ms: 0,
+    }) else {
+        panic!()
+    };
+    let (key, epoch) = (DeliveryKey { run, step: 0 }, c[0].epoch);
+    store.apply(StoreOp::BeginDelivery {
+        key,
+        epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 0,
+    });
+    store.apply(StoreOp::FinishDelivery {
+        key,
+        outcome: oncesend_core::DeliveryOutcome::Unknown {
+            reason: "timed out".into(),
+        },
+        now_ms: 1_000,
+    });
+    store.apply(StoreOp::AwaitOutcome {
+        run,
+        epoch,
+        step: 0,
+        wait_ms: Some(100),
+        reason: "timed out".into(),
+        now_ms: 1_000,
+    });
+    let mut w = Worker::new(config(), 1).unwrap();
+    w.handle(WorkerEvent::Tick, 2_000);
+    let sends = settle(&mut w, &mut store, 2_000);
+    assert!(sends.is_empty(), "never resent blindly");
+    let v = run_state(&mut store, run);
+    assert_eq!(v.status, oncesend_core::RunStatus::Failed, "{v:?}");
+    assert!(
+        v.reason.as_deref().unwrap_or("").contains("no status"),
+        "{:?}",
+        v.reason
+    );
+}
