@@ -557,3 +557,22 @@ fn a_run_whose_wait_for_the_provider_ran_out_is_given_up_not_resent() {
         v.reason
     );
 }
+
+/// A renewed lease runs a whole lease from when the heartbeat was sent;
+/// while the next heartbeat is out, that is the worker's deadline.
+#[test]
+fn a_renewed_lease_runs_a_lease_from_when_its_heartbeat_was_sent() {
+    let mut store = MemStore::new();
+    one_run(&mut store);
+    let mut w = Worker::new(config(), 1).unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    assert_eq!(settle(&mut w, &mut store, 0).len(), 1);
+    w.handle(WorkerEvent::Tick, 1_000);
+    assert!(settle(&mut w, &mut store, 1_010).is_empty());
+    w.handle(WorkerEvent::Tick, 2_000);
+    let Some(WorkerEffect::Store { request, .. }) = w.poll_effect() else {
+        panic!("a heartbeat")
+    };
+    assert!(matches!(request, StoreOp::Heartbeat { .. }));
+    assert_eq!(w.poll_timeout(), Some(4_000), "1,000 + a 3,000 ms lease");
+}
