@@ -576,3 +576,32 @@ fn a_renewed_lease_runs_a_lease_from_when_its_heartbeat_was_sent() {
     assert!(matches!(request, StoreOp::Heartbeat { .. }));
     assert_eq!(w.poll_timeout(), Some(4_000), "1,000 + a 3,000 ms lease");
 }
+
+/// A worker shutting down finishes the step it is sending and gives the
+/// run back for the next one, instead of sending on.
+#[test]
+fn a_shutdown_gives_a_run_back_after_the_step_in_flight() {
+    let mut store = MemStore::new();
+    let run = enqueue(&mut store, 1, &[(0, false), (0, false)]);
+    let mut w = Worker::new(config(), 1).unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    let sends = settle(&mut w, &mut store, 0);
+    w.handle(WorkerEvent::Shutdown, 5);
+    w.handle(
+        WorkerEvent::SendReplied {
+            op: sends[0].0,
+            reply: Ok(SendResponse::Sent {
+                provider_message_id: "wamid.1".into(),
+                replayed: false,
+            }),
+        },
+        10,
+    );
+    assert!(
+        settle(&mut w, &mut store, 10).is_empty(),
+        "step 1 is not sent"
+    );
+    assert!(w.is_idle());
+    let v = run_state(&mut store, run);
+    assert_eq!((v.status, v.cursor), (oncesend_core::RunStatus::Pending, 1));
+}
