@@ -3,11 +3,12 @@
 //! ledger, and one past the listening window is dropped. Also its in-flight
 //! bound and counters.
 
+mod common;
+
 use oncesend_core::engine::LATE_REPLY_TIMEOUTS;
 use oncesend_core::{
     DeliveryKey, DeliveryOutcome, DeliveryState, Engine, EngineConfig, EngineEffect, EngineEvent,
-    FlowId, MemStore, NewRun, PlannedStep, Recipient, RunId, SendRequest, SendResponse, StoreOp,
-    StoreReply, TenantId, WorkerId,
+    MemStore, SendRequest, SendResponse, StoreOp, StoreReply,
 };
 
 const TIMEOUT_MS: u64 = 1_000;
@@ -22,29 +23,9 @@ fn config() -> EngineConfig {
 /// Enqueues and claims `n` one-step runs; a send request for each.
 fn requests(store: &mut MemStore, n: u64) -> Vec<SendRequest> {
     for i in 0..n {
-        let run = NewRun {
-            id: RunId::new(1_000 + i, i),
-            tenant: TenantId::default_tenant(),
-            flow: FlowId::new("f").unwrap(),
-            to: Recipient::parse(&format!("+55119133907{i:02}")).unwrap(),
-            steps: vec![PlannedStep {
-                message: oncesend_core::Message::text("hi"),
-                delay_ms: 0,
-                after: Default::default(),
-                after_timeout_ms: None,
-            }],
-            trigger_key: None,
-        };
-        store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+        common::enqueue(store, common::one_step_run(i), 0);
     }
-    let StoreReply::Claimed(claimed) = store.apply(StoreOp::Claim {
-        owner: WorkerId::new("w").unwrap(),
-        max: n as u32,
-        lease_ms: 30_000,
-        now_ms: 0,
-    }) else {
-        panic!("claim")
-    };
+    let claimed = common::claim_as(store, "w", n as u32, 30_000, 0);
     claimed
         .into_iter()
         .map(|c| SendRequest {

@@ -2,48 +2,21 @@
 //! equal to: suppression paging, the status filter, the queue's figures
 //! and pruning of finished runs.
 
+mod common;
+
 use oncesend_core::store::{After, QueueStats};
 use oncesend_core::{
-    DeliveryKey, DeliveryOutcome, FlowId, Guards, MemStore, NewRun, PlannedStep, Recipient, RunId,
-    RunStatus, StoreOp, StoreReply, TenantId, WorkerId,
+    DeliveryKey, DeliveryOutcome, Guards, MemStore, NewRun, Recipient, RunId, RunStatus, StoreOp,
+    StoreReply, TenantId,
 };
 
-fn to(n: u64) -> Recipient {
-    Recipient::parse(&format!("+55119133907{n:02}")).unwrap()
-}
+use common::{claim, enqueue, to};
 
+/// Run `n` of one step due `delay_ms` after enqueueing, with `trigger_key`.
 fn new_run(n: u64, delay_ms: u64, trigger_key: Option<&str>) -> NewRun {
     NewRun {
-        id: RunId::new(100 + n, n),
-        tenant: TenantId::default_tenant(),
-        flow: FlowId::new("f").unwrap(),
-        to: to(n),
-        steps: vec![PlannedStep {
-            message: oncesend_core::Message::text("hi"),
-            delay_ms,
-            after: After::Sent,
-            after_timeout_ms: None,
-        }],
         trigger_key: trigger_key.map(str::to_string),
-    }
-}
-
-fn enqueue(store: &mut MemStore, run: NewRun, now_ms: u64) -> (RunId, bool) {
-    match store.apply(StoreOp::Enqueue { run, now_ms }) {
-        StoreReply::Enqueued { run, created } => (run, created),
-        other => panic!("{other:?}"),
-    }
-}
-
-fn claim(store: &mut MemStore, max: u32, now_ms: u64) -> Vec<oncesend_core::ClaimedRun> {
-    match store.apply(StoreOp::Claim {
-        owner: WorkerId::new("w").unwrap(),
-        max,
-        lease_ms: 10_000,
-        now_ms,
-    }) {
-        StoreReply::Claimed(c) => c,
-        other => panic!("{other:?}"),
+        ..common::run_to(n, to(n), vec![common::step(After::Sent, delay_ms)])
     }
 }
 

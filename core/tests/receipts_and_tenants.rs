@@ -1,37 +1,16 @@
 //! Provider receipts against the reference store: forward only, late and
 //! repeated receipts change nothing, and an unknown delivery is settled.
 
+mod common;
+
 use oncesend_core::{
-    DeliveryKey, DeliveryOutcome, DeliveryState, FlowId, MemStore, NewRun, PlannedStep,
-    ReceiptStatus, Recipient, RunId, StoreOp, StoreReply, TenantId, WorkerId,
+    DeliveryKey, DeliveryOutcome, DeliveryState, MemStore, ReceiptStatus, RunId, StoreOp,
+    StoreReply, TenantId,
 };
 
 fn begun(store: &mut MemStore) -> DeliveryKey {
-    let id = RunId::new(1, 1);
-    store.apply(StoreOp::Enqueue {
-        run: NewRun {
-            id,
-            tenant: TenantId::default_tenant(),
-            flow: FlowId::new("f").unwrap(),
-            to: Recipient::parse("+5511913390707").unwrap(),
-            steps: vec![PlannedStep {
-                message: oncesend_core::Message::text("hi"),
-                delay_ms: 0,
-                after: Default::default(),
-                after_timeout_ms: None,
-            }],
-            trigger_key: None,
-        },
-        now_ms: 0,
-    });
-    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
-        owner: WorkerId::new("w").unwrap(),
-        max: 1,
-        lease_ms: 10_000,
-        now_ms: 0,
-    }) else {
-        panic!()
-    };
+    let (id, _) = common::enqueue(store, common::one_step_run(7), 0);
+    let c = common::claim(store, 1, 0);
     let key = DeliveryKey { run: id, step: 0 };
     let r = store.apply(StoreOp::BeginDelivery {
         key,

@@ -2,43 +2,30 @@
 //! that repeats a write whose reply it lost, fencing switched off, retry
 //! counting, opt-outs, and the loading plan SQL backends follow.
 
+mod common;
+
 use oncesend_core::store::rules::{is_row_op, needs_ledger, needs_pause, RunRecord};
 use oncesend_core::store::After;
 use oncesend_core::{
-    DeliveryKey, FlowId, Guards, MemStore, NewRun, PlannedStep, Recipient, RunId, RunStatus,
-    StoreOp, StoreReply, TenantId, WorkerId,
+    DeliveryKey, Guards, MemStore, NewRun, PlannedStep, Recipient, RunId, RunStatus, StoreOp,
+    StoreReply, TenantId, WorkerId,
 };
 
+use common::{claim, view};
+
+/// A step due at once, waiting a second for `after` when that is more than
+/// merely sent.
 fn step(after: After) -> PlannedStep {
     PlannedStep {
-        message: oncesend_core::Message::text("hi"),
-        delay_ms: 0,
         after_timeout_ms: (!after.is_sent()).then_some(1_000),
-        after,
+        ..common::step(after, 0)
     }
 }
 
 fn new_run(n: u64, to: &str, steps: Vec<PlannedStep>) -> NewRun {
     NewRun {
         id: RunId::new(n, n),
-        tenant: TenantId::default_tenant(),
-        flow: FlowId::new("f").unwrap(),
-        to: Recipient::parse(to).unwrap(),
-        steps,
-        trigger_key: None,
-    }
-}
-
-/// Claims up to `max` runs at `now_ms`.
-fn claim(store: &mut MemStore, max: u32, now_ms: u64) -> Vec<oncesend_core::ClaimedRun> {
-    match store.apply(StoreOp::Claim {
-        owner: WorkerId::new("w").unwrap(),
-        max,
-        lease_ms: 10_000,
-        now_ms,
-    }) {
-        StoreReply::Claimed(c) => c,
-        other => panic!("{other:?}"),
+        ..common::run_to(n, Recipient::parse(to).unwrap(), steps)
     }
 }
 
@@ -79,21 +66,17 @@ fn stop(store: &mut MemStore, to: &str) -> u32 {
     }
 }
 
-/// Enqueues a run and claims it; its id and epoch.
+/// Enqueues run `n` to recipient `n` and claims it; its id and epoch.
 fn claimed(store: &mut MemStore, n: u64, steps: Vec<PlannedStep>) -> (RunId, u64) {
-    let run = new_run(n, &format!("+55119133907{n:02}"), steps);
-    let id = run.id;
-    store.apply(StoreOp::Enqueue { run, now_ms: 0 });
+    enqueue_and_claim(store, new_run(n, common::to(n).as_str(), steps))
+}
+
+/// Enqueues `run` at 0 and claims it; its id and epoch.
+fn enqueue_and_claim(store: &mut MemStore, run: NewRun) -> (RunId, u64) {
+    let (id, _) = common::enqueue(store, run, 0);
     let c = claim(store, 1, 0);
     assert_eq!(c[0].id, id);
     (id, c[0].epoch)
-}
-
-fn view(store: &mut MemStore, run: RunId) -> oncesend_core::RunView {
-    match store.apply(StoreOp::GetRun { run }) {
-        StoreReply::Run(v) => v,
-        other => panic!("{other:?}"),
-    }
 }
 
 #[test]
@@ -432,11 +415,7 @@ fn a_run_retried_after_an_opt_out_is_refused_at_the_send() {
 }
 
 fn claimed_to(store: &mut MemStore, n: u64, to: &str) -> (RunId, u64) {
-    let run = new_run(n, to, vec![step(After::Sent)]);
-    let id = run.id;
-    store.apply(StoreOp::Enqueue { run, now_ms: 0 });
-    let c = claim(store, 1, 0);
-    (id, c[0].epoch)
+    enqueue_and_claim(store, new_run(n, to, vec![step(After::Sent)]))
 }
 
 /// The opt-out check at the send refuses only a send that could still go

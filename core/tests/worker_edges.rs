@@ -2,10 +2,13 @@
 //! it next wants time (a claim, a heartbeat, a lease's end), how many runs
 //! it holds, and when a shutdown is finished.
 
+mod common;
+
+use oncesend_core::store::After;
 use oncesend_core::worker::ConfigError;
 use oncesend_core::{
-    DeliveryKey, FlowId, MemStore, NewRun, PlannedStep, Recipient, RunId, SendResponse, StoreOp,
-    StoreReply, TenantId, Worker, WorkerConfig, WorkerEffect, WorkerEvent, WorkerId,
+    DeliveryKey, MemStore, RunId, SendResponse, StoreOp, StoreReply, Worker, WorkerConfig,
+    WorkerEffect, WorkerEvent, WorkerId,
 };
 
 fn config() -> WorkerConfig {
@@ -59,25 +62,42 @@ fn a_worker_s_settings_keep_the_bounds_its_machine_relies_on() {
     }
 }
 
+/// One plain one-step run, enqueued at 0.
 fn one_run(store: &mut MemStore) -> RunId {
-    let id = RunId::new(7, 7);
-    store.apply(StoreOp::Enqueue {
-        run: NewRun {
-            id,
-            tenant: TenantId::default_tenant(),
-            flow: FlowId::new("f").unwrap(),
-            to: Recipient::parse("+5511913390701").unwrap(),
-            steps: vec![PlannedStep {
-                message: oncesend_core::Message::text("hi"),
-                delay_ms: 0,
-                after: Default::default(),
-                after_timeout_ms: None,
-            }],
-            trigger_key: None,
+    common::enqueue(store, common::one_step_run(1), 0).0
+}
+
+/// The store op the worker asks for next.
+fn next_store(w: &mut Worker) -> (u64, StoreOp) {
+    match w.poll_effect() {
+        Some(WorkerEffect::Store { op, request }) => (op, request),
+        other => panic!("a store op, not {other:?}"),
+    }
+}
+
+/// Answers store op `op`: the store did not answer.
+fn store_down(w: &mut Worker, op: u64, now_ms: u64) {
+    w.handle(
+        WorkerEvent::StoreReplied {
+            op,
+            reply: Err(oncesend_core::store::StoreUnavailable("db down".into())),
         },
-        now_ms: 0,
-    });
-    id
+        now_ms,
+    );
+}
+
+/// Answers send `op`: sent.
+fn sent(w: &mut Worker, op: u64, now_ms: u64) {
+    w.handle(
+        WorkerEvent::SendReplied {
+            op,
+            reply: Ok(SendResponse::Sent {
+                provider_message_id: "wamid.1".into(),
+                replayed: false,
+            }),
+        },
+        now_ms,
+    );
 }
 
 /// Applies the worker's store ops now; returns the sends it asked for.
@@ -105,9 +125,7 @@ fn a_worker_says_when_it_next_wants_time_and_is_idle_only_once_drained() {
 
     // The claim goes out; while it is unanswered nothing else is due.
     w.handle(WorkerEvent::Tick, 0);
-    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
-        panic!("a claim")
-    };
+    let (op, request) = next_store(&mut w);
     assert!(matches!(request, StoreOp::Claim { .. }));
     assert_eq!(w.poll_timeout(), None);
     assert!(!w.is_idle());
@@ -123,9 +141,7 @@ fn a_worker_says_when_it_next_wants_time_and_is_idle_only_once_drained() {
 
     // The heartbeat goes out; while it is unanswered, only the lease's end.
     w.handle(WorkerEvent::Tick, 1_000);
-    let Some(WorkerEffect::Store { op: hb, request }) = w.poll_effect() else {
-        panic!("a heartbeat")
-    };
+    let (hb, request) = next_store(&mut w);
     assert!(matches!(request, StoreOp::Heartbeat { .. }));
     assert_eq!(w.poll_timeout(), Some(3_000));
     let reply = Ok(store.apply(request));
@@ -137,16 +153,7 @@ fn a_worker_says_when_it_next_wants_time_and_is_idle_only_once_drained() {
     );
 
     // The send is answered; the run completes and nothing is held.
-    w.handle(
-        WorkerEvent::SendReplied {
-            op: sends[0].0,
-            reply: Ok(SendResponse::Sent {
-                provider_message_id: "wamid.1".into(),
-                replayed: false,
-            }),
-        },
-        1_100,
-    );
+    sent(&mut w, sends[0].0, 1_100);
     settle(&mut w, &mut store, 1_100);
     assert_eq!(w.held(), 0);
     let StoreReply::Run(v) = store.apply(StoreOp::GetRun { run }) else {
@@ -166,9 +173,7 @@ fn a_shutdown_waits_for_its_claim_and_gives_back_what_it_brings() {
     let run = one_run(&mut store);
     let mut w = Worker::new(config(), 1).unwrap();
     w.handle(WorkerEvent::Tick, 0);
-    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
-        panic!("a claim")
-    };
+    let (op, request) = next_store(&mut w);
     w.handle(WorkerEvent::Shutdown, 0);
     assert!(!w.is_idle(), "its claim is unanswered");
     let reply = Ok(store.apply(request));
@@ -201,54 +206,22 @@ fn a_failed_claim_waits_a_jittered_backoff_drawn_from_the_worker_s_seed() {
         .unwrap();
     let mut w = Worker::new(config(), seed).unwrap();
     w.handle(WorkerEvent::Tick, 0);
-    let Some(WorkerEffect::Store { op, .. }) = w.poll_effect() else {
-        panic!("a claim")
-    };
-    w.handle(
-        WorkerEvent::StoreReplied {
-            op,
-            reply: Err(oncesend_core::store::StoreUnavailable("db down".into())),
-        },
-        10,
-    );
+    let (op, _) = next_store(&mut w);
+    store_down(&mut w, op, 10);
     assert_eq!(w.poll_timeout(), Some(10 + expected(seed)));
 }
 
-/// Enqueues a run of `steps` (delay, waits for delivery) for a recipient of
-/// its own.
+/// Enqueues run `n` of `steps` (delay, waits for delivery) at 0, for a
+/// recipient of its own.
 fn enqueue(store: &mut MemStore, n: u64, steps: &[(u64, bool)]) -> RunId {
-    let id = RunId::new(100 + n, n);
-    store.apply(StoreOp::Enqueue {
-        run: NewRun {
-            id,
-            tenant: TenantId::default_tenant(),
-            flow: FlowId::new("f").unwrap(),
-            to: Recipient::parse(&format!("+55119133907{n:02}")).unwrap(),
-            steps: steps
-                .iter()
-                .map(|&(delay_ms, waits)| PlannedStep {
-                    message: oncesend_core::Message::text("hi"),
-                    delay_ms,
-                    after: if waits {
-                        oncesend_core::store::After::Delivered
-                    } else {
-                        oncesend_core::store::After::Sent
-                    },
-                    after_timeout_ms: waits.then_some(60_000),
-                })
-                .collect(),
-            trigger_key: None,
-        },
-        now_ms: 0,
-    });
-    id
-}
-
-fn run_state(store: &mut MemStore, run: RunId) -> oncesend_core::RunView {
-    match store.apply(StoreOp::GetRun { run }) {
-        StoreReply::Run(v) => v,
-        other => panic!("{other:?}"),
-    }
+    let steps = steps
+        .iter()
+        .map(|&(delay_ms, waits)| {
+            let after = if waits { After::Delivered } else { After::Sent };
+            common::step(after, delay_ms)
+        })
+        .collect();
+    common::enqueue(store, common::run_to(n, common::to(n), steps), 0).0
 }
 
 /// One worker against the model; the test answers every send from `answer`
@@ -324,26 +297,26 @@ fn each_answer_to_a_send_moves_the_run_as_the_contract_says_and_is_counted_once(
 
     // Two steps without a delay go out under one lease.
     assert_eq!(
-        run_state(&mut store, done).status,
+        common::view(&mut store, done).status,
         oncesend_core::RunStatus::Completed
     );
     // A delay gives the lease up: the next step is due after it.
-    let v = run_state(&mut store, delayed);
+    let v = common::view(&mut store, delayed);
     assert_eq!(
         (v.status, v.cursor, v.run_at_ms),
         (oncesend_core::RunStatus::Pending, 1, 5_000)
     );
     // A step that waits for the previous one's delivery gives it up too.
-    let v = run_state(&mut store, waits);
+    let v = common::view(&mut store, waits);
     assert_eq!((v.status, v.cursor), (oncesend_core::RunStatus::Waiting, 1));
-    let v = run_state(&mut store, refused);
+    let v = common::view(&mut store, refused);
     assert_eq!(v.status, oncesend_core::RunStatus::Failed);
     assert_eq!(v.reason.as_deref(), Some("step 0: Cloud API error 131000"));
     // A retryable refusal with attempts left waits at least what was asked.
-    let v = run_state(&mut store, retried);
+    let v = common::view(&mut store, retried);
     assert_eq!(v.status, oncesend_core::RunStatus::Pending);
     assert!(v.run_at_ms >= 9_000, "{}", v.run_at_ms);
-    let v = run_state(&mut store, unknown);
+    let v = common::view(&mut store, unknown);
     assert_eq!(v.status, oncesend_core::RunStatus::Waiting);
 
     let s = w.stats();
@@ -361,7 +334,7 @@ fn each_answer_to_a_send_moves_the_run_as_the_contract_says_and_is_counted_once(
 
     // The retried run's second refusal is its last attempt: it fails.
     drive(&mut w, &mut store, 9_000, &answer);
-    let v = run_state(&mut store, retried);
+    let v = common::view(&mut store, retried);
     assert_eq!(v.status, oncesend_core::RunStatus::Failed);
     assert_eq!(
         v.reason.as_deref(),
@@ -374,7 +347,7 @@ fn each_answer_to_a_send_moves_the_run_as_the_contract_says_and_is_counted_once(
         "the delayed run's step 1 was claimed and sent too"
     );
     assert_eq!(
-        run_state(&mut store, delayed).status,
+        common::view(&mut store, delayed).status,
         oncesend_core::RunStatus::Completed
     );
 }
@@ -396,7 +369,7 @@ fn a_send_whose_lease_was_taken_is_fenced_and_counted() {
     assert_eq!(w.held(), 0);
     assert_eq!(w.stats().fenced, 1);
     assert_eq!(
-        run_state(&mut store, run).status,
+        common::view(&mut store, run).status,
         oncesend_core::RunStatus::Leased
     );
 }
@@ -412,17 +385,9 @@ fn a_lost_heartbeat_is_tried_again_soon_and_a_fenced_one_lets_the_run_go() {
     let sends = settle(&mut w, &mut store, 0);
     assert_eq!(sends.len(), 1);
     w.handle(WorkerEvent::Tick, 1_000);
-    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
-        panic!("a heartbeat")
-    };
+    let (op, request) = next_store(&mut w);
     assert!(matches!(request, StoreOp::Heartbeat { .. }));
-    w.handle(
-        WorkerEvent::StoreReplied {
-            op,
-            reply: Err(oncesend_core::store::StoreUnavailable("db down".into())),
-        },
-        1_050,
-    );
+    store_down(&mut w, op, 1_050);
     assert_eq!(
         w.poll_timeout(),
         Some(1_300),
@@ -431,19 +396,10 @@ fn a_lost_heartbeat_is_tried_again_soon_and_a_fenced_one_lets_the_run_go() {
     assert_eq!(w.held(), 1);
 
     // The lease lapses in the store and another worker takes the run.
-    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
-        owner: WorkerId::new("other").unwrap(),
-        max: 1,
-        lease_ms: 3_000,
-        now_ms: 3_000,
-    }) else {
-        panic!()
-    };
+    let c = common::claim_as(&mut store, "other", 1, 3_000, 3_000);
     assert_eq!(c[0].id, run);
     w.handle(WorkerEvent::Tick, 1_300);
-    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
-        panic!("a heartbeat")
-    };
+    let (op, request) = next_store(&mut w);
     let reply = Ok(store.apply(request));
     w.handle(WorkerEvent::StoreReplied { op, reply }, 1_310);
     assert_eq!(w.held(), 0);
@@ -471,9 +427,7 @@ fn a_claim_asks_only_for_the_room_left() {
         enqueue(&mut store, n, &[(0, false)]);
     }
     w.handle(WorkerEvent::Tick, 50);
-    let Some(WorkerEffect::Store { op, request }) = w.poll_effect() else {
-        panic!("a claim")
-    };
+    let (op, request) = next_store(&mut w);
     assert!(
         matches!(request, StoreOp::Claim { max: 1, .. }),
         "{request:?}"
@@ -515,14 +469,7 @@ fn a_short_busy_wait_sends_again_when_it_is_up_and_not_before() {
 fn a_run_whose_wait_for_the_provider_ran_out_is_given_up_not_resent() {
     let mut store = MemStore::new();
     let run = enqueue(&mut store, 1, &[(0, false)]);
-    let StoreReply::Claimed(c) = store.apply(StoreOp::Claim {
-        owner: WorkerId::new("first").unwrap(),
-        max: 1,
-        lease_ms: 3_000,
-        now_ms: 0,
-    }) else {
-        panic!()
-    };
+    let c = common::claim_as(&mut store, "first", 1, 3_000, 0);
     let (key, epoch) = (DeliveryKey { run, step: 0 }, c[0].epoch);
     store.apply(StoreOp::BeginDelivery {
         key,
@@ -549,7 +496,7 @@ fn a_run_whose_wait_for_the_provider_ran_out_is_given_up_not_resent() {
     w.handle(WorkerEvent::Tick, 2_000);
     let sends = settle(&mut w, &mut store, 2_000);
     assert!(sends.is_empty(), "never resent blindly");
-    let v = run_state(&mut store, run);
+    let v = common::view(&mut store, run);
     assert_eq!(v.status, oncesend_core::RunStatus::Failed, "{v:?}");
     assert!(
         v.reason.as_deref().unwrap_or("").contains("no status"),
@@ -570,9 +517,7 @@ fn a_renewed_lease_runs_a_lease_from_when_its_heartbeat_was_sent() {
     w.handle(WorkerEvent::Tick, 1_000);
     assert!(settle(&mut w, &mut store, 1_010).is_empty());
     w.handle(WorkerEvent::Tick, 2_000);
-    let Some(WorkerEffect::Store { request, .. }) = w.poll_effect() else {
-        panic!("a heartbeat")
-    };
+    let (_, request) = next_store(&mut w);
     assert!(matches!(request, StoreOp::Heartbeat { .. }));
     assert_eq!(w.poll_timeout(), Some(4_000), "1,000 + a 3,000 ms lease");
 }
@@ -587,21 +532,12 @@ fn a_shutdown_gives_a_run_back_after_the_step_in_flight() {
     w.handle(WorkerEvent::Tick, 0);
     let sends = settle(&mut w, &mut store, 0);
     w.handle(WorkerEvent::Shutdown, 5);
-    w.handle(
-        WorkerEvent::SendReplied {
-            op: sends[0].0,
-            reply: Ok(SendResponse::Sent {
-                provider_message_id: "wamid.1".into(),
-                replayed: false,
-            }),
-        },
-        10,
-    );
+    sent(&mut w, sends[0].0, 10);
     assert!(
         settle(&mut w, &mut store, 10).is_empty(),
         "step 1 is not sent"
     );
     assert!(w.is_idle());
-    let v = run_state(&mut store, run);
+    let v = common::view(&mut store, run);
     assert_eq!((v.status, v.cursor), (oncesend_core::RunStatus::Pending, 1));
 }
