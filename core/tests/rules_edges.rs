@@ -546,26 +546,7 @@ fn a_run_row_read_back_is_checked_before_it_is_used() {
         4,
         10,
     );
-    let row = RunRow {
-        id: record.id(),
-        seq: record.seq(),
-        tenant: record.tenant().clone(),
-        flow: record.flow().clone(),
-        to: record.to().clone(),
-        steps: record.steps().to_vec(),
-        cursor: record.cursor(),
-        status: record.status(),
-        run_at_ms: record.run_at_ms(),
-        attempts: record.attempts(),
-        epoch: record.epoch(),
-        lease: record.lease().cloned(),
-        wait: record.wait(),
-        note: record.note().map(str::to_string),
-        reason: record.reason().map(str::to_string),
-        trigger_key: record.trigger_key().map(str::to_string),
-        created_at_ms: record.created_at_ms(),
-        finished_at_ms: record.finished_at_ms(),
-    };
+    let row: RunRow = (*record).clone();
     assert_eq!(RunRecord::from_row(row.clone()).unwrap(), record);
     let refused = |row: RunRow| RunRecord::from_row(row).unwrap_err().to_string();
     let e = refused(RunRow {
@@ -574,7 +555,7 @@ fn a_run_row_read_back_is_checked_before_it_is_used() {
         ..row.clone()
     });
     assert!(
-        e.contains(&record.id().to_string()) && e.contains("leased without a lease"),
+        e.contains(&record.id.to_string()) && e.contains("leased without a lease"),
         "{e}"
     );
     let e = refused(RunRow {

@@ -120,12 +120,9 @@ impl Args {
     }
 }
 
-/// What the summary needs of one seed: the line a part process prints.
-#[derive(Debug, Serialize, Deserialize)]
-struct SeedLine {
-    seed: u64,
-    /// The checker's report, when the seed broke an invariant.
-    failure: Option<String>,
+/// The figures of a seed that add up over seeds.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+struct Counts {
     runs: u64,
     deliveries: u64,
     duplicates: u64,
@@ -135,8 +132,32 @@ struct SeedLine {
     sim_ms: u64,
     receipt_settled: u64,
     unknown_timeouts: u64,
-    settle_ms: u64,
     exercised: Exercised,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Self) {
+        self.runs += o.runs;
+        self.deliveries += o.deliveries;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.lost += o.lost;
+        self.unknown += o.unknown;
+        self.sim_ms += o.sim_ms;
+        self.receipt_settled += o.receipt_settled;
+        self.unknown_timeouts += o.unknown_timeouts;
+        self.exercised += o.exercised;
+    }
+}
+
+/// What the summary needs of one seed: the line a part process prints.
+#[derive(Debug, Serialize, Deserialize)]
+struct SeedLine {
+    seed: u64,
+    /// The checker's report, when the seed broke an invariant.
+    failure: Option<String>,
+    counts: Counts,
+    settle_ms: u64,
     fired: Vec<String>,
 }
 
@@ -145,17 +166,19 @@ impl SeedLine {
         Self {
             seed: r.seed,
             failure: (!r.ok()).then(|| r.report.to_string()),
-            runs: r.runs,
-            deliveries: r.report.deliveries,
-            duplicates: r.report.duplicates.len() as u64,
-            out_of_order: (r.report.out_of_order.len() + r.report.interleaved.len()) as u64,
-            lost: r.report.lost.len() as u64,
-            unknown: r.report.unknown.len() as u64,
-            sim_ms: r.sim_ms,
-            receipt_settled: r.receipt_settled,
-            unknown_timeouts: r.unknown_timeouts,
+            counts: Counts {
+                runs: r.runs,
+                deliveries: r.report.deliveries,
+                duplicates: r.report.duplicates.len() as u64,
+                out_of_order: (r.report.out_of_order.len() + r.report.interleaved.len()) as u64,
+                lost: r.report.lost.len() as u64,
+                unknown: r.report.unknown.len() as u64,
+                sim_ms: r.sim_ms,
+                receipt_settled: r.receipt_settled,
+                unknown_timeouts: r.unknown_timeouts,
+                exercised: r.exercised,
+            },
             settle_ms: r.settle_ms.unwrap_or(0),
-            exercised: r.exercised,
             fired: r.fired.iter().map(|k| k.to_string()).collect(),
         }
     }
@@ -165,17 +188,8 @@ impl SeedLine {
 #[derive(Default)]
 struct Tally {
     seeds: u64,
-    runs: u64,
-    deliveries: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    lost: u64,
-    unknown: u64,
-    sim_ms: u64,
-    receipt_settled: u64,
-    unknown_timeouts: u64,
+    counts: Counts,
     worst_settle: u64,
-    exercised: Exercised,
     fired: BTreeMap<String, u64>,
     failed: Vec<u64>,
 }
@@ -184,17 +198,8 @@ impl Tally {
     /// Adds a seed; prints its failure and how to replay it.
     fn add(&mut self, line: SeedLine, args: &Args) {
         self.seeds += 1;
-        self.runs += line.runs;
-        self.deliveries += line.deliveries;
-        self.duplicates += line.duplicates;
-        self.out_of_order += line.out_of_order;
-        self.lost += line.lost;
-        self.unknown += line.unknown;
-        self.sim_ms += line.sim_ms;
-        self.receipt_settled += line.receipt_settled;
-        self.unknown_timeouts += line.unknown_timeouts;
+        self.counts += line.counts;
         self.worst_settle = self.worst_settle.max(line.settle_ms);
-        self.exercised += line.exercised;
         for k in line.fired {
             *self.fired.entry(k).or_default() += 1;
         }
@@ -332,13 +337,14 @@ fn main() -> ExitCode {
     }
     tally.failed.sort_unstable();
     let wall = started.elapsed().as_secs_f64();
-    let sim_secs = tally.sim_ms as f64 / 1000.0;
+    let c = tally.counts;
+    let sim_secs = c.sim_ms as f64 / 1000.0;
     let mode = if args.legacy {
         Mode::Legacy
     } else {
         Mode::Fixed
     };
-    let ex = tally.exercised;
+    let ex = c.exercised;
     println!();
     println!("{:<22} {:>12}", "mode", mode.name());
     println!("{:<22} {:>12}", "seeds", tally.seeds);
@@ -348,17 +354,14 @@ fn main() -> ExitCode {
         if args.trace { 1 } else { jobs }
     );
     println!("{:<22} {:>12}", "seeds with violations", tally.failed.len());
-    println!("{:<22} {:>12}", "runs", tally.runs);
-    println!("{:<22} {:>12}", "deliveries", tally.deliveries);
-    println!("{:<22} {:>12}", "duplicate keys", tally.duplicates);
-    println!("{:<22} {:>12}", "out of order", tally.out_of_order);
-    println!("{:<22} {:>12}", "lost runs", tally.lost);
-    println!("{:<22} {:>12}", "unknown keys", tally.unknown);
-    println!(
-        "{:<22} {:>12}",
-        "settled by a status", tally.receipt_settled
-    );
-    println!("{:<22} {:>12}", "unknown timeouts", tally.unknown_timeouts);
+    println!("{:<22} {:>12}", "runs", c.runs);
+    println!("{:<22} {:>12}", "deliveries", c.deliveries);
+    println!("{:<22} {:>12}", "duplicate keys", c.duplicates);
+    println!("{:<22} {:>12}", "out of order", c.out_of_order);
+    println!("{:<22} {:>12}", "lost runs", c.lost);
+    println!("{:<22} {:>12}", "unknown keys", c.unknown);
+    println!("{:<22} {:>12}", "settled by a status", c.receipt_settled);
+    println!("{:<22} {:>12}", "unknown timeouts", c.unknown_timeouts);
     println!("{:<22} {:>12}", "worst settle (ms)", tally.worst_settle);
     if mode == Mode::Fixed {
         println!("{:<22} {:>12}", "send batches (>1)", ex.send_batches);
@@ -398,14 +401,14 @@ fn main() -> ExitCode {
         "RESULT mode={} seeds={} runs={} deliveries={} duplicates={} out_of_order={} lost={} unknown={} receipt_settled={} unknown_timeouts={} sim_secs={:.1} wall_secs={:.2}",
         mode.name(),
         tally.seeds,
-        tally.runs,
-        tally.deliveries,
-        tally.duplicates,
-        tally.out_of_order,
-        tally.lost,
-        tally.unknown,
-        tally.receipt_settled,
-        tally.unknown_timeouts,
+        c.runs,
+        c.deliveries,
+        c.duplicates,
+        c.out_of_order,
+        c.lost,
+        c.unknown,
+        c.receipt_settled,
+        c.unknown_timeouts,
         sim_secs,
         wall
     );

@@ -415,8 +415,8 @@ impl MemStore {
         old.truncate(max as usize);
         for (_, id) in &old {
             let row = self.runs.remove(id).expect("listed above");
-            if let Some(key) = row.trigger_key {
-                self.trigger_keys.remove(&(row.tenant, key));
+            if let Some(key) = &row.trigger_key {
+                self.trigger_keys.remove(&(row.tenant.clone(), key.clone()));
             }
             for step in 0..row.steps.len() as u32 {
                 self.ledger.remove(&DeliveryKey { run: *id, step });

@@ -66,50 +66,6 @@ pub struct RunRow {
     pub finished_at_ms: Option<u64>,
 }
 
-/// A run as every backend stores it. A backend reads one back through
-/// [`RunRecord::from_row`], which checks it, and reads its fields through
-/// the accessors; only the rules change it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunRecord {
-    /// The run.
-    pub(crate) id: RunId,
-    /// Trigger order, unique and growing (gaps allowed).
-    pub(crate) seq: u64,
-    /// Whose run.
-    pub(crate) tenant: TenantId,
-    /// Its flow.
-    pub(crate) flow: FlowId,
-    /// The recipient; with `tenant`, the conversation.
-    pub(crate) to: Recipient,
-    /// Its messages.
-    pub(crate) steps: Vec<PlannedStep>,
-    /// The next step to send.
-    pub(crate) cursor: u32,
-    /// Where it stands.
-    pub(crate) status: RunStatus,
-    /// Not to be sent before this store time.
-    pub(crate) run_at_ms: u64,
-    /// Failed attempts at the current step.
-    pub(crate) attempts: u32,
-    /// The latest claim's epoch.
-    pub(crate) epoch: u64,
-    /// The lease, while leased.
-    pub(crate) lease: Option<Lease>,
-    /// What it waits for, while waiting.
-    pub(crate) wait: Option<RunWait>,
-    /// Something it did that its flow did not ask for (a step sent
-    /// without the status it was to wait for).
-    pub(crate) note: Option<String>,
-    /// Why it failed, or the last retryable error.
-    pub(crate) reason: Option<String>,
-    /// The trigger's idempotency key.
-    pub(crate) trigger_key: Option<String>,
-    /// When it was enqueued.
-    pub(crate) created_at_ms: u64,
-    /// When it reached a terminal status.
-    pub(crate) finished_at_ms: Option<u64>,
-}
-
 /// A stored run that breaks the rules' invariants: the row is not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("run {run}: {problem}")]
@@ -120,50 +76,24 @@ pub struct UnsoundRun {
     pub problem: String,
 }
 
+/// A run as every backend stores it: a [`RunRow`] the rules have checked.
+/// A backend reads one back through [`RunRecord::from_row`] and reads its
+/// fields through `Deref`; only the rules change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord(RunRow);
+
+impl std::ops::Deref for RunRecord {
+    type Target = RunRow;
+    fn deref(&self) -> &RunRow {
+        &self.0
+    }
+}
+
 impl RunRecord {
     /// Checks a row read back from a backend: its step count, its cursor,
     /// its lease against its epoch and status, its wait.
     pub fn from_row(row: RunRow) -> Result<Self, UnsoundRun> {
-        let RunRow {
-            id,
-            seq,
-            tenant,
-            flow,
-            to,
-            steps,
-            cursor,
-            status,
-            run_at_ms,
-            attempts,
-            epoch,
-            lease,
-            wait,
-            note,
-            reason,
-            trigger_key,
-            created_at_ms,
-            finished_at_ms,
-        } = row;
-        let record = Self {
-            id,
-            seq,
-            tenant,
-            flow,
-            to,
-            steps,
-            cursor,
-            status,
-            run_at_ms,
-            attempts,
-            epoch,
-            lease,
-            wait,
-            note,
-            reason,
-            trigger_key,
-            created_at_ms,
-            finished_at_ms,
-        };
+        let record = Self(row);
         match record.soundness() {
             Ok(()) => Ok(record),
             Err(problem) => Err(UnsoundRun {
@@ -172,103 +102,13 @@ impl RunRecord {
             }),
         }
     }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn id(&self) -> RunId {
-        self.id
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn tenant(&self) -> &TenantId {
-        &self.tenant
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn flow(&self) -> &FlowId {
-        &self.flow
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn to(&self) -> &Recipient {
-        &self.to
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn steps(&self) -> &[PlannedStep] {
-        &self.steps
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn cursor(&self) -> u32 {
-        self.cursor
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn status(&self) -> RunStatus {
-        self.status
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn run_at_ms(&self) -> u64 {
-        self.run_at_ms
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn lease(&self) -> Option<&Lease> {
-        self.lease.as_ref()
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn wait(&self) -> Option<RunWait> {
-        self.wait
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn note(&self) -> Option<&str> {
-        self.note.as_deref()
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn reason(&self) -> Option<&str> {
-        self.reason.as_deref()
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn trigger_key(&self) -> Option<&str> {
-        self.trigger_key.as_deref()
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn created_at_ms(&self) -> u64 {
-        self.created_at_ms
-    }
-
-    /// See the field of the same name on [`RunRow`].
-    pub fn finished_at_ms(&self) -> Option<u64> {
-        self.finished_at_ms
-    }
 }
 
 impl RunRecord {
     /// A freshly enqueued run: pending, due after its first step's delay.
     pub fn new(run: NewRun, seq: u64, now_ms: u64) -> Self {
         assert!(!run.steps.is_empty(), "a run has at least one step");
-        Self {
+        Self(RunRow {
             id: run.id,
             seq,
             tenant: run.tenant,
@@ -287,7 +127,7 @@ impl RunRecord {
             trigger_key: run.trigger_key,
             created_at_ms: now_ms,
             finished_at_ms: None,
-        }
+        })
     }
 
     fn last_step(&self) -> u32 {
@@ -356,23 +196,23 @@ impl RunRecord {
         // this claim rescues it.
         let rescued = self.status == RunStatus::Leased;
         let waited = if self.status == RunStatus::Waiting {
-            self.wait.take()
+            self.0.wait.take()
         } else {
             None
         };
         if let Some(RunWait::After(after)) = waited {
-            self.note = Some(after_expired_note(
+            self.0.note = Some(after_expired_note(
                 self.cursor,
                 after,
                 self.steps[self.cursor as usize].after_timeout(),
             ));
         }
         let before = self.epoch;
-        self.epoch += 1;
+        self.0.epoch += 1;
         assert!(self.epoch > before, "epochs only grow");
-        self.status = RunStatus::Leased;
+        self.0.status = RunStatus::Leased;
         let until_ms = now_ms.saturating_add(lease_ms);
-        self.lease = Some(Lease {
+        self.0.lease = Some(Lease {
             owner: owner.clone(),
             epoch: self.epoch,
             until_ms,
@@ -438,11 +278,11 @@ impl RunRecord {
 
     fn finish(&mut self, status: RunStatus, reason: Option<String>, now_ms: u64) {
         assert!(status.is_terminal());
-        self.status = status;
-        self.lease = None;
-        self.wait = None;
-        self.reason = reason;
-        self.finished_at_ms = Some(now_ms);
+        self.0.status = status;
+        self.0.lease = None;
+        self.0.wait = None;
+        self.0.reason = reason;
+        self.0.finished_at_ms = Some(now_ms);
     }
 }
 
@@ -841,11 +681,11 @@ fn follow(
             match rec.state {
                 ref s if s.is_sent() => go_on(row, ledger, now_ms),
                 DeliveryState::Failed { retryable: true } => {
-                    row.status = RunStatus::Pending;
-                    row.wait = None;
-                    row.attempts += 1;
-                    row.run_at_ms = now_ms;
-                    row.reason = Some(clip_reason(&format!(
+                    row.0.status = RunStatus::Pending;
+                    row.0.wait = None;
+                    row.0.attempts += 1;
+                    row.0.run_at_ms = now_ms;
+                    row.0.reason = Some(clip_reason(&format!(
                         "step {step}: the provider reported it failed, so it is sent again: {said}"
                     )));
                 }
@@ -865,9 +705,9 @@ fn follow(
                 return false;
             }
             let delay = row.steps[step as usize].delay_ms;
-            row.status = RunStatus::Pending;
-            row.wait = None;
-            row.run_at_ms = now_ms.saturating_add(delay);
+            row.0.status = RunStatus::Pending;
+            row.0.wait = None;
+            row.0.run_at_ms = now_ms.saturating_add(delay);
             true
         }
         None => false,
@@ -893,11 +733,11 @@ fn after_met(
 /// completed), without a lease.
 fn go_on(row: &mut RunRecord, ledger: &BTreeMap<DeliveryKey, DeliveryRecord>, now_ms: u64) {
     let step = row.cursor;
-    row.attempts = 0;
-    row.reason = None;
-    row.lease = None;
-    row.wait = None;
-    row.cursor = step + 1;
+    row.0.attempts = 0;
+    row.0.reason = None;
+    row.0.lease = None;
+    row.0.wait = None;
+    row.0.cursor = step + 1;
     if step >= row.last_step() {
         row.finish(RunStatus::Completed, None, now_ms);
         return;
@@ -917,15 +757,15 @@ fn enter_step(
 ) {
     let next = &row.steps[row.cursor as usize];
     let (after, timeout) = (next.after, next.after_timeout());
-    row.lease = None;
+    row.0.lease = None;
     if !after.is_sent() && !after_met(row, ledger, after) {
-        row.status = RunStatus::Waiting;
-        row.wait = Some(RunWait::After(after));
-        row.run_at_ms = now_ms.saturating_add(timeout);
+        row.0.status = RunStatus::Waiting;
+        row.0.wait = Some(RunWait::After(after));
+        row.0.run_at_ms = now_ms.saturating_add(timeout);
     } else {
-        row.status = RunStatus::Pending;
-        row.wait = None;
-        row.run_at_ms = now_ms.saturating_add(delay_ms);
+        row.0.status = RunStatus::Pending;
+        row.0.wait = None;
+        row.0.run_at_ms = now_ms.saturating_add(delay_ms);
     }
 }
 
@@ -940,7 +780,7 @@ fn heartbeat(
         return refused.into();
     }
     let until_ms = now.saturating_add(lease_ms);
-    match row.lease.as_mut() {
+    match row.0.lease.as_mut() {
         Some(lease) => {
             lease.until_ms = lease.until_ms.max(until_ms);
             StoreReply::Heartbeated {
@@ -995,9 +835,9 @@ fn advance(
             reason: format!("step {step} is the last; complete the run instead"),
         };
     }
-    row.cursor = step + 1;
-    row.attempts = 0;
-    row.reason = None;
+    row.0.cursor = step + 1;
+    row.0.attempts = 0;
+    row.0.reason = None;
     if released {
         let delay = delay_ms.unwrap_or(row.steps[row.cursor as usize].delay_ms);
         enter_step(row, ledger, delay, now_ms);
@@ -1024,7 +864,7 @@ fn complete(row: &mut RunRecord, guards: Guards, epoch: u64, step: u32, now: u64
             ),
         };
     }
-    row.cursor = step + 1;
+    row.0.cursor = step + 1;
     row.finish(RunStatus::Completed, None, now);
     StoreReply::Completed
 }
@@ -1052,11 +892,11 @@ fn fail(
     let reason = clip_reason(reason);
     match retry_after_ms {
         Some(after) => {
-            row.status = RunStatus::Pending;
-            row.lease = None;
-            row.attempts += 1;
-            row.run_at_ms = now_ms.saturating_add(after);
-            row.reason = Some(reason);
+            row.0.status = RunStatus::Pending;
+            row.0.lease = None;
+            row.0.attempts += 1;
+            row.0.run_at_ms = now_ms.saturating_add(after);
+            row.0.reason = Some(reason);
         }
         None => row.finish(RunStatus::Failed, Some(reason), now_ms),
     }
@@ -1070,9 +910,9 @@ fn release(row: &mut RunRecord, guards: Guards, epoch: u64, after_ms: u64, now: 
     if let Err(refused) = row.fence(guards, epoch) {
         return refused.into();
     }
-    row.status = RunStatus::Pending;
-    row.lease = None;
-    row.run_at_ms = now.saturating_add(after_ms);
+    row.0.status = RunStatus::Pending;
+    row.0.lease = None;
+    row.0.run_at_ms = now.saturating_add(after_ms);
     StoreReply::Released
 }
 
@@ -1133,11 +973,11 @@ fn await_outcome(
     if let Some(rec) = ledger.get_mut(&key_of(row, step)) {
         lapse(rec, now_ms);
     }
-    row.lease = None;
-    row.status = RunStatus::Waiting;
-    row.wait = Some(RunWait::Outcome);
-    row.run_at_ms = now_ms.saturating_add(wait_ms.unwrap_or(0));
-    row.reason = Some(clip_reason(&format!(
+    row.0.lease = None;
+    row.0.status = RunStatus::Waiting;
+    row.0.wait = Some(RunWait::Outcome);
+    row.0.run_at_ms = now_ms.saturating_add(wait_ms.unwrap_or(0));
+    row.0.reason = Some(clip_reason(&format!(
         "step {step}: delivery unknown ({reason}); waiting up to {} ms for the provider's status",
         wait_ms.unwrap_or(0)
     )));
@@ -1168,13 +1008,13 @@ fn overtakes() -> StoreReply {
 
 /// A finished run goes on from its cursor, due now, as an operator asked.
 fn revive(row: &mut RunRecord, ledger: &BTreeMap<DeliveryKey, DeliveryRecord>, now_ms: u64) {
-    row.status = RunStatus::Pending;
-    row.finished_at_ms = None;
-    row.lease = None;
-    row.wait = None;
-    row.attempts = 0;
-    row.reason = None;
-    row.run_at_ms = now_ms;
+    row.0.status = RunStatus::Pending;
+    row.0.finished_at_ms = None;
+    row.0.lease = None;
+    row.0.wait = None;
+    row.0.attempts = 0;
+    row.0.reason = None;
+    row.0.run_at_ms = now_ms;
     let sent = ledger
         .get(&key_of(row, row.cursor))
         .is_some_and(|r| r.state.is_sent());
@@ -1182,9 +1022,9 @@ fn revive(row: &mut RunRecord, ledger: &BTreeMap<DeliveryKey, DeliveryRecord>, n
         go_on(row, ledger, now_ms);
         // The operator asked for it to go on: it does not wait again.
         if row.status == RunStatus::Waiting {
-            row.status = RunStatus::Pending;
-            row.wait = None;
-            row.run_at_ms = now_ms;
+            row.0.status = RunStatus::Pending;
+            row.0.wait = None;
+            row.0.run_at_ms = now_ms;
         }
     }
 }

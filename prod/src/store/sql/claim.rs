@@ -103,7 +103,7 @@ impl Batch<'_> {
                     let mut leased = record.clone();
                     let claimed = leased.claim(&owner, lease_ms, now_ms);
                     claimed.assert_sound(un(row.try_get("step_count")?) as usize);
-                    out.push((record.run_at_ms(), record.seq(), claimed));
+                    out.push((record.run_at_ms, record.seq, claimed));
                     before.push(record);
                     after.push(leased);
                 }

@@ -126,30 +126,30 @@ impl Batch<'_> {
                 self.notify = true;
             }
             let record = RunRecord::new(run, 0, now_ms);
-            let id = hex::encode(record.id().0.as_bytes());
-            taken.insert(record.id());
-            if let Some(key) = record.trigger_key() {
-                known.insert((tenant.clone(), key.to_string()), record.id());
+            let id = hex::encode(record.id.0.as_bytes());
+            taken.insert(record.id);
+            if let Some(key) = &record.trigger_key {
+                known.insert((tenant.clone(), key.clone()), record.id);
                 new_keys.push(TriggerKeyRow {
                     tenant: tenant.clone(),
-                    key: key.to_string(),
+                    key: key.clone(),
                     run_id: id.clone(),
                 });
             }
             inserts.push(RunInsert {
                 id,
                 tenant,
-                flow: record.flow().as_str().to_string(),
-                recipient: record.to().as_str().to_string(),
-                steps: serde_json::to_string(&record.steps()).expect("steps serialize"),
-                step_count: record.steps().len() as i64,
+                flow: record.flow.as_str().to_string(),
+                recipient: record.to.as_str().to_string(),
+                steps: serde_json::to_string(&record.steps).expect("steps serialize"),
+                step_count: record.steps.len() as i64,
                 is_head,
-                run_at_ms: db(record.run_at_ms()),
-                trigger_key: record.trigger_key().map(str::to_string),
+                run_at_ms: db(record.run_at_ms),
+                trigger_key: record.trigger_key.clone(),
                 created_at_ms: db(now_ms),
             });
             replies[i] = Some(StoreReply::Enqueued {
-                run: record.id(),
+                run: record.id,
                 created: true,
             });
         }

@@ -18,7 +18,7 @@ impl Batch<'_> {
             return Ok(StoreReply::NotFound);
         };
         let mut ledger = self.load_deliveries(&ids, false).await?;
-        let deliveries = (0..record.steps().len() as u32)
+        let deliveries = (0..record.steps.len() as u32)
             .map(|step| ledger.remove(&DeliveryKey { run, step }))
             .collect();
         Ok(StoreReply::Run(record.view(deliveries)))

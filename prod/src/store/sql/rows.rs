@@ -43,7 +43,7 @@ impl Batch<'_> {
         .await?;
         for row in rows {
             let record = run_from_row(&row)?;
-            out.insert(record.id(), record);
+            out.insert(record.id, record);
         }
         Ok(out)
     }
@@ -95,7 +95,7 @@ impl Batch<'_> {
             .iter()
             .filter(|op| rules::needs_pause(op))
             .filter_map(|op| before_runs.get(&rules::row_op_run(op)?))
-            .map(|r| r.tenant().clone())
+            .map(|r| r.tenant.clone())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -111,7 +111,7 @@ impl Batch<'_> {
             .iter()
             .filter(|op| rules::needs_pause(op))
             .filter_map(|op| before_runs.get(&rules::row_op_run(op)?))
-            .map(|r| (r.tenant().as_str(), r.to().as_str()))
+            .map(|r| (r.tenant.as_str(), r.to.as_str()))
             .collect();
         let mut opted_out: BTreeSet<(String, String)> = BTreeSet::new();
         if !begin_conversations.is_empty() {
@@ -154,13 +154,10 @@ impl Batch<'_> {
             let crowded = rules::row_op_run(&op)
                 .and_then(|id| Some((runs.get(&id)?, others.get(&id)?)))
                 .is_some_and(|(me, ids)| {
-                    let open = |r: &RunRecord| !r.status().is_terminal();
+                    let open = |r: &RunRecord| !r.status.is_terminal();
                     ids.iter().any(|id| runs.get(id).is_none_or(open))
                         || runs.values().any(|r| {
-                            r.id() != me.id()
-                                && r.tenant() == me.tenant()
-                                && r.to() == me.to()
-                                && open(r)
+                            r.id != me.id && r.tenant == me.tenant && r.to == me.to && open(r)
                         })
                 });
             let mut rows = rules::Rows {
@@ -178,12 +175,12 @@ impl Batch<'_> {
         for (id, after) in &runs {
             let before = &before_runs[id];
             if before != after {
-                if before.status().is_terminal() != after.status().is_terminal() {
+                if before.status.is_terminal() != after.status.is_terminal() {
                     // A head that finished hands its place on; a run sent
                     // on again takes the empty place.
-                    finished.insert((after.tenant().clone(), after.to().clone()));
+                    finished.insert((after.tenant.clone(), after.to.clone()));
                 }
-                if after.status() == RunStatus::Pending && before.status() != RunStatus::Pending {
+                if after.status == RunStatus::Pending && before.status != RunStatus::Pending {
                     // Released for a delay or a retry: due again later.
                     self.notify = true;
                 }
@@ -212,9 +209,9 @@ impl Batch<'_> {
     /// The unfinished runs of `run`'s conversation besides it.
     pub(super) async fn other_open(&mut self, run: &RunRecord) -> Tx<Vec<RunId>> {
         let rows = sqlx::query(common::OTHER_OPEN_RUNS)
-            .bind(run.tenant().as_str())
-            .bind(run.to().as_str())
-            .bind(run.id().0.as_bytes().to_vec())
+            .bind(run.tenant.as_str())
+            .bind(run.to.as_str())
+            .bind(run.id.0.as_bytes().to_vec())
             .fetch_all(&mut *self.conn)
             .await?;
         rows.iter()
@@ -248,19 +245,19 @@ impl Batch<'_> {
             .iter()
             .zip(after)
             .map(|(o, n)| RunWrite {
-                id: hex::encode(n.id().0.as_bytes()),
-                read_epoch: db(o.epoch()),
-                status: n.status().as_str(),
-                next_step: n.cursor() as i64,
-                run_at_ms: db(n.run_at_ms()),
-                attempts: n.attempts() as i64,
-                epoch: db(n.epoch()),
-                lease_owner: n.lease().map(|l| l.owner.as_str().to_string()),
-                lease_until_ms: n.lease().map(|l| db(l.until_ms)),
-                reason: n.reason().map(str::to_string),
-                finished_at_ms: n.finished_at_ms().map(db),
-                wait: n.wait().map(RunWait::as_str),
-                note: n.note().map(str::to_string),
+                id: hex::encode(n.id.0.as_bytes()),
+                read_epoch: db(o.epoch),
+                status: n.status.as_str(),
+                next_step: n.cursor as i64,
+                run_at_ms: db(n.run_at_ms),
+                attempts: n.attempts as i64,
+                epoch: db(n.epoch),
+                lease_owner: n.lease.as_ref().map(|l| l.owner.as_str().to_string()),
+                lease_until_ms: n.lease.as_ref().map(|l| db(l.until_ms)),
+                reason: n.reason.clone(),
+                finished_at_ms: n.finished_at_ms.map(db),
+                wait: n.wait.map(RunWait::as_str),
+                note: n.note.clone(),
             })
             .collect();
         let written = self
