@@ -6,8 +6,8 @@ mod common;
 
 use oncesend_core::store::{After, QueueStats};
 use oncesend_core::{
-    DeliveryKey, DeliveryOutcome, Guards, MemStore, NewRun, Recipient, RunId, RunStatus, StoreOp,
-    StoreReply, TenantId,
+    DeliveryKey, Guards, MemStore, NewRun, Recipient, RunId, RunStatus, StoreOp, StoreReply,
+    TenantId,
 };
 
 use common::{claim, enqueue, to};
@@ -100,19 +100,7 @@ fn the_queue_s_figures_count_each_run_where_it_stands() {
         run: five.id,
         step: 0,
     };
-    store.apply(StoreOp::BeginDelivery {
-        key,
-        epoch: five.epoch,
-        send_timeout_ms: 1_000,
-        now_ms: 500,
-    });
-    store.apply(StoreOp::FinishDelivery {
-        key,
-        outcome: DeliveryOutcome::Unknown {
-            reason: "timed out".into(),
-        },
-        now_ms: 600,
-    });
+    common::begin_unknown(&mut store, key, five.epoch, 500, 600);
     store.apply(StoreOp::AwaitOutcome {
         run: five.id,
         epoch: five.epoch,

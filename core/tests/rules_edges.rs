@@ -49,6 +49,14 @@ fn send(
     });
 }
 
+/// Begins `key` and records it sent as `provider_message_id`.
+fn sent(store: &mut MemStore, key: DeliveryKey, epoch: u64, provider_message_id: &str) {
+    let outcome = oncesend_core::DeliveryOutcome::Sent {
+        provider_message_id: provider_message_id.into(),
+    };
+    send(store, key, epoch, outcome);
+}
+
 /// `to` opts out of the default tenant at 2 ms; how many unfinished runs
 /// that cancelled.
 fn stop(store: &mut MemStore, to: &str) -> u32 {
@@ -353,14 +361,7 @@ fn a_retried_run_past_a_sent_step_keeps_the_next_steps_delay() {
     later.delay_ms = 5_000;
     let (run, epoch) = claimed(&mut store, 1, vec![step(After::Sent), later]);
     let key = DeliveryKey { run, step: 0 };
-    send(
-        &mut store,
-        key,
-        epoch,
-        oncesend_core::DeliveryOutcome::Sent {
-            provider_message_id: "wamid.0".into(),
-        },
-    );
+    sent(&mut store, key, epoch, "wamid.0");
     let failed = store.apply(StoreOp::Fail {
         run,
         epoch,
@@ -387,27 +388,8 @@ fn a_run_retried_after_an_opt_out_is_refused_at_the_send() {
     let mut store = MemStore::new();
     let to = "+5511913390701";
     let (run, epoch) = claimed_to(&mut store, 1, to);
-    store.apply(StoreOp::Fail {
-        run,
-        epoch,
-        reason: "131026 message undeliverable".into(),
-        retry_after_ms: None,
-        now_ms: 1,
-    });
-    assert_eq!(stop(&mut store, to), 0, "a failed run is not cancelled");
-    store.apply(StoreOp::RetryRun {
-        run,
-        by: "operator".into(),
-        now_ms: 3,
-    });
-    let c = claim(&mut store, 1, 4);
-    assert_eq!(c.len(), 1, "the retried run is claimed");
-    let reply = store.apply(StoreOp::BeginDelivery {
-        key: DeliveryKey { run, step: 0 },
-        epoch: c[0].epoch,
-        send_timeout_ms: 1_000,
-        now_ms: 5,
-    });
+    let epoch = failed_opted_out_retried(&mut store, run, epoch, to);
+    let reply = begin(&mut store, DeliveryKey { run, step: 0 }, epoch);
     assert!(
         matches!(&reply, StoreReply::DeliveryFailed { reason } if reason.contains("opted out")),
         "{reply:?}"
@@ -416,6 +398,38 @@ fn a_run_retried_after_an_opt_out_is_refused_at_the_send() {
 
 fn claimed_to(store: &mut MemStore, n: u64, to: &str) -> (RunId, u64) {
     enqueue_and_claim(store, new_run(n, to, vec![step(After::Sent)]))
+}
+
+/// The run fails for good at 1 ms, its recipient `to` opts out (which
+/// cancels nothing, the run being finished), an operator retries it at
+/// 3 ms and it is claimed again at 4 ms: the new epoch.
+fn failed_opted_out_retried(store: &mut MemStore, run: RunId, epoch: u64, to: &str) -> u64 {
+    store.apply(StoreOp::Fail {
+        run,
+        epoch,
+        reason: "gave up".into(),
+        retry_after_ms: None,
+        now_ms: 1,
+    });
+    assert_eq!(stop(store, to), 0, "a failed run is not cancelled");
+    store.apply(StoreOp::RetryRun {
+        run,
+        by: "operator".into(),
+        now_ms: 3,
+    });
+    let c = claim(store, 1, 4);
+    assert_eq!(c.len(), 1, "the retried run is claimed");
+    c[0].epoch
+}
+
+/// Begins step `key` under `epoch` at 5 ms.
+fn begin(store: &mut MemStore, key: DeliveryKey, epoch: u64) -> StoreReply {
+    store.apply(StoreOp::BeginDelivery {
+        key,
+        epoch,
+        send_timeout_ms: 1_000,
+        now_ms: 5,
+    })
 }
 
 /// The opt-out check at the send refuses only a send that could still go
@@ -438,26 +452,8 @@ fn the_opt_out_check_at_the_send_refuses_only_what_could_still_go_out() {
     let (run, epoch) = claimed_to(&mut store, 1, to);
     let key = DeliveryKey { run, step: 0 };
     send(&mut store, key, epoch, failed_for_now.clone());
-    store.apply(StoreOp::Fail {
-        run,
-        epoch,
-        reason: "gave up".into(),
-        retry_after_ms: None,
-        now_ms: 2,
-    });
-    assert_eq!(stop(&mut store, to), 0);
-    store.apply(StoreOp::RetryRun {
-        run,
-        by: "operator".into(),
-        now_ms: 3,
-    });
-    let c = claim(&mut store, 1, 4);
-    let reply = store.apply(StoreOp::BeginDelivery {
-        key,
-        epoch: c[0].epoch,
-        send_timeout_ms: 1_000,
-        now_ms: 5,
-    });
+    let epoch = failed_opted_out_retried(&mut store, run, epoch, to);
+    let reply = begin(&mut store, key, epoch);
     assert!(opted_out(&reply), "{reply:?}");
 
     // Step 0 sent, step 1 failed, an opt-out, the run retried: a repeat of
@@ -466,14 +462,7 @@ fn the_opt_out_check_at_the_send_refuses_only_what_could_still_go_out() {
     let to = "+5511913390702";
     let (run, epoch) = claimed(&mut store, 2, vec![step(After::Sent), step(After::Sent)]);
     let first = DeliveryKey { run, step: 0 };
-    send(
-        &mut store,
-        first,
-        epoch,
-        oncesend_core::DeliveryOutcome::Sent {
-            provider_message_id: "wamid.0".into(),
-        },
-    );
+    sent(&mut store, first, epoch, "wamid.0");
     let v = view(&mut store, run);
     assert_eq!(v.to.as_str(), to);
     store.apply(StoreOp::Advance {
@@ -490,27 +479,9 @@ fn the_opt_out_check_at_the_send_refuses_only_what_could_still_go_out() {
         epoch,
         failed_for_now,
     );
-    store.apply(StoreOp::Fail {
-        run,
-        epoch,
-        reason: "gave up".into(),
-        retry_after_ms: None,
-        now_ms: 5,
-    });
-    assert_eq!(stop(&mut store, to), 0);
-    store.apply(StoreOp::RetryRun {
-        run,
-        by: "operator".into(),
-        now_ms: 6,
-    });
-    let c = claim(&mut store, 1, 7);
+    let epoch = failed_opted_out_retried(&mut store, run, epoch, to);
     assert_eq!(view(&mut store, run).status, RunStatus::Leased);
-    let reply = store.apply(StoreOp::BeginDelivery {
-        key: first,
-        epoch: c[0].epoch,
-        send_timeout_ms: 1_000,
-        now_ms: 8,
-    });
+    let reply = begin(&mut store, first, epoch);
     assert!(
         matches!(&reply, StoreReply::AlreadySent { provider_message_id } if provider_message_id == "wamid.0"),
         "{reply:?}"

@@ -100,6 +100,17 @@ fn sent(w: &mut Worker, op: u64, now_ms: u64) {
     );
 }
 
+/// A worker with run 1 of `steps` claimed at 0 and its first step out:
+/// the store, the run, the worker and the sends it asked for.
+fn sending(steps: &[(u64, bool)]) -> (MemStore, RunId, Worker, Vec<(u64, DeliveryKey)>) {
+    let mut store = MemStore::new();
+    let run = enqueue(&mut store, 1, steps);
+    let mut w = Worker::new(config(), 1).unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    let sends = settle(&mut w, &mut store, 0);
+    (store, run, w, sends)
+}
+
 /// Applies the worker's store ops now; returns the sends it asked for.
 fn settle(w: &mut Worker, store: &mut MemStore, now_ms: u64) -> Vec<(u64, DeliveryKey)> {
     let mut sends = Vec::new();
@@ -354,11 +365,7 @@ fn each_answer_to_a_send_moves_the_run_as_the_contract_says_and_is_counted_once(
 
 #[test]
 fn a_send_whose_lease_was_taken_is_fenced_and_counted() {
-    let mut store = MemStore::new();
-    let run = enqueue(&mut store, 1, &[(0, false)]);
-    let mut w = Worker::new(config(), 1).unwrap();
-    w.handle(WorkerEvent::Tick, 0);
-    let sends = settle(&mut w, &mut store, 0);
+    let (mut store, run, mut w, sends) = sending(&[(0, false)]);
     w.handle(
         WorkerEvent::SendReplied {
             op: sends[0].0,
@@ -378,11 +385,7 @@ fn a_send_whose_lease_was_taken_is_fenced_and_counted() {
 /// lease after it was sent; one that is fenced lets the run go.
 #[test]
 fn a_lost_heartbeat_is_tried_again_soon_and_a_fenced_one_lets_the_run_go() {
-    let mut store = MemStore::new();
-    let run = one_run(&mut store);
-    let mut w = Worker::new(config(), 1).unwrap();
-    w.handle(WorkerEvent::Tick, 0);
-    let sends = settle(&mut w, &mut store, 0);
+    let (mut store, run, mut w, sends) = sending(&[(0, false)]);
     assert_eq!(sends.len(), 1);
     w.handle(WorkerEvent::Tick, 1_000);
     let (op, request) = next_store(&mut w);
@@ -441,12 +444,8 @@ fn a_claim_asks_only_for_the_room_left() {
 /// A short wait the engine asks for is waited out with the lease held: the
 /// step goes again when it is up, not before.
 #[test]
-fn a_short_busy_wait_sends_again_when_it_is_up_and_not_before() {
-    let mut store = MemStore::new();
-    enqueue(&mut store, 1, &[(0, false)]);
-    let mut w = Worker::new(config(), 1).unwrap();
-    w.handle(WorkerEvent::Tick, 0);
-    let sends = settle(&mut w, &mut store, 0);
+fn a_short_busy_waitsends_again_when_it_is_up_and_not_before() {
+    let (mut store, _, mut w, sends) = sending(&[(0, false)]);
     w.handle(
         WorkerEvent::SendReplied {
             op: sends[0].0,
@@ -471,19 +470,7 @@ fn a_run_whose_wait_for_the_provider_ran_out_is_given_up_not_resent() {
     let run = enqueue(&mut store, 1, &[(0, false)]);
     let c = common::claim_as(&mut store, "first", 1, 3_000, 0);
     let (key, epoch) = (DeliveryKey { run, step: 0 }, c[0].epoch);
-    store.apply(StoreOp::BeginDelivery {
-        key,
-        epoch,
-        send_timeout_ms: 1_000,
-        now_ms: 0,
-    });
-    store.apply(StoreOp::FinishDelivery {
-        key,
-        outcome: oncesend_core::DeliveryOutcome::Unknown {
-            reason: "timed out".into(),
-        },
-        now_ms: 1_000,
-    });
+    common::begin_unknown(&mut store, key, epoch, 0, 1_000);
     store.apply(StoreOp::AwaitOutcome {
         run,
         epoch,
@@ -509,11 +496,8 @@ fn a_run_whose_wait_for_the_provider_ran_out_is_given_up_not_resent() {
 /// while the next heartbeat is out, that is the worker's deadline.
 #[test]
 fn a_renewed_lease_runs_a_lease_from_when_its_heartbeat_was_sent() {
-    let mut store = MemStore::new();
-    one_run(&mut store);
-    let mut w = Worker::new(config(), 1).unwrap();
-    w.handle(WorkerEvent::Tick, 0);
-    assert_eq!(settle(&mut w, &mut store, 0).len(), 1);
+    let (mut store, _, mut w, sends) = sending(&[(0, false)]);
+    assert_eq!(sends.len(), 1);
     w.handle(WorkerEvent::Tick, 1_000);
     assert!(settle(&mut w, &mut store, 1_010).is_empty());
     w.handle(WorkerEvent::Tick, 2_000);
@@ -526,11 +510,7 @@ fn a_renewed_lease_runs_a_lease_from_when_its_heartbeat_was_sent() {
 /// run back for the next one, instead of sending on.
 #[test]
 fn a_shutdown_gives_a_run_back_after_the_step_in_flight() {
-    let mut store = MemStore::new();
-    let run = enqueue(&mut store, 1, &[(0, false), (0, false)]);
-    let mut w = Worker::new(config(), 1).unwrap();
-    w.handle(WorkerEvent::Tick, 0);
-    let sends = settle(&mut w, &mut store, 0);
+    let (mut store, run, mut w, sends) = sending(&[(0, false), (0, false)]);
     w.handle(WorkerEvent::Shutdown, 5);
     sent(&mut w, sends[0].0, 10);
     assert!(

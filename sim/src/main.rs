@@ -345,33 +345,30 @@ fn main() -> ExitCode {
         Mode::Fixed
     };
     let ex = c.exercised;
+    let row = |label: &str, value: &dyn std::fmt::Display| println!("{label:<22} {value:>12}");
     println!();
-    println!("{:<22} {:>12}", "mode", mode.name());
-    println!("{:<22} {:>12}", "seeds", tally.seeds);
-    println!(
-        "{:<22} {:>12}",
-        "processes",
-        if args.trace { 1 } else { jobs }
-    );
-    println!("{:<22} {:>12}", "seeds with violations", tally.failed.len());
-    println!("{:<22} {:>12}", "runs", c.runs);
-    println!("{:<22} {:>12}", "deliveries", c.deliveries);
-    println!("{:<22} {:>12}", "duplicate keys", c.duplicates);
-    println!("{:<22} {:>12}", "out of order", c.out_of_order);
-    println!("{:<22} {:>12}", "lost runs", c.lost);
-    println!("{:<22} {:>12}", "unknown keys", c.unknown);
-    println!("{:<22} {:>12}", "settled by a status", c.receipt_settled);
-    println!("{:<22} {:>12}", "unknown timeouts", c.unknown_timeouts);
-    println!("{:<22} {:>12}", "worst settle (ms)", tally.worst_settle);
+    row("mode", &mode.name());
+    row("seeds", &tally.seeds);
+    row("processes", &(if args.trace { 1 } else { jobs }));
+    row("seeds with violations", &tally.failed.len());
+    row("runs", &c.runs);
+    row("deliveries", &c.deliveries);
+    row("duplicate keys", &c.duplicates);
+    row("out of order", &c.out_of_order);
+    row("lost runs", &c.lost);
+    row("unknown keys", &c.unknown);
+    row("settled by a status", &c.receipt_settled);
+    row("unknown timeouts", &c.unknown_timeouts);
+    row("worst settle (ms)", &tally.worst_settle);
     if mode == Mode::Fixed {
-        println!("{:<22} {:>12}", "send batches (>1)", ex.send_batches);
-        println!("{:<22} {:>12}", "group commits (>1)", ex.group_commits);
-        println!("{:<22} {:>12}", "pacing waits", ex.paced);
-        println!("{:<22} {:>12}", "rate refusals", ex.rate_refusals);
-        println!("{:<22} {:>12}", "send timeouts", ex.timed_out);
-        println!("{:<22} {:>12}", "late replies", ex.late_replies);
-        println!("{:<22} {:>12}", "sender pauses", ex.pauses);
-        println!("{:<22} {:>12}", "opt-outs", ex.opt_outs);
+        row("send batches (>1)", &ex.send_batches);
+        row("group commits (>1)", &ex.group_commits);
+        row("pacing waits", &ex.paced);
+        row("rate refusals", &ex.rate_refusals);
+        row("send timeouts", &ex.timed_out);
+        row("late replies", &ex.late_replies);
+        row("sender pauses", &ex.pauses);
+        row("opt-outs", &ex.opt_outs);
     }
     println!(
         "{:<22} {:>12.1}",

@@ -81,3 +81,27 @@ pub fn view(store: &mut MemStore, run: RunId) -> RunView {
         other => panic!("{other:?}"),
     }
 }
+
+/// Step `key` is begun under `epoch` at `begin_ms` and its send ends with
+/// no word from the provider at `finish_ms`: the ledger row is unknown.
+pub fn begin_unknown(
+    store: &mut MemStore,
+    key: oncesend_core::DeliveryKey,
+    epoch: u64,
+    begin_ms: u64,
+    finish_ms: u64,
+) {
+    store.apply(StoreOp::BeginDelivery {
+        key,
+        epoch,
+        send_timeout_ms: 1_000,
+        now_ms: begin_ms,
+    });
+    store.apply(StoreOp::FinishDelivery {
+        key,
+        outcome: oncesend_core::DeliveryOutcome::Unknown {
+            reason: "timed out".into(),
+        },
+        now_ms: finish_ms,
+    });
+}
