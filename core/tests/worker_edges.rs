@@ -521,3 +521,392 @@ fn a_shutdown_gives_a_run_back_after_the_step_in_flight() {
     let v = common::view(&mut store, run);
     assert_eq!((v.status, v.cursor), (oncesend_core::RunStatus::Pending, 1));
 }
+
+/// `sending`, under `config` and `seed`.
+fn sending_with(
+    config: WorkerConfig,
+    seed: u64,
+    steps: &[(u64, bool)],
+) -> (MemStore, RunId, Worker, Vec<(u64, DeliveryKey)>) {
+    let mut store = MemStore::new();
+    let run = enqueue(&mut store, 1, steps);
+    let mut w = Worker::new(config, seed).unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    let sends = settle(&mut w, &mut store, 0);
+    (store, run, w, sends)
+}
+
+/// Answers store op `op` with `reply`.
+fn store_answers(w: &mut Worker, op: u64, reply: StoreReply, now_ms: u64) {
+    w.handle(
+        WorkerEvent::StoreReplied {
+            op,
+            reply: Ok(reply),
+        },
+        now_ms,
+    );
+}
+
+/// Answers send `op` with `reply`.
+fn send_answers(w: &mut Worker, op: u64, reply: SendResponse, now_ms: u64) {
+    w.handle(
+        WorkerEvent::SendReplied {
+            op,
+            reply: Ok(reply),
+        },
+        now_ms,
+    );
+}
+
+/// A claim that found nothing (or got an answer it cannot use) waits the
+/// poll interval from when it was answered; a run it found gets its first
+/// heartbeat a third of a lease after the claim was sent, not before.
+#[test]
+fn a_claim_sets_the_next_claim_and_the_first_heartbeat() {
+    let mut store = MemStore::new();
+    let mut w = Worker::new(config(), 1).unwrap();
+    w.handle(WorkerEvent::Tick, 100);
+    let (op, request) = next_store(&mut w);
+    let reply = store.apply(request);
+    store_answers(&mut w, op, reply, 120);
+    assert_eq!(w.poll_timeout(), Some(170), "answered at 120, polls every 50");
+
+    // An answer a claim cannot use: the same wait.
+    w.handle(WorkerEvent::Tick, 170);
+    let (op, _) = next_store(&mut w);
+    store_answers(&mut w, op, StoreReply::Released, 180);
+    assert_eq!(w.poll_timeout(), Some(230));
+
+    one_run(&mut store);
+    w.handle(WorkerEvent::Tick, 230);
+    let (op, request) = next_store(&mut w);
+    let reply = store.apply(request);
+    store_answers(&mut w, op, reply, 250);
+    assert!(matches!(w.poll_effect(), Some(WorkerEffect::Send { .. })));
+    // Sent at 230: the heartbeat is due at 230 + 3,000 / 3; the lease ends
+    // at 3,230; no claim while the one slot is full.
+    assert_eq!(w.poll_timeout(), Some(1_230));
+    w.handle(WorkerEvent::Tick, 1_229);
+    assert!(w.poll_effect().is_none(), "no heartbeat before it is due");
+    w.handle(WorkerEvent::Tick, 1_230);
+    let (_, request) = next_store(&mut w);
+    assert!(matches!(request, StoreOp::Heartbeat { .. }), "{request:?}");
+}
+
+/// A claim that came back full claims again at once, while there is room.
+#[test]
+fn a_full_claim_claims_again_at_once() {
+    let mut store = MemStore::new();
+    for n in 1..=3 {
+        enqueue(&mut store, n, &[(0, false)]);
+    }
+    let mut w = Worker::new(
+        WorkerConfig {
+            batch: 2,
+            concurrency: 3,
+            ..config()
+        },
+        1,
+    )
+    .unwrap();
+    w.handle(WorkerEvent::Tick, 0);
+    let (op, request) = next_store(&mut w);
+    let reply = store.apply(request);
+    store_answers(&mut w, op, reply, 10);
+    let claims_again = std::iter::from_fn(|| w.poll_effect())
+        .filter(|e| {
+            matches!(
+                e,
+                WorkerEffect::Store {
+                    request: StoreOp::Claim { max: 1, .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(claims_again, 1, "two of two came back: claim the rest");
+}
+
+/// A claim counts the runs it rescued from a holder whose lease lapsed,
+/// and only those.
+#[test]
+fn a_claim_counts_the_runs_it_rescued() {
+    let mut store = MemStore::new();
+    let taken = enqueue(&mut store, 1, &[(0, false)]);
+    enqueue(&mut store, 2, &[(0, false)]);
+    let c = common::claim_as(&mut store, "gone", 1, 3_000, 0);
+    assert_eq!(c[0].id, taken);
+    let mut w = Worker::new(
+        WorkerConfig {
+            concurrency: 2,
+            ..config()
+        },
+        1,
+    )
+    .unwrap();
+    w.handle(WorkerEvent::Tick, 5_000);
+    assert_eq!(settle(&mut w, &mut store, 5_000).len(), 2);
+    let s = w.stats();
+    assert_eq!((s.claimed, s.rescued), (2, 1));
+}
+
+/// Each answer to a holder's write is counted where an operator looks for
+/// it: a fenced write, and the status a run handed to the provider's word
+/// turned out to have.
+#[test]
+fn each_answer_to_a_write_is_counted_once_under_its_own_name() {
+    let answers = [
+        (StoreReply::Fenced, (1, 0, 0, 0)),
+        (
+            StoreReply::RunIs {
+                status: oncesend_core::RunStatus::Waiting,
+            },
+            (0, 1, 0, 0),
+        ),
+        (
+            StoreReply::RunIs {
+                status: oncesend_core::RunStatus::Failed,
+            },
+            (0, 0, 1, 0),
+        ),
+        (
+            StoreReply::RunIs {
+                status: oncesend_core::RunStatus::Completed,
+            },
+            (0, 0, 0, 1),
+        ),
+        (
+            StoreReply::RunIs {
+                status: oncesend_core::RunStatus::Pending,
+            },
+            (0, 0, 0, 0),
+        ),
+        (StoreReply::Failed { dead: true }, (0, 0, 1, 0)),
+        (StoreReply::Completed, (0, 0, 0, 1)),
+    ];
+    for (reply, counted) in answers {
+        let (_, _, mut w, sends) = sending(&[(0, false)]);
+        send_answers(
+            &mut w,
+            sends[0].0,
+            SendResponse::Unknown {
+                reason: "timed out".into(),
+            },
+            10,
+        );
+        let (op, request) = next_store(&mut w);
+        assert!(
+            matches!(request, StoreOp::AwaitOutcome { .. }),
+            "{request:?}"
+        );
+        store_answers(&mut w, op, reply.clone(), 20);
+        assert_eq!(w.held(), 0, "{reply:?} lets the run go");
+        let s = w.stats();
+        assert_eq!(
+            (s.fenced, s.awaiting, s.failed, s.completed),
+            counted,
+            "{reply:?}"
+        );
+    }
+}
+
+/// The settings of the backoff tests: a short base, so each wait shows.
+fn quick_retry() -> WorkerConfig {
+    WorkerConfig {
+        retry: oncesend_core::RetryPolicy {
+            base_ms: 100,
+            ..config().retry
+        },
+        ..config()
+    }
+}
+
+/// The waits a worker seeded `seed` draws for its first failures in a row,
+/// under `quick_retry`; `None` unless each differs from what the attempt
+/// before it would have drawn (so a test of them shows the count).
+fn drawn_waits(seed: u64, failures: u32) -> Option<Vec<u64>> {
+    let policy = quick_retry().retry;
+    let mut rng = oncesend_core::rng::SplitMix64::new(seed);
+    (1..=failures)
+        .map(|attempt| {
+            let r = rng.next_u64();
+            let wait = policy.backoff_ms(attempt, r).max(1);
+            (wait != policy.backoff_ms(attempt - 1, r).max(1)).then_some(wait)
+        })
+        .collect()
+}
+
+/// A write that did not reach the store is repeated after a backoff that
+/// grows with each failure in a row.
+#[test]
+fn a_write_that_keeps_failing_backs_off_further_each_time() {
+    let seed = (1..1_000).find(|&s| drawn_waits(s, 2).is_some()).unwrap();
+    let waits = drawn_waits(seed, 2).unwrap();
+    let (mut store, run, mut w, sends) = sending_with(quick_retry(), seed, &[(0, false)]);
+    sent(&mut w, sends[0].0, 10);
+    let (op, request) = next_store(&mut w);
+    assert!(matches!(request, StoreOp::Complete { .. }));
+    store_down(&mut w, op, 20);
+    assert_eq!(w.poll_timeout(), Some(20 + waits[0]));
+    w.handle(WorkerEvent::Tick, 20 + waits[0]);
+    let (op, request) = next_store(&mut w);
+    assert!(matches!(request, StoreOp::Complete { .. }));
+    store_down(&mut w, op, 30 + waits[0]);
+    assert_eq!(w.poll_timeout(), Some(30 + waits[0] + waits[1]));
+    w.handle(WorkerEvent::Tick, 30 + waits[0] + waits[1]);
+    settle(&mut w, &mut store, 40 + waits[0] + waits[1]);
+    assert_eq!(
+        common::view(&mut store, run).status,
+        oncesend_core::RunStatus::Completed
+    );
+}
+
+/// A send the engine could not be reached for, or that is still in
+/// progress there, goes again after a backoff that grows with each failure
+/// in a row.
+#[test]
+fn a_send_that_keeps_failing_to_arrive_backs_off_further_each_time() {
+    let seed = (1..1_000).find(|&s| drawn_waits(s, 2).is_some()).unwrap();
+    let waits = drawn_waits(seed, 2).unwrap();
+    let unreachable = || Err(oncesend_core::worker::EngineUnreachable("refused".into()));
+    let in_progress = || Ok(SendResponse::InProgress);
+    for reply in [unreachable, in_progress] {
+        let (mut store, _, mut w, sends) = sending_with(quick_retry(), seed, &[(0, false)]);
+        w.handle(
+            WorkerEvent::SendReplied {
+                op: sends[0].0,
+                reply: reply(),
+            },
+            10,
+        );
+        assert_eq!(w.poll_timeout(), Some(10 + waits[0]), "{:?}", reply());
+        w.handle(WorkerEvent::Tick, 10 + waits[0]);
+        let sends = settle(&mut w, &mut store, 10 + waits[0]);
+        assert_eq!(sends.len(), 1);
+        w.handle(
+            WorkerEvent::SendReplied {
+                op: sends[0].0,
+                reply: reply(),
+            },
+            20 + waits[0],
+        );
+        assert_eq!(
+            w.poll_timeout(),
+            Some(20 + waits[0] + waits[1]),
+            "{:?}",
+            reply()
+        );
+    }
+}
+
+/// The engine's wait is held with the lease up to `MAX_HELD_WAIT_MS`
+/// exclusive; from there on the run is released until then.
+#[test]
+fn a_busy_wait_of_the_held_limit_or_more_releases_the_run() {
+    let held = oncesend_core::worker::MAX_HELD_WAIT_MS - 1;
+    let (_, _, mut w, sends) = sending(&[(0, false)]);
+    send_answers(
+        &mut w,
+        sends[0].0,
+        SendResponse::Busy {
+            retry_after_ms: held,
+        },
+        10,
+    );
+    assert!(w.poll_effect().is_none(), "waited out with the lease held");
+    assert_eq!(w.held(), 1);
+
+    let released = oncesend_core::worker::MAX_HELD_WAIT_MS;
+    let (_, _, mut w, sends) = sending(&[(0, false)]);
+    send_answers(
+        &mut w,
+        sends[0].0,
+        SendResponse::Busy {
+            retry_after_ms: released,
+        },
+        10,
+    );
+    let (_, request) = next_store(&mut w);
+    assert!(
+        matches!(request, StoreOp::Release { after_ms, .. } if after_ms == released),
+        "{request:?}"
+    );
+}
+
+/// A run claimed with its last attempt used is failed without a send; one
+/// attempt short of that, it is sent.
+#[test]
+fn a_run_claimed_with_its_attempts_used_up_fails_without_a_send() {
+    let max = config().retry.max_attempts;
+    for (attempts, sends) in [(max, false), (max - 1, true)] {
+        let mut store = MemStore::new();
+        one_run(&mut store);
+        let mut run = common::claim_as(&mut store, "w", 1, 3_000, 0).remove(0);
+        run.attempts = attempts;
+        let mut w = Worker::new(config(), 1).unwrap();
+        w.handle(WorkerEvent::Tick, 0);
+        let (op, _) = next_store(&mut w);
+        store_answers(&mut w, op, StoreReply::Claimed(vec![run]), 10);
+        match w.poll_effect() {
+            Some(WorkerEffect::Send { .. }) => assert!(sends, "{attempts} attempts"),
+            Some(WorkerEffect::Store {
+                request: StoreOp::Fail { reason, .. },
+                ..
+            }) => {
+                assert!(!sends, "{attempts} attempts");
+                assert!(
+                    reason.contains(&format!("gave up after {max} attempts")),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A write waiting to be repeated is not repeated early when something
+/// else wakes its run (its heartbeat falling due).
+#[test]
+fn a_write_waiting_to_be_repeated_waits_through_a_heartbeat() {
+    let seed = (1..1_000)
+        .find(|&s| drawn_waits(s, 1).is_some_and(|w| w[0] > 20))
+        .unwrap();
+    let wait = drawn_waits(seed, 1).unwrap()[0];
+    let (_, _, mut w, sends) = sending_with(quick_retry(), seed, &[(0, false)]);
+    sent(&mut w, sends[0].0, 980);
+    let (op, _) = next_store(&mut w);
+    store_down(&mut w, op, 990);
+    w.handle(WorkerEvent::Tick, 1_000);
+    let (_, request) = next_store(&mut w);
+    assert!(matches!(request, StoreOp::Heartbeat { .. }), "{request:?}");
+    assert!(w.poll_effect().is_none(), "the write waits its turn");
+    w.handle(WorkerEvent::Tick, 990 + wait);
+    let (_, request) = next_store(&mut w);
+    assert!(matches!(request, StoreOp::Complete { .. }), "{request:?}");
+}
+
+/// After a step is sent, the worker keeps the lease for the next one only
+/// when it is due at once, follows mere sending, and no shutdown is under
+/// way; a delay, a wait for a status, or a shutdown gives the lease up.
+#[test]
+fn an_advance_keeps_the_lease_only_for_a_next_step_due_at_once() {
+    for (next, draining, kept) in [
+        ((0, false), false, None),
+        ((5_000, false), false, Some(5_000)),
+        ((0, true), false, Some(0)),
+        ((0, false), true, Some(0)),
+    ] {
+        let (_, _, mut w, sends) = sending(&[(0, false), next]);
+        if draining {
+            w.handle(WorkerEvent::Shutdown, 5);
+        }
+        sent(&mut w, sends[0].0, 10);
+        let (_, request) = next_store(&mut w);
+        match request {
+            StoreOp::Advance { delay_ms, .. } => {
+                assert_eq!(delay_ms, kept, "next {next:?}, draining {draining}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
