@@ -569,7 +569,11 @@ fn a_claim_sets_the_next_claim_and_the_first_heartbeat() {
     let (op, request) = next_store(&mut w);
     let reply = store.apply(request);
     store_answers(&mut w, op, reply, 120);
-    assert_eq!(w.poll_timeout(), Some(170), "answered at 120, polls every 50");
+    assert_eq!(
+        w.poll_timeout(),
+        Some(170),
+        "answered at 120, polls every 50"
+    );
 
     // An answer a claim cannot use: the same wait.
     w.handle(WorkerEvent::Tick, 170);
