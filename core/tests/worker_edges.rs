@@ -659,32 +659,13 @@ fn a_claim_counts_the_runs_it_rescued() {
 /// turned out to have.
 #[test]
 fn each_answer_to_a_write_is_counted_once_under_its_own_name() {
+    let run_is = |status| StoreReply::RunIs { status };
     let answers = [
         (StoreReply::Fenced, (1, 0, 0, 0)),
-        (
-            StoreReply::RunIs {
-                status: oncesend_core::RunStatus::Waiting,
-            },
-            (0, 1, 0, 0),
-        ),
-        (
-            StoreReply::RunIs {
-                status: oncesend_core::RunStatus::Failed,
-            },
-            (0, 0, 1, 0),
-        ),
-        (
-            StoreReply::RunIs {
-                status: oncesend_core::RunStatus::Completed,
-            },
-            (0, 0, 0, 1),
-        ),
-        (
-            StoreReply::RunIs {
-                status: oncesend_core::RunStatus::Pending,
-            },
-            (0, 0, 0, 0),
-        ),
+        (run_is(oncesend_core::RunStatus::Waiting), (0, 1, 0, 0)),
+        (run_is(oncesend_core::RunStatus::Failed), (0, 0, 1, 0)),
+        (run_is(oncesend_core::RunStatus::Completed), (0, 0, 0, 1)),
+        (run_is(oncesend_core::RunStatus::Pending), (0, 0, 0, 0)),
         (StoreReply::Failed { dead: true }, (0, 0, 1, 0)),
         (StoreReply::Completed, (0, 0, 0, 1)),
     ];
