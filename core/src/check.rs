@@ -85,8 +85,10 @@ pub struct History {
     pub begun: Vec<BegunSend>,
     /// Sender pauses, as the store recorded them.
     pub pauses: Vec<PauseWindow>,
-    /// Each time the provider (a `failed` status) or an operator (a step
-    /// resolved or retried as not sent) said a key did not go out, in the
+    /// Each time the provider (a `failed` status about the key's latest
+    /// call; a repeat about an earlier call excuses nothing) or an
+    /// operator (a step resolved or retried as not sent) said a key did
+    /// not go out, in the
     /// clock of [`ProviderCall::at_ms`]: the one thing that lets a key
     /// reach the provider again.
     pub said_failed: Vec<ProviderCall>,

@@ -258,6 +258,129 @@ fn a_failed_status_sends_the_step_again_and_a_late_one_resends_nothing() {
     assert!(d.last_error.unwrap().contains("131000"));
 }
 
+/// A status naming the provider's message `id`; answers whether it
+/// changed the ledger.
+fn receipt_about(
+    store: &mut MemStore,
+    key: DeliveryKey,
+    id: &str,
+    status: ReceiptStatus,
+    now: u64,
+) -> bool {
+    let reply = store.apply(StoreOp::RecordReceipt {
+        key,
+        status,
+        provider_message_id: Some(id.into()),
+        reason: (status == ReceiptStatus::Failed).then(|| "(#131026) Message undeliverable".into()),
+        resend: true,
+        now_ms: now,
+    });
+    let StoreReply::ReceiptRecorded { changed, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    changed
+}
+
+#[test]
+fn a_repeated_failed_status_about_an_earlier_call_does_not_settle_the_next_one() {
+    // Each call the provider takes has its own message id. The first call
+    // for the key fails (its status names wamid.A); the step is sent again
+    // and that call's reply is lost. Meta repeats the old `failed` while
+    // the second call is under way: it is about the first call, and must
+    // not make the second one look failed, or the step would go out a
+    // third time after the second had reached the recipient.
+    let mut store = MemStore::new();
+    let a = enqueue(&mut store, 1, "+5511913390001", vec![step(After::Sent)], 0);
+    let (key, epoch) = send(&mut store, a, lost(), 10);
+    await_outcome(&mut store, key, epoch, Some(WAIT), 20);
+    assert!(receipt_about(
+        &mut store,
+        key,
+        "wamid.A",
+        ReceiptStatus::Failed,
+        30
+    ));
+    assert_eq!(view(&mut store, a).status, RunStatus::Pending);
+
+    // The second call begins; the repeated `failed` comes while it is
+    // `sending`, and again once its reply was lost.
+    let claimed = claim(&mut store, 40);
+    let epoch = claimed[0].epoch;
+    let begun = store.apply(StoreOp::BeginDelivery {
+        key,
+        epoch,
+        send_timeout_ms: SEND_TIMEOUT,
+        now_ms: 40,
+    });
+    assert!(
+        matches!(begun, StoreReply::Begun { attempt: 2, .. }),
+        "{begun:?}"
+    );
+    assert!(!receipt_about(
+        &mut store,
+        key,
+        "wamid.A",
+        ReceiptStatus::Failed,
+        45
+    ));
+    store.apply(StoreOp::FinishDelivery {
+        key,
+        outcome: lost(),
+        now_ms: 41 + SEND_TIMEOUT,
+    });
+    assert!(!receipt_about(
+        &mut store,
+        key,
+        "wamid.A",
+        ReceiptStatus::Failed,
+        50 + SEND_TIMEOUT
+    ));
+    await_outcome(&mut store, key, epoch, Some(WAIT), 60 + SEND_TIMEOUT);
+    let v = view(&mut store, a);
+    assert_eq!(
+        v.status,
+        RunStatus::Waiting,
+        "the second call is still unknown"
+    );
+    assert_eq!(
+        v.deliveries[0].as_ref().unwrap().state,
+        DeliveryState::Unknown
+    );
+
+    // The second call's own status settles it, under its own id.
+    assert!(receipt_about(
+        &mut store,
+        key,
+        "wamid.B",
+        ReceiptStatus::Delivered,
+        70 + SEND_TIMEOUT
+    ));
+    let v = view(&mut store, a);
+    assert_eq!(v.status, RunStatus::Completed);
+    let d = v.deliveries[0].clone().unwrap();
+    assert_eq!(d.provider_message_id.as_deref(), Some("wamid.B"));
+    // And once settled, a status about the first call changes nothing,
+    // while the second call's own statuses still move it on.
+    assert!(!receipt_about(
+        &mut store,
+        key,
+        "wamid.A",
+        ReceiptStatus::Failed,
+        80 + SEND_TIMEOUT
+    ));
+    assert!(receipt_about(
+        &mut store,
+        key,
+        "wamid.B",
+        ReceiptStatus::Read,
+        90 + SEND_TIMEOUT
+    ));
+    assert_eq!(
+        view(&mut store, a).deliveries[0].as_ref().unwrap().state,
+        DeliveryState::Read
+    );
+}
+
 #[test]
 fn a_permanent_failure_status_fails_the_run_with_the_providers_reason() {
     let mut store = MemStore::new();

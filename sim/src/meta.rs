@@ -203,8 +203,8 @@ async fn messages(
         shared.log(format!("provider refused {key} for its rate"));
         return refusal;
     }
-    shared.provider_called(key);
-    shared.owe_statuses(key);
+    let call = shared.provider_called(key);
+    shared.owe_statuses(key, call);
     shared.log(format!(
         "[WhatsApp Cloud API] {} message to {}: {}   (key {key})",
         number.tenant,
@@ -236,7 +236,7 @@ async fn messages(
     let body = serde_json::json!({
         "messaging_product": "whatsapp",
         "contacts": [{"input": to, "wa_id": to.trim_start_matches('+')}],
-        "messages": [{"id": format!("wamid.{key}")}],
+        "messages": [{"id": message_id(key, call)}],
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
@@ -272,13 +272,19 @@ fn envelope(phone_number_id: &str, value: serde_json::Value) -> serde_json::Valu
     })
 }
 
+/// The id the provider gives the `call`-th message it took for `key`:
+/// every call its own, as the Cloud API's `wamid`s are.
+fn message_id(key: DeliveryKey, call: u32) -> String {
+    format!("wamid.{key}.{call}")
+}
+
 /// The Cloud API's status webhook body for `owed`, as Meta sends it.
 fn status_payload(owed: &[OwedStatus]) -> serde_json::Value {
     let statuses: Vec<serde_json::Value> = owed
         .iter()
         .map(|o| {
             let mut s = serde_json::json!({
-                "id": format!("wamid.{}", o.key),
+                "id": message_id(o.key, o.call),
                 "status": o.status,
                 "timestamp": ((BASE_MS + o.due_ms) / 1000).to_string(),
                 "recipient_id": "5511913390000",
@@ -355,8 +361,12 @@ async fn post_webhooks(shared: Shared, app_secret: &'static str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let due = shared.take_due_statuses(sim_ms());
         for chunk in due.chunks(20) {
+            // A `failed` excuses the key's next call only when it is about
+            // the latest one; a repeat about an earlier call excuses nothing.
             for o in chunk.iter().filter(|o| o.status == "failed") {
-                shared.note_said_failed(o.key);
+                if o.call + 1 == shared.calls_of(o.key) {
+                    shared.note_said_failed(o.key);
+                }
             }
             let body = serde_json::to_vec(&status_payload(chunk)).expect("json");
             if let Err(why) = post(body).await {

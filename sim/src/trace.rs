@@ -25,6 +25,8 @@ struct Inner {
     trace: Vec<String>,
     calls: Vec<ProviderCall>,
     in_provider: BTreeSet<DeliveryKey>,
+    /// How many calls the provider took for each key.
+    calls_per_key: BTreeMap<DeliveryKey, u32>,
     begins: BTreeSet<DeliveryKey>,
     /// Keys between the engine's `BeginDelivery` and its `FinishDelivery`:
     /// the sends whose provider-call timer runs on the engine's clock.
@@ -128,6 +130,8 @@ pub struct OwedStatus {
     pub due_ms: u64,
     /// The delivery it names.
     pub key: DeliveryKey,
+    /// Which of the key's calls it is about (its message id says so).
+    pub call: u32,
     /// `sent`, `delivered`, `read` or `failed`.
     pub status: &'static str,
     /// For `failed`: the Cloud API error code.
@@ -148,7 +152,7 @@ impl Shared {
 
     /// The provider took `key`: plans the status callbacks it will send,
     /// as the Cloud API does, late, twice, out of order, or not at all.
-    pub fn owe_statuses(&self, key: DeliveryKey) {
+    pub fn owe_statuses(&self, key: DeliveryKey, call: u32) {
         let now = sim_ms();
         self.with(|s| {
             let Some(rng) = s.status_rng.as_mut() else {
@@ -178,6 +182,7 @@ impl Shared {
                     owed.push(OwedStatus {
                         due_ms: due + c * roll(200),
                         key,
+                        call,
                         status,
                         code: (*status == "failed").then_some(131000),
                     });
@@ -194,7 +199,7 @@ impl Shared {
                 s.statuses.drain(..).partition(|o| o.due_ms <= now_ms);
             s.statuses = later;
             let mut due = due;
-            due.sort_by_key(|o| (o.due_ms, o.key, o.status));
+            due.sort_by_key(|o| (o.due_ms, o.key, o.call, o.status));
             due
         })
     }
@@ -442,12 +447,22 @@ impl Shared {
     }
 
     /// Records a message reaching the provider.
-    pub fn provider_called(&self, key: DeliveryKey) {
+    /// Answers which call for `key` this is (0 for the first): the
+    /// provider gives each call it takes its own message id.
+    pub fn provider_called(&self, key: DeliveryKey) -> u32 {
         let at_ms = sim_ms();
         self.with(|s| {
             s.calls.push(ProviderCall { key, at_ms });
             s.in_provider.insert(key);
-        });
+            let n = s.calls_per_key.entry(key).or_insert(0);
+            *n += 1;
+            *n - 1
+        })
+    }
+
+    /// How many calls for `key` the provider has taken.
+    pub fn calls_of(&self, key: DeliveryKey) -> u32 {
+        self.with(|s| s.calls_per_key.get(&key).copied().unwrap_or(0))
     }
 
     /// The provider's reply for `key` left it.

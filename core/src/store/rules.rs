@@ -1291,7 +1291,34 @@ pub fn finish_delivery(
     StoreReply::Finished(rec.state.clone())
 }
 
-/// `RecordReceipt`: a provider's receipt, applied forward only.
+/// Whether a status naming the provider's message `said` is about an
+/// earlier call for the key than the one the ledger now tracks.
+///
+/// The provider gives every call it takes its own message id, and the
+/// ledger keeps the last id it learned. While a call is under way
+/// (`sending`, or `unknown`) its own id is not known yet, so a kept id is
+/// an earlier call's, one that failed and is being sent again: a status
+/// naming it (a late or repeated `failed`, say) must not settle the new
+/// call. Once a call is settled, the id kept is its own, and a status
+/// naming any other is about an earlier call. A status with no id, or a
+/// key with no id kept, is taken as it comes.
+fn about_an_earlier_attempt(rec: &DeliveryRecord, said: Option<&str>) -> bool {
+    let (Some(said), Some(kept)) = (said, rec.provider_message_id.as_deref()) else {
+        return false;
+    };
+    let under_way = matches!(
+        rec.state,
+        DeliveryState::Sending { .. } | DeliveryState::Unknown
+    );
+    if under_way {
+        said == kept
+    } else {
+        said != kept
+    }
+}
+
+/// `RecordReceipt`: a provider's receipt, applied forward only, and only
+/// to the call it is about.
 pub fn record_receipt(
     ledger: Option<&mut DeliveryRecord>,
     status: crate::receipt::ReceiptStatus,
@@ -1302,13 +1329,17 @@ pub fn record_receipt(
     let Some(rec) = ledger else {
         return StoreReply::NotFound;
     };
-    let Some(next) = crate::receipt::progress(&rec.state, status, resend) else {
-        return StoreReply::ReceiptRecorded {
-            state: rec.state.clone(),
-            changed: false,
-        };
+    let unchanged = |rec: &DeliveryRecord| StoreReply::ReceiptRecorded {
+        state: rec.state.clone(),
+        changed: false,
     };
-    if rec.provider_message_id.is_none() {
+    if about_an_earlier_attempt(rec, provider_message_id.as_deref()) {
+        return unchanged(rec);
+    }
+    let Some(next) = crate::receipt::progress(&rec.state, status, resend) else {
+        return unchanged(rec);
+    };
+    if provider_message_id.is_some() {
         rec.provider_message_id = provider_message_id;
     }
     if let DeliveryState::Failed { .. } = next {
