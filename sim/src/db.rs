@@ -47,9 +47,12 @@ pub enum DbResponse {
 }
 
 async fn write_frame<T: Serialize>(s: &mut TcpStream, value: &T) -> std::io::Result<()> {
-    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    s.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    s.write_all(&body).await?;
+    // The length and the body in one write: one segment on the wire.
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, value).map_err(std::io::Error::other)?;
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    s.write_all(&frame).await?;
     s.flush().await
 }
 
