@@ -516,6 +516,24 @@ mod tests {
     }
 
     #[test]
+    fn too_many_raw_steps_are_refused_before_any_step_is_read() {
+        // A flow past the step limit is refused for its length, even when
+        // one of its steps is also wrong: no work is spent on the steps of
+        // a flow that cannot be stored anyway.
+        let id = FlowId::new("f").unwrap();
+        let mut steps = vec![raw(serde_json::json!({"delay_ms": 5}))];
+        steps.extend(vec![raw(serde_json::json!({"text": "Hi"})); MAX_STEPS]);
+        assert_eq!(
+            Flow::from_raw(id.clone(), steps).unwrap_err(),
+            PlanError::StepCount(MAX_STEPS + 1)
+        );
+        assert_eq!(
+            Flow::from_raw(id, vec![]).unwrap_err(),
+            PlanError::StepCount(0)
+        );
+    }
+
+    #[test]
     fn a_template_step_renders_and_reads_back_as_written() {
         let id = FlowId::new("f").unwrap();
         let message = serde_json::json!({"type": "template", "template": {"name": "order_ready", "language": {"code": "pt_BR"},

@@ -152,6 +152,13 @@ impl Pacer {
         }
     }
 
+    /// How many conversations it remembers a last send for (its memory,
+    /// kept near `rate x gap` per sender: past 100,000 it forgets
+    /// everyone whose gap has passed).
+    pub fn remembered(&self) -> usize {
+        self.last_sent_ms.len()
+    }
+
     /// Its limits.
     pub fn config(&self) -> PacingConfig {
         self.config
@@ -162,12 +169,11 @@ impl Pacer {
     pub fn admit(&mut self, tenant: &TenantId, to: &Recipient, now_ms: u64) -> Result<(), u64> {
         let gap_ms = self.config.recipient_gap_ms;
         let conversation = (tenant.clone(), to.clone());
-        if gap_ms > 0 {
-            if let Some(&last) = self.last_sent_ms.get(&conversation) {
-                let next = last.saturating_add(gap_ms);
-                if now_ms < next {
-                    return Err(next - now_ms);
-                }
+        // With no gap nothing is ever remembered, so this finds nothing.
+        if let Some(&last) = self.last_sent_ms.get(&conversation) {
+            let next = last.saturating_add(gap_ms);
+            if now_ms < next {
+                return Err(next - now_ms);
             }
         }
         let (rate, burst) = (self.config.rate_per_s, self.config.burst);
@@ -279,6 +285,46 @@ mod tests {
             assert_eq!(p.admit(&t, &to(1), 0), Ok(()));
         }
         assert_eq!(p.admit(&t, &to(1), 0), Err(13));
+    }
+
+    #[test]
+    fn without_a_gap_nothing_is_remembered_and_a_clock_stepping_back_is_no_gap() {
+        let t = TenantId::default_tenant();
+        let mut p = Pacer::new(PacingConfig {
+            rate_per_s: 1_000,
+            burst: 1_000,
+            recipient_gap_ms: 0,
+        });
+        assert_eq!(p.admit(&t, &to(1), 10_000), Ok(()));
+        assert_eq!(p.remembered(), 0);
+        // The engine host's clock steps back: with no gap configured there
+        // is no gap to wait out.
+        assert_eq!(p.admit(&t, &to(1), 5_000), Ok(()));
+        assert_eq!(p.remembered(), 0);
+    }
+
+    #[test]
+    fn the_remembered_recipients_stay_bounded_by_those_still_in_their_gap() {
+        let t = TenantId::default_tenant();
+        let gap_ms = 1_000;
+        let mut p = Pacer::new(PacingConfig {
+            rate_per_s: u32::MAX,
+            burst: u32::MAX,
+            recipient_gap_ms: gap_ms,
+        });
+        let full = u32::try_from(MAX_REMEMBERED).unwrap();
+        for n in 0..full {
+            assert_eq!(p.admit(&t, &to(n), 0), Ok(()));
+        }
+        assert_eq!(p.remembered(), MAX_REMEMBERED);
+        // One ms before their gaps end they are all still needed...
+        assert_eq!(p.admit(&t, &to(full), gap_ms - 1), Ok(()));
+        assert_eq!(p.remembered(), MAX_REMEMBERED + 1);
+        // ...and at the very ms they end, the table sheds every one of them.
+        assert_eq!(p.admit(&t, &to(full + 1), gap_ms), Ok(()));
+        assert_eq!(p.remembered(), 2);
+        // What was shed no longer holds anyone back.
+        assert_eq!(p.admit(&t, &to(0), gap_ms), Ok(()));
     }
 
     #[test]

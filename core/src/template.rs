@@ -226,6 +226,24 @@ mod tests {
     }
 
     #[test]
+    fn no_piece_is_empty_text() {
+        let t = Template::parse("{{a}}{{b}}").unwrap();
+        assert_eq!(t.render(&vars(&[("a", "1"), ("b", "2")])).unwrap(), "12");
+        // A variable at the very start, two in a row, one at the end: the
+        // parsed pieces hold no empty text to walk over at every render.
+        for source in ["{{a}}", "{{a}}{{b}}", "x{{a}}", "{{a}}x{{b}}"] {
+            let t = Template::parse(source).unwrap();
+            assert!(
+                t.pieces
+                    .iter()
+                    .all(|p| !matches!(p, Piece::Text(s) if s.is_empty())),
+                "{source}: {:?}",
+                t.pieces
+            );
+        }
+    }
+
+    #[test]
     fn malformed_templates_are_refused() {
         assert_eq!(
             Template::parse("ok {{name").unwrap_err(),
