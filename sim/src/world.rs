@@ -699,6 +699,7 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
     }
     let sim_ms_total = sim.elapsed().as_millis() as u64;
     drop(sim);
+    let exercised = shared.daemons_stopped();
 
     // Build the history and check it.
     let calls = shared.calls();
@@ -821,7 +822,7 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
             .count() as u64,
         receipt_settled,
         unknown_timeouts,
-        exercised: shared.exercised(),
+        exercised,
         causes: history
             .causes
             .clone()
