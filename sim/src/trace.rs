@@ -404,6 +404,11 @@ impl Shared {
         exercised
     }
 
+    /// How many handles to this record exist (this one included).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
     /// What the production parts did, summed over every restart.
     fn exercised(&self) -> Exercised {
         self.with(|s| {

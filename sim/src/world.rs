@@ -700,6 +700,14 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
     let sim_ms_total = sim.elapsed().as_millis() as u64;
     drop(sim);
     let exercised = shared.daemons_stopped();
+    // With the simulation gone, nothing of the seed may still hold its
+    // record: whatever did would keep its part of the world alive, for
+    // every seed of a long run.
+    assert_eq!(
+        shared.handles(),
+        1,
+        "seed {seed}: a part of the simulated world outlived the simulation"
+    );
 
     // Build the history and check it.
     let calls = shared.calls();
