@@ -20,4 +20,5 @@ mod sql_bad_conditions;
 mod sql_concurrency;
 mod sql_conformance;
 mod sql_notify;
+mod sql_schema;
 mod tls;

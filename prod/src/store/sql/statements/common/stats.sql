@@ -7,4 +7,5 @@ SELECT COUNT(CASE WHEN status = 'pending' THEN 1 END),
        COUNT(CASE WHEN status = 'waiting' THEN 1 END)
 FROM (SELECT status, run_at_ms FROM runs WHERE is_head
       UNION ALL
-      SELECT status, run_at_ms FROM runs WHERE status = 'pending' AND NOT is_head) o
+      SELECT status, run_at_ms FROM runs
+      WHERE status = 'pending' AND NOT is_head AND finished_at_ms IS NULL) o

@@ -5,7 +5,7 @@
 WITH wanted AS (
     SELECT (SELECT w.seq FROM runs w
             WHERE w.tenant = c.tenant AND w.recipient = c.recipient
-              AND w.status = 'pending' AND NOT w.is_head
+              AND w.status = 'pending' AND NOT w.is_head AND w.finished_at_ms IS NULL
             ORDER BY w.seq LIMIT 1) AS seq
     FROM json_to_recordset($1::json) AS c (tenant text, recipient text)
     WHERE NOT EXISTS (SELECT 1 FROM runs h
