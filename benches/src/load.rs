@@ -139,6 +139,21 @@ pub struct BenchArgs {
     /// Give up, and fail, when no message has been sent for this long.
     #[arg(long, default_value_t = 30)]
     pub stall_secs: u64,
+    /// The raw ceiling measured on this machine in the same sitting, in
+    /// rows per second (`pg_ceiling.sh`'s claim+complete at batch 100):
+    /// the result then also says what fraction of it this run reached.
+    #[arg(long, value_parser = parse_ceiling)]
+    pub ceiling_rows_per_s: Option<f64>,
+}
+
+fn parse_ceiling(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a rate: give the ceiling's rows per second as a positive number, \
+             e.g. 107568"
+        )),
+    }
 }
 
 /// What one bench run measured.
@@ -168,6 +183,8 @@ pub struct BenchReport {
     pub peak_rss_mb: f64,
     /// Seconds from the first message available to the last sent.
     pub drain_secs: f64,
+    /// The ceiling it was measured against, when given.
+    pub ceiling_rows_per_s: Option<f64>,
 }
 
 impl BenchReport {
@@ -187,7 +204,20 @@ impl BenchReport {
             self.max_ms,
             self.peak_rss_mb,
             self.drain_secs
-        )
+        ) + &self
+            .ceiling_ratio()
+            .map(|r| {
+                format!(
+                    " ceiling_rows_per_s={:.0} of_ceiling={r:.3}",
+                    self.ceiling_rows_per_s.unwrap_or_default()
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    /// Messages per second as a fraction of the ceiling, when one was given.
+    pub fn ceiling_ratio(&self) -> Option<f64> {
+        self.ceiling_rows_per_s.map(|c| self.msgs_per_s / c)
     }
 }
 
@@ -403,6 +433,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         } / total_msgs as f64,
         peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
         drain_secs,
+        ceiling_rows_per_s: args.ceiling_rows_per_s,
     })
 }
 

@@ -105,6 +105,21 @@ fn full_path_drains_through_the_engine() {
 }
 
 #[test]
+fn given_the_ceiling_it_says_what_fraction_of_it_was_reached() {
+    let fields = small_workload("store", &["--ceiling-rows-per-s", "1000"]);
+    assert_eq!(fields["ceiling_rows_per_s"], "1000");
+    let ratio = number(&fields, "of_ceiling");
+    let expected = number(&fields, "msgs_per_s") / 1000.0;
+    // Both printed rounded: msgs/s to a unit, the ratio to 3 places.
+    assert!(
+        (ratio - expected).abs() <= 0.001 + 0.5 / 1000.0,
+        "{fields:?}"
+    );
+    let without = small_workload("store", &[]);
+    assert!(!without.contains_key("of_ceiling"), "{without:?}");
+}
+
+#[test]
 fn open_loop_rate_and_delays_drain_too() {
     small_workload("store", &["--rate", "2000", "--delay-ms", "5"]);
 }
@@ -116,6 +131,8 @@ fn bad_flags_say_what_is_wrong() {
         (&["--steps", "0"][..], "--steps"),
         (&["--runs", "0"][..], "--runs"),
         (&["--batch", "1001"][..], "--batch"),
+        (&["--ceiling-rows-per-s", "0"][..], "positive number"),
+        (&["--ceiling-rows-per-s", "fast"][..], "positive number"),
     ] {
         let out = bench(args);
         assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
