@@ -185,6 +185,12 @@ pub struct BenchReport {
     pub drain_secs: f64,
     /// The ceiling it was measured against, when given.
     pub ceiling_rows_per_s: Option<f64>,
+    /// First steps, from their run's enqueue (when they fell due) to their
+    /// recorded send: p50 and p99, in ms.
+    pub from_due_first: Option<(f64, f64)>,
+    /// Later steps, from when they fell due (the previous step's recorded
+    /// send, plus the delay) to their own: p50 and p99, in ms.
+    pub from_due_later: Option<(f64, f64)>,
 }
 
 impl BenchReport {
@@ -204,8 +210,15 @@ impl BenchReport {
             self.max_ms,
             self.peak_rss_mb,
             self.drain_secs
-        ) + &self
-            .ceiling_ratio()
+        ) + &[("first", self.from_due_first), ("later", self.from_due_later)]
+            .iter()
+            .filter_map(|(which, spread)| {
+                let (p50, p99) = (*spread)?;
+                Some(format!(" {which}_p50_ms={p50:.2} {which}_p99_ms={p99:.2}"))
+            })
+            .collect::<String>()
+            + &self
+                .ceiling_ratio()
             .map(|r| {
                 format!(
                     " ceiling_rows_per_s={:.0} of_ceiling={r:.3}",
@@ -410,10 +423,25 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         latencies_us.push(sent.load(Ordering::Relaxed).saturating_sub(enq));
     }
     latencies_us.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((latencies_us.len() as f64 * p).ceil() as usize).clamp(1, latencies_us.len()) - 1;
-        latencies_us[i] as f64 / 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&latencies_us, p);
+    // From the moment each step was due: its run's enqueue for the first
+    // step, the previous step's recorded send plus the delay for the rest.
+    let mut first_us = Vec::with_capacity(args.runs as usize);
+    let mut later_us = Vec::with_capacity(total_msgs as usize - args.runs as usize);
+    for (m, sent) in tally.sent_us.iter().enumerate() {
+        let (run, step) = (m / args.steps as usize, m % args.steps as usize);
+        let sent = sent.load(Ordering::Relaxed);
+        if step == 0 {
+            first_us.push(sent.saturating_sub(tally.enqueued_us[run].load(Ordering::Relaxed)));
+        } else {
+            let due = tally.sent_us[m - 1].load(Ordering::Relaxed) + args.delay_ms * 1000;
+            later_us.push(sent.saturating_sub(due));
+        }
+    }
+    first_us.sort_unstable();
+    later_us.sort_unstable();
+    let spread =
+        |v: &[u64]| (!v.is_empty()).then(|| (percentile_ms(v, 0.5), percentile_ms(v, 0.99)));
     Ok(BenchReport {
         path: args.path.name(),
         db: db.kind(),
@@ -434,7 +462,15 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
         drain_secs,
         ceiling_rows_per_s: args.ceiling_rows_per_s,
+        from_due_first: spread(&first_us),
+        from_due_later: spread(&later_us),
     })
+}
+
+/// The `p` quantile of sorted µs figures, in ms.
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    let i = ((sorted_us.len() as f64 * p).ceil() as usize).clamp(1, sorted_us.len()) - 1;
+    sorted_us[i] as f64 / 1000.0
 }
 
 /// The runs to enqueue: run `i` goes to conversation `i % conversations`.

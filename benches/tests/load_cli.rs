@@ -86,7 +86,24 @@ fn small_workload(path: &str, extra: &[&str]) -> BTreeMap<String, String> {
     );
     assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{fields:?}");
     assert!(number(&fields, "peak_rss_mb") > 0.0, "{fields:?}");
+    // From when each step fell due: first steps and later ones apart.
+    for which in ["first", "later"] {
+        let (p50, p99) = (
+            number(&fields, &format!("{which}_p50_ms")),
+            number(&fields, &format!("{which}_p99_ms")),
+        );
+        assert!(0.0 <= p50 && p50 <= p99 && p99 <= max, "{fields:?}");
+    }
     fields
+}
+
+#[test]
+fn one_step_runs_have_no_later_steps_to_report() {
+    let out = bench(&["--runs", "50", "--steps", "1", "--conversations", "10"]);
+    assert!(out.status.success(), "{out:?}");
+    let fields = result_fields(&out);
+    assert!(fields.contains_key("first_p99_ms"), "{fields:?}");
+    assert!(!fields.contains_key("later_p99_ms"), "{fields:?}");
 }
 
 #[test]
