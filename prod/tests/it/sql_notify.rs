@@ -6,7 +6,7 @@ use crate::support;
 
 use oncesend::store::sql::{SqlClock, SqlOptions, SqlStore};
 use oncesend::store::Store;
-use oncesend_core::{FlowId, NewRun, PlannedStep, Recipient, RunId, StoreOp, TenantId};
+use oncesend_core::{RunId, StoreOp};
 use std::time::Duration;
 
 #[tokio::test]
@@ -34,19 +34,7 @@ async fn an_enqueue_wakes_a_listening_store() {
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let run = NewRun {
-            id: RunId::new(1_000 + i, i),
-            tenant: TenantId::default_tenant(),
-            flow: FlowId::new("f").unwrap(),
-            to: Recipient::parse(&format!("+55119133{i:05}")).unwrap(),
-            steps: vec![PlannedStep {
-                message: oncesend_core::Message::text("hi"),
-                delay_ms: 0,
-                after: Default::default(),
-                after_timeout_ms: None,
-            }],
-            trigger_key: None,
-        };
+        let run = support::one_step_run(RunId::new(1_000 + i, i), &format!("+55119133{i:05}"));
         writer
             .apply(StoreOp::Enqueue { run, now_ms: 1 })
             .await

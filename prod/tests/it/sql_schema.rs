@@ -7,7 +7,7 @@ use crate::support;
 
 use oncesend::store::sql::SqlClock;
 use oncesend::store::Store;
-use oncesend_core::{FlowId, NewRun, PlannedStep, Recipient, RunId, StoreOp, TenantId};
+use oncesend_core::{RunId, StoreOp};
 
 const CLAIM: &str = include_str!("../../src/store/sql/statements/postgres/claim.sql");
 
@@ -69,19 +69,7 @@ async fn no_index_of_runs_names_a_column_a_claim_writes_and_claims_stay_on_their
     // (ten runs: one page, with room left for a new version of each).
     let runs: Vec<StoreOp> = (0..10u64)
         .map(|i| StoreOp::Enqueue {
-            run: NewRun {
-                id: RunId::new(7_000 + i, i),
-                tenant: TenantId::default_tenant(),
-                flow: FlowId::new("f").unwrap(),
-                to: Recipient::parse(&format!("+55119144{i:05}")).unwrap(),
-                steps: vec![PlannedStep {
-                    message: oncesend_core::Message::text("hi"),
-                    delay_ms: 0,
-                    after: Default::default(),
-                    after_timeout_ms: None,
-                }],
-                trigger_key: None,
-            },
+            run: support::one_step_run(RunId::new(7_000 + i, i), &format!("+55119144{i:05}")),
             now_ms: 1,
         })
         .collect();

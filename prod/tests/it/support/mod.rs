@@ -78,3 +78,21 @@ pub async fn reset(store: &SqlStore) {
             .expect("empty a table");
     }
 }
+
+/// A run of one text step, due at once, of the default tenant's flow `f`,
+/// to `to`.
+pub fn one_step_run(id: oncesend_core::RunId, to: &str) -> oncesend_core::NewRun {
+    oncesend_core::NewRun {
+        id,
+        tenant: oncesend_core::TenantId::default_tenant(),
+        flow: oncesend_core::FlowId::new("f").unwrap(),
+        to: oncesend_core::Recipient::parse(to).unwrap(),
+        steps: vec![oncesend_core::PlannedStep {
+            message: oncesend_core::Message::text("hi"),
+            delay_ms: 0,
+            after: Default::default(),
+            after_timeout_ms: None,
+        }],
+        trigger_key: None,
+    }
+}
