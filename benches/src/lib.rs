@@ -3,3 +3,4 @@
 //! `oncesend-bench` (also run as `oncesend bench`).
 
 pub mod load;
+pub mod sizes;

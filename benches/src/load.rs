@@ -35,6 +35,7 @@
 //!   final check is not counted;
 //! - peak memory is the process's `VmHWM`.
 
+use crate::sizes;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use oncesend::api::{self, ApiConfig, AppState};
@@ -65,6 +66,8 @@ const ENQUEUE_CHUNK: usize = 500;
 const LEASE_MS: u64 = 30_000;
 /// The engine's provider-call limit (the workers must agree with it).
 const SEND_TIMEOUT_MS: u64 = 10_000;
+/// How often a soak samples the database's size.
+const SAMPLE_SECS: u64 = 60;
 /// Runs checked at once after the drain.
 const VERIFY_CONCURRENCY: usize = 16;
 
@@ -144,6 +147,37 @@ pub struct BenchArgs {
     /// the result then also says what fraction of it this run reached.
     #[arg(long, value_parser = parse_ceiling)]
     pub ceiling_rows_per_s: Option<f64>,
+    /// Soak: enqueue at `--rate` for this many seconds (the runs are then
+    /// rate × seconds, and `--runs` is not used), print latency and the
+    /// database's size minute by minute, and check a sample of the runs.
+    #[arg(long, requires = "rate", value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub soak_secs: Option<u32>,
+    /// Delete runs finished this many ms ago while the bench runs, as the
+    /// engine's pruner does (every few seconds here, not every minute), so
+    /// the tables stay the size of the work in flight.
+    #[arg(long)]
+    pub prune_retention_ms: Option<u64>,
+    /// Check every Nth run from the store after the drain (default: every
+    /// run; under `--soak-secs`, about 20,000 of them).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub verify_every: Option<u32>,
+}
+
+impl BenchArgs {
+    /// Runs this bench enqueues.
+    pub fn total_runs(&self) -> u32 {
+        match (self.soak_secs, self.rate) {
+            (Some(secs), Some(rate)) => secs.saturating_mul(rate),
+            _ => self.runs,
+        }
+    }
+
+    fn verify_every(&self) -> u32 {
+        self.verify_every.unwrap_or(match self.soak_secs {
+            Some(_) => (self.total_runs() / 20_000).max(1),
+            None => 1,
+        })
+    }
 }
 
 fn parse_ceiling(s: &str) -> Result<f64, String> {
@@ -191,6 +225,10 @@ pub struct BenchReport {
     /// Later steps, from when they fell due (the previous step's recorded
     /// send, plus the delay) to their own: p50 and p99, in ms.
     pub from_due_later: Option<(f64, f64)>,
+    /// Soak: the lowest and highest per-minute p99 from due, in ms.
+    pub minute_p99_ms: Option<(f64, f64)>,
+    /// Soak: the largest the database's tables grew while it ran.
+    pub largest: Option<sizes::Largest>,
 }
 
 impl BenchReport {
@@ -226,6 +264,11 @@ impl BenchReport {
                 )
             })
             .unwrap_or_default()
+            + &self
+                .minute_p99_ms
+                .map(|(lo, hi)| format!(" minute_p99_min_ms={lo:.2} minute_p99_max_ms={hi:.2}"))
+                .unwrap_or_default()
+            + &self.largest.map(|l| l.fields()).unwrap_or_default()
     }
 
     /// Messages per second as a fraction of the ceiling, when one was given.
@@ -334,13 +377,17 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let db = Db::open(&args.database_url, clock.clone())
         .await
         .context("bench needs a database it can load (DATABASE_URL; memory: works anywhere)")?;
-    let total_msgs = u64::from(args.runs) * u64::from(args.steps);
+    let total_runs = args.total_runs();
+    if total_runs > 10_000_000 {
+        bail!("{total_runs} runs is more than the bench holds (10,000,000): lower --rate or --soak-secs");
+    }
+    let total_msgs = u64::from(total_runs) * u64::from(args.steps);
     println!(
         "bench: path={} db={} ({}) runs={} steps={} conversations={} workers={} batch={} send_batch={}{}",
         args.path.name(),
         db.kind(),
         db::redact(&args.database_url),
-        args.runs,
+        total_runs,
         args.steps,
         args.conversations,
         args.workers,
@@ -352,18 +399,19 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         }
     );
 
-    let runs = plan_runs(args, &clock)?;
-    let index: BTreeMap<RunId, u32> = runs
+    let plan = Arc::new(RunPlan::new(args, &clock)?);
+    let index: BTreeMap<RunId, u32> = plan
+        .ids
         .iter()
         .enumerate()
-        .map(|(i, r)| (r.id, i as u32))
+        .map(|(i, id)| (*id, i as u32))
         .collect();
-    assert_eq!(index.len(), runs.len(), "run ids are unique");
+    assert_eq!(index.len(), plan.len(), "run ids are unique");
     let tally = Arc::new(Tally {
         origin: Instant::now(),
         steps: args.steps,
         index,
-        enqueued_us: (0..args.runs).map(|_| AtomicU64::new(0)).collect(),
+        enqueued_us: (0..total_runs).map(|_| AtomicU64::new(0)).collect(),
         sent_us: (0..total_msgs).map(|_| AtomicU64::new(0)).collect(),
         sent: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -378,18 +426,39 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let wakeups: Vec<Arc<Notify>> = (0..args.workers).map(|_| Arc::new(Notify::new())).collect();
 
     if args.rate.is_none() {
-        enqueue_all(&db, &runs, &tally, &wakeups, &clock).await?;
-        println!("bench: {} runs enqueued; draining", args.runs);
+        enqueue_all(&db, &plan, &tally, &wakeups, &clock).await?;
+        println!("bench: {total_runs} runs enqueued; draining");
     }
     let start_us = tally.now_us();
     let txn_start = db.transactions();
     let enqueue_txn_start = db.enqueue_transactions();
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The pruner and the size sampler stop after the workers, in that
+    // order, so the last prune sees every run finished and the last sample
+    // sees what the last prune left.
+    let (prune_stop, prune_rx) = watch::channel(false);
+    let (sample_stop, sample_rx) = watch::channel(false);
     let drain = Drain::start(args, &counted, &clock, &wakeups, stop_rx).await?;
     let enqueuer = args.rate.map(|rate| {
         let (db, tally, wakeups, clock) =
             (db.clone(), tally.clone(), wakeups.clone(), clock.clone());
-        tokio::spawn(async move { enqueue_at(&db, runs, rate, &tally, &wakeups, &clock).await })
+        let plan = plan.clone();
+        tokio::spawn(async move { enqueue_at(&db, &plan, rate, &tally, &wakeups, &clock).await })
+    });
+    let pruner = args.prune_retention_ms.map(|retention_ms| {
+        tokio::spawn(prune_while(
+            db.clone(),
+            clock.clone(),
+            retention_ms,
+            prune_rx,
+        ))
+    });
+    let sampler = args.soak_secs.map(|_| {
+        tokio::spawn(sizes::sample_every(
+            args.database_url.clone(),
+            Duration::from_secs(SAMPLE_SECS),
+            sample_rx,
+        ))
     });
 
     let outcome = wait_for_all(&tally, total_msgs, Duration::from_secs(args.stall_secs)).await;
@@ -401,17 +470,25 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         e.await.context("the enqueuer panicked")??;
     }
     drain.stop().await?;
+    let _ = prune_stop.send(true);
+    let pruned = match pruner {
+        Some(p) => p.await.context("the pruner panicked")??,
+        None => 0,
+    };
+    let _ = sample_stop.send(true);
+    let samples = match sampler {
+        Some(s) => s.await.context("the size sampler panicked")?,
+        None => Vec::new(),
+    };
     outcome?;
+    if args.prune_retention_ms.is_some() {
+        println!("bench: pruned {pruned} finished runs while it ran");
+    }
 
     verify(&db, args, &tally).await?;
 
     let first_us = if args.rate.is_some() {
-        tally
-            .enqueued_us
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(start_us)
+        first_enqueue_us(&tally, start_us)
     } else {
         start_us
     };
@@ -426,8 +503,8 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let pct = |p: f64| percentile_ms(&latencies_us, p);
     // From the moment each step was due: its run's enqueue for the first
     // step, the previous step's recorded send plus the delay for the rest.
-    let mut first_us = Vec::with_capacity(args.runs as usize);
-    let mut later_us = Vec::with_capacity(total_msgs as usize - args.runs as usize);
+    let mut first_us = Vec::with_capacity(total_runs as usize);
+    let mut later_us = Vec::with_capacity((total_msgs - u64::from(total_runs)) as usize);
     for (m, sent) in tally.sent_us.iter().enumerate() {
         let (run, step) = (m / args.steps as usize, m % args.steps as usize);
         let sent = sent.load(Ordering::Relaxed);
@@ -438,6 +515,12 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             later_us.push(sent.saturating_sub(due));
         }
     }
+    let minutes = args
+        .soak_secs
+        .map(|_| by_minute(&tally, args, first_enqueue_us(&tally, start_us)));
+    for m in minutes.iter().flatten() {
+        println!("{}", m.line());
+    }
     first_us.sort_unstable();
     later_us.sort_unstable();
     let spread =
@@ -445,7 +528,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     Ok(BenchReport {
         path: args.path.name(),
         db: db.kind(),
-        runs: args.runs,
+        runs: total_runs,
         steps: args.steps,
         workers: args.workers,
         msgs_per_s: total_msgs as f64 / drain_secs.max(1e-6),
@@ -464,7 +547,116 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         ceiling_rows_per_s: args.ceiling_rows_per_s,
         from_due_first: spread(&first_us),
         from_due_later: spread(&later_us),
+        minute_p99_ms: minutes.as_deref().and_then(p99_range),
+        largest: sizes::largest(&samples),
     })
+}
+
+/// When the first run went in (µs after the tally's origin, plus one).
+fn first_enqueue_us(tally: &Tally, otherwise: u64) -> u64 {
+    tally
+        .enqueued_us
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .filter(|&t| t > 0)
+        .min()
+        .unwrap_or(otherwise)
+}
+
+/// One minute of a soak: the messages recorded sent in it, and how long
+/// after falling due they went.
+#[derive(Debug, Clone)]
+pub struct Minute {
+    /// Minutes from the first enqueue, from 1.
+    pub minute: u64,
+    /// Messages recorded sent in this minute.
+    pub sent: u64,
+    /// First steps: p50 and p99 from due, in ms.
+    pub first: Option<(f64, f64)>,
+    /// Later steps: p50 and p99 from due, in ms.
+    pub later: Option<(f64, f64)>,
+}
+
+impl Minute {
+    fn line(&self) -> String {
+        let spread = |name: &str, s: Option<(f64, f64)>| match s {
+            Some((p50, p99)) => format!(" {name}_p50_ms={p50:.2} {name}_p99_ms={p99:.2}"),
+            None => String::new(),
+        };
+        format!(
+            "soak: minute={} sent={}{}{}",
+            self.minute,
+            self.sent,
+            spread("first", self.first),
+            spread("later", self.later)
+        )
+    }
+
+    /// The worse of its two p99s.
+    fn p99(&self) -> Option<f64> {
+        match (self.first, self.later) {
+            (Some(a), Some(b)) => Some(a.1.max(b.1)),
+            (a, b) => a.or(b).map(|s| s.1),
+        }
+    }
+}
+
+/// Each minute's messages, by when they were recorded sent.
+fn by_minute(tally: &Tally, args: &BenchArgs, origin_us: u64) -> Vec<Minute> {
+    const MINUTE_US: u64 = 60_000_000;
+    let steps = args.steps as usize;
+    let mut buckets: BTreeMap<u64, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
+    for (m, sent) in tally.sent_us.iter().enumerate() {
+        let sent = sent.load(Ordering::Relaxed);
+        if sent == 0 {
+            continue;
+        }
+        let (run, step) = (m / steps, m % steps);
+        let due = if step == 0 {
+            tally.enqueued_us[run].load(Ordering::Relaxed)
+        } else {
+            tally.sent_us[m - 1].load(Ordering::Relaxed) + args.delay_ms * 1000
+        };
+        let bucket = buckets
+            .entry(sent.saturating_sub(origin_us) / MINUTE_US)
+            .or_default();
+        let lat = sent.saturating_sub(due);
+        if step == 0 {
+            bucket.0.push(lat);
+        } else {
+            bucket.1.push(lat);
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(i, (mut first, mut later))| {
+            first.sort_unstable();
+            later.sort_unstable();
+            let spread = |v: &[u64]| {
+                (!v.is_empty()).then(|| (percentile_ms(v, 0.5), percentile_ms(v, 0.99)))
+            };
+            Minute {
+                minute: i + 1,
+                sent: (first.len() + later.len()) as u64,
+                first: spread(&first),
+                later: spread(&later),
+            }
+        })
+        .collect()
+}
+
+/// The lowest and highest p99 of the whole minutes (the last, partial
+/// one, the drain's tail, is left out when there are others).
+fn p99_range(minutes: &[Minute]) -> Option<(f64, f64)> {
+    let whole = match minutes.len() {
+        0 => return None,
+        1 => minutes,
+        n => &minutes[..n - 1],
+    };
+    let p99s: Vec<f64> = whole.iter().filter_map(Minute::p99).collect();
+    let lo = p99s.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = p99s.iter().copied().fold(0.0, f64::max);
+    (!p99s.is_empty()).then_some((lo, hi))
 }
 
 /// The `p` quantile of sorted µs figures, in ms.
@@ -473,34 +665,58 @@ fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[i] as f64 / 1000.0
 }
 
-/// The runs to enqueue: run `i` goes to conversation `i % conversations`.
-fn plan_runs(args: &BenchArgs, clock: &TokioClock) -> anyhow::Result<Vec<NewRun>> {
-    let tenant = TenantId::default_tenant();
-    let flow = FlowId::new("bench").expect("a valid flow id");
-    let now_ms = clock.now_ms();
-    let mut seed = oncesend_core::rng::SplitMix64::new(daemon::os_random());
-    let steps: Vec<PlannedStep> = (0..args.steps)
-        .map(|s| PlannedStep {
-            message: oncesend_core::Message::text(format!("bench message {}", s + 1)),
-            delay_ms: if s == 0 { 0 } else { args.delay_ms },
-            after: Default::default(),
-            after_timeout_ms: None,
+/// The runs to enqueue, made one at a time when they go in: a soak of a
+/// million runs holds sixteen bytes per run here, not a million flows.
+/// Run `i` goes to conversation `i % conversations`.
+struct RunPlan {
+    ids: Vec<RunId>,
+    tenant: TenantId,
+    flow: FlowId,
+    steps: Vec<PlannedStep>,
+    recipients: Vec<Recipient>,
+}
+
+impl RunPlan {
+    fn new(args: &BenchArgs, clock: &TokioClock) -> anyhow::Result<Self> {
+        let now_ms = clock.now_ms();
+        let mut seed = oncesend_core::rng::SplitMix64::new(daemon::os_random());
+        let steps = (0..args.steps)
+            .map(|s| PlannedStep {
+                message: oncesend_core::Message::text(format!("bench message {}", s + 1)),
+                delay_ms: if s == 0 { 0 } else { args.delay_ms },
+                after: Default::default(),
+                after_timeout_ms: None,
+            })
+            .collect();
+        let recipients = (0..args.conversations.min(args.total_runs()))
+            .map(|c| Recipient::parse(&format!("+1555{:08}", c)))
+            .collect::<Result<_, _>>()
+            .context("bench recipients")?;
+        Ok(Self {
+            ids: (0..args.total_runs())
+                .map(|_| RunId::new(now_ms, seed.next_u64()))
+                .collect(),
+            tenant: TenantId::default_tenant(),
+            flow: FlowId::new("bench").expect("a valid flow id"),
+            steps,
+            recipients,
         })
-        .collect();
-    let recipients: Vec<Recipient> = (0..args.conversations)
-        .map(|c| Recipient::parse(&format!("+1555{:08}", c)))
-        .collect::<Result<_, _>>()
-        .context("bench recipients")?;
-    Ok((0..args.runs)
-        .map(|i| NewRun {
-            id: RunId::new(now_ms, seed.next_u64()),
-            tenant: tenant.clone(),
-            flow: flow.clone(),
-            to: recipients[(i % args.conversations) as usize].clone(),
-            steps: steps.clone(),
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn run(&self, i: usize) -> NewRun {
+        NewRun {
+            id: self.ids[i],
+            tenant: self.tenant.clone(),
+            flow: self.flow.clone(),
+            to: self.recipients[i % self.recipients.len()].clone(),
+            steps: self.steps.clone(),
             trigger_key: None,
-        })
-        .collect())
+        }
+    }
 }
 
 /// Enqueues `chunk` in one `apply_batch`, noting each run's enqueue time,
@@ -542,13 +758,16 @@ async fn enqueue_chunk(
 
 async fn enqueue_all(
     db: &Db,
-    runs: &[NewRun],
+    plan: &RunPlan,
     tally: &Tally,
     wakeups: &[Arc<Notify>],
     clock: &TokioClock,
 ) -> anyhow::Result<()> {
-    for chunk in runs.chunks(ENQUEUE_CHUNK) {
-        enqueue_chunk(db, chunk, tally, wakeups, clock).await?;
+    for start in (0..plan.len()).step_by(ENQUEUE_CHUNK) {
+        let chunk: Vec<NewRun> = (start..(start + ENQUEUE_CHUNK).min(plan.len()))
+            .map(|i| plan.run(i))
+            .collect();
+        enqueue_chunk(db, &chunk, tally, wakeups, clock).await?;
     }
     Ok(())
 }
@@ -559,7 +778,7 @@ async fn enqueue_all(
 /// group commit gathers the concurrent ones into shared transactions).
 async fn enqueue_at(
     db: &Db,
-    runs: Vec<NewRun>,
+    plan: &RunPlan,
     rate: u32,
     tally: &Arc<Tally>,
     wakeups: &[Arc<Notify>],
@@ -571,12 +790,12 @@ async fn enqueue_at(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut pending = tokio::task::JoinSet::new();
     let wakeups: Arc<[Arc<Notify>]> = wakeups.into();
-    while next < runs.len() {
+    while next < plan.len() {
         tick.tick().await;
-        let due = ((start.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1).min(runs.len());
-        for run in &runs[next..due] {
+        let due = ((start.elapsed().as_secs_f64() * f64::from(rate)) as usize + 1).min(plan.len());
+        for i in next..due {
             let (db, tally, wakeups) = (db.clone(), tally.clone(), wakeups.clone());
-            let (run, now_ms) = (run.clone(), clock.now_ms());
+            let (run, now_ms) = (plan.run(i), clock.now_ms());
             tally.enqueued_us[tally.index[&run.id] as usize]
                 .store(tally.now_us(), Ordering::Relaxed);
             pending.spawn(async move {
@@ -601,6 +820,34 @@ async fn enqueue_at(
         done.context("an enqueue panicked")??;
     }
     Ok(())
+}
+
+/// How often `--prune-retention-ms` prunes.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
+
+/// Prunes as the engine does, every [`PRUNE_EVERY`], until `stop`; then
+/// once more. Returns the runs it deleted.
+async fn prune_while(
+    db: Db,
+    clock: TokioClock,
+    retention_ms: u64,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<u64> {
+    let mut pruned = 0u64;
+    loop {
+        let stopping = *stop.borrow();
+        pruned += daemon::prune_finished(&db, retention_ms, clock.now_ms())
+            .await
+            .map_err(|e| anyhow::anyhow!("pruning failed: {e}"))?;
+        if stopping {
+            return Ok(pruned);
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
 }
 
 /// Waits until every message is sent; fails when none has been for `stall`.
@@ -877,16 +1124,30 @@ async fn verify(db: &Db, args: &BenchArgs, tally: &Tally) -> anyhow::Result<()> 
     if duplicates > 0 {
         bail!("{duplicates} messages were recorded sent more than once");
     }
-    let ids: Vec<RunId> = tally.index.keys().copied().collect();
+    let every = args.verify_every() as usize;
+    let ids: Vec<RunId> = tally.index.keys().copied().step_by(every).collect();
+    let pruning = args.prune_retention_ms.is_some();
     let problems = Arc::new(Mutex::new(Vec::<String>::new()));
+    let gone = Arc::new(AtomicU64::new(0));
     let mut checks = tokio::task::JoinSet::new();
     for part in ids.chunks(ids.len().div_ceil(VERIFY_CONCURRENCY)) {
-        let (db, part, problems) = (db.clone(), part.to_vec(), problems.clone());
+        let (db, part, problems, gone) =
+            (db.clone(), part.to_vec(), problems.clone(), gone.clone());
         let (steps, path) = (args.steps, args.path);
         checks.spawn(async move {
             for id in part {
-                if let Some(p) = check_run(&db, id, steps, path).await {
-                    problems.lock().expect("problems lock").push(p);
+                match check_run(&db, id, steps, path).await {
+                    // A pruned run finished before it went; that its every
+                    // step was sent once is the tally's to say, below.
+                    Checked::Gone if pruning => {
+                        gone.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Checked::Gone => problems
+                        .lock()
+                        .expect("problems lock")
+                        .push(format!("run {id} is not in the store")),
+                    Checked::Wrong(p) => problems.lock().expect("problems lock").push(p),
+                    Checked::Right => {}
                 }
             }
         });
@@ -911,22 +1172,41 @@ async fn verify(db: &Db, args: &BenchArgs, tally: &Tally) -> anyhow::Result<()> 
     if unsent > 0 {
         bail!("{unsent} messages were never recorded sent");
     }
+    let gone = gone.load(Ordering::Relaxed);
     println!(
-        "bench: verified {} runs completed, each of their {} steps sent exactly once",
-        ids.len(),
-        args.steps
+        "bench: verified {} runs completed, each of their {} steps sent exactly once{}{}",
+        ids.len() as u64 - gone,
+        args.steps,
+        if every > 1 {
+            format!(" (every {every}th of {} runs checked)", tally.index.len())
+        } else {
+            String::new()
+        },
+        if gone > 0 {
+            format!("; {gone} checked runs were already pruned (finished), and the bench saw every step of every run sent once")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
 
-async fn check_run(db: &Db, id: RunId, steps: u32, path: BenchPath) -> Option<String> {
+/// What the store says of one run after the drain.
+enum Checked {
+    Right,
+    Gone,
+    Wrong(String),
+}
+
+async fn check_run(db: &Db, id: RunId, steps: u32, path: BenchPath) -> Checked {
     let view = match db.apply(StoreOp::GetRun { run: id }).await {
         Ok(StoreReply::Run(view)) => view,
-        Ok(other) => return Some(format!("run {id}: GetRun answered {other:?}")),
-        Err(e) => return Some(format!("run {id}: {e}")),
+        Ok(StoreReply::NotFound) => return Checked::Gone,
+        Ok(other) => return Checked::Wrong(format!("run {id}: GetRun answered {other:?}")),
+        Err(e) => return Checked::Wrong(format!("run {id}: {e}")),
     };
     if view.status != RunStatus::Completed || view.cursor != steps {
-        return Some(format!(
+        return Checked::Wrong(format!(
             "run {id} is {} at step {} of {steps}",
             view.status.as_str(),
             view.cursor
@@ -937,17 +1217,17 @@ async fn check_run(db: &Db, id: RunId, steps: u32, path: BenchPath) -> Option<St
             match view.deliveries.get(step).cloned().flatten() {
                 Some(d) if d.state == DeliveryState::Sent && d.attempts == 1 => {}
                 Some(d) => {
-                    return Some(format!(
+                    return Checked::Wrong(format!(
                         "run {id} step {step}: ledger says {} after {} attempts",
                         d.state.as_str(),
                         d.attempts
                     ))
                 }
-                None => return Some(format!("run {id} step {step}: no ledger row")),
+                None => return Checked::Wrong(format!("run {id} step {step}: no ledger row")),
             }
         }
     }
-    None
+    Checked::Right
 }
 
 /// The process's peak resident memory (`VmHWM`), in MiB.
