@@ -1178,7 +1178,7 @@ async fn verify(db: &Db, args: &BenchArgs, tally: &Tally) -> anyhow::Result<()> 
         ids.len() as u64 - gone,
         args.steps,
         if every > 1 {
-            format!(" (every {every}th of {} runs checked)", tally.index.len())
+            format!(" (1 run in {every} of {} checked)", tally.index.len())
         } else {
             String::new()
         },

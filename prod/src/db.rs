@@ -119,6 +119,16 @@ impl Db {
             url: redact(url),
             why: e.0,
         })?;
+        match store.server_warnings().await {
+            Ok(warnings) => {
+                for warning in warnings {
+                    tracing::warn!(db = %redact(url), "{warning}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(db = %redact(url), error = %e, "cannot read the server's settings")
+            }
+        }
         let group = group_options(store.backend());
         Ok(Db::Sql(GroupCommit::new(store, group)))
     }

@@ -94,3 +94,25 @@ async fn no_index_of_runs_names_a_column_a_claim_writes_and_claims_stay_on_their
     tx.rollback().await.unwrap();
     assert_eq!((updated, hot), (10, 10), "claims that were not HOT updates");
 }
+
+#[tokio::test]
+async fn the_store_warns_exactly_when_the_server_does_not_autovacuum() {
+    let Some(url) = support::pg_url() else {
+        return;
+    };
+    let store = support::pg_store(&url, "schema_autovacuum", SqlClock::Caller, 1).await;
+    let setting: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let warnings = store.server_warnings().await.unwrap();
+    if setting == "on" {
+        assert!(warnings.is_empty(), "{warnings:?}");
+    } else {
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(&format!("autovacuum is {setting}")),
+            "{warnings:?}"
+        );
+    }
+}

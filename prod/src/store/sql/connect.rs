@@ -118,6 +118,20 @@ impl SqlStore {
     }
 
     /// Answers when the database does.
+    /// What an operator should know about the server before relying on
+    /// it, one sentence each: PostgreSQL with autovacuum off never reclaims
+    /// what the pruner deletes, so `runs` and `deliveries` only grow.
+    pub async fn server_warnings(&self) -> Result<Vec<String>, StoreUnavailable> {
+        if self.inner.backend != Backend::Postgres {
+            return Ok(Vec::new());
+        }
+        let autovacuum: String = sqlx::query_scalar(postgres::AUTOVACUUM)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(autovacuum_warning(&autovacuum).into_iter().collect())
+    }
+
     pub async fn ping(&self) -> Result<(), StoreUnavailable> {
         sqlx::query(common::PING)
             .execute(&self.inner.pool)
@@ -125,6 +139,19 @@ impl SqlStore {
             .map(|_| ())
             .map_err(unavailable)
     }
+}
+
+/// The warning for the server's `autovacuum` setting, if it needs one.
+fn autovacuum_warning(setting: &str) -> Option<String> {
+    (setting != "on").then(|| {
+        format!(
+            "PostgreSQL's autovacuum is {setting}: the rows every step rewrites and the runs \
+             the pruner deletes stay as dead space, so runs, deliveries and their indexes \
+             grow without bound and claims slow down; set autovacuum = on in postgresql.conf \
+             (oncesend's tables carry their own, more eager, autovacuum settings) or run \
+             VACUUM on runs and deliveries regularly"
+        )
+    })
 }
 
 fn check_schema_name(schema: &str) -> Result<(), sqlx::Error> {
@@ -161,5 +188,19 @@ async fn listen(url: String, wake: Arc<Notify>) {
             tracing::warn!(error = %e, "LISTEN connection lost; workers fall back to polling until it is back");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::autovacuum_warning;
+
+    #[test]
+    fn only_a_server_that_does_not_autovacuum_is_warned_about_and_told_what_to_do() {
+        assert_eq!(autovacuum_warning("on"), None);
+        let warning = autovacuum_warning("off").expect("off is warned about");
+        assert!(warning.contains("autovacuum is off"), "{warning}");
+        assert!(warning.contains("set autovacuum = on"), "{warning}");
+        assert!(warning.contains("VACUUM"), "{warning}");
     }
 }

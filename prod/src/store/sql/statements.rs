@@ -55,6 +55,7 @@ pub(super) mod postgres {
     pub const NOW: &str = sql!("postgres/now.sql");
     pub const NOTIFY: &str = sql!("postgres/notify.sql");
     pub const PLAN_CACHE_MODE: &str = sql!("postgres/plan_cache_mode.sql");
+    pub const AUTOVACUUM: &str = sql!("postgres/autovacuum.sql");
     /// `{schema}`: a checked schema name.
     pub const CREATE_SCHEMA: &str = sql!("postgres/create_schema.sql");
     /// `{schema}`: a checked schema name.
