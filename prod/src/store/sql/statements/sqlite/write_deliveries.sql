@@ -1,12 +1,14 @@
--- `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
+-- Each row turned into JSONB once; see write_runs.sql. `WHERE true` keeps
+-- SQLite from reading ON CONFLICT as a join constraint.
+WITH v AS MATERIALIZED (SELECT jsonb(value) AS j FROM json_each($1))
 INSERT INTO deliveries (run_id, step, state,
     deadline_ms, retryable, epoch, attempts, provider_message_id, last_error, resolved_by,
     resolved_at_ms)
-SELECT unhex(value->>'run_id'), value->>'step', value->>'state', value->>'deadline_ms',
-    value->>'retryable', value->>'epoch', value->>'attempts',
-    value->>'provider_message_id', value->>'last_error', value->>'resolved_by',
-    value->>'resolved_at_ms'
-FROM json_each($1) WHERE true
+SELECT unhex(j->>'run_id'), j->>'step', j->>'state', j->>'deadline_ms',
+    j->>'retryable', j->>'epoch', j->>'attempts',
+    j->>'provider_message_id', j->>'last_error', j->>'resolved_by',
+    j->>'resolved_at_ms'
+FROM v WHERE true
 ON CONFLICT (run_id, step) DO UPDATE SET state = excluded.state,
     deadline_ms = excluded.deadline_ms, retryable = excluded.retryable,
     epoch = excluded.epoch, attempts = excluded.attempts,
