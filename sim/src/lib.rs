@@ -12,6 +12,7 @@ pub mod fault;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod legacy;
+pub mod marks;
 pub mod meta;
 pub mod net;
 pub mod provider;
