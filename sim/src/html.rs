@@ -99,6 +99,8 @@ fn lane_rank(lane: &str) -> u8 {
     } else if lane.starts_with("worker") || lane == "[Queue Worker]" {
         2
     } else if lane == PROVIDER_LANE {
+        5
+    } else if lane == "db" {
         4
     } else {
         3
@@ -112,6 +114,7 @@ fn lane_note(lane: &str) -> &'static str {
         "[Message Queue]" => "poller inside the old engine",
         "[Queue Worker]" => "standalone PM2 worker",
         "engine" => "API, ledger and its own worker",
+        "db" => "its own faults",
         PROVIDER_LANE => "what the recipient got",
         l if l.starts_with("worker") => "standalone worker",
         _ => "",
@@ -132,6 +135,7 @@ fn look(m: &Mark, dup_keys: &BTreeSet<DeliveryKey>) -> (&'static str, &'static s
         MarkKind::Deliver { .. } => ("m deliver", "DELIVERED"),
         MarkKind::Fenced => ("m fenced stop", "FENCED"),
         MarkKind::Replay => ("m replay stop", "LEDGER"),
+        MarkKind::Fault => ("m fault", "FAULT"),
     }
 }
 
@@ -212,6 +216,24 @@ impl<'a> Story<'a> {
         self.marks.iter().filter(move |m| m.keys.contains(&key))
     }
 
+    /// The marks of `key`, and the faults that struck while they happened:
+    /// often the reason a lease lapsed.
+    fn close_up(&self, key: DeliveryKey) -> Vec<&'a Mark> {
+        let touching: Vec<&Mark> = self.touching(key).copied().collect();
+        let (Some(first), Some(last)) = (touching.first(), touching.last()) else {
+            return Vec::new();
+        };
+        let (from, to) = (first.at_ms, last.at_ms);
+        self.marks
+            .iter()
+            .filter(|m| {
+                m.keys.contains(&key)
+                    || (m.kind == MarkKind::Fault && (from..=to).contains(&m.at_ms))
+            })
+            .copied()
+            .collect()
+    }
+
     fn of_kind(&self, key: DeliveryKey, kind: fn(MarkKind) -> bool) -> Vec<&'a Mark> {
         self.touching(key)
             .filter(|m| kind(m.kind))
@@ -276,7 +298,11 @@ impl<'a> Story<'a> {
                 if took.len() > 1 {
                     said.push(format!(
                         "{} processors {verb} ({name}): {}, before either {marked}.",
-                        took.len(),
+                        match took.len() {
+                            2 => "Two".to_string(),
+                            3 => "Three".to_string(),
+                            n => n.to_string(),
+                        },
                         Self::who_when(&took)
                     ));
                 }
@@ -428,14 +454,22 @@ fn mark(out: &mut String, story: &Story, m: &Mark) {
         MarkKind::Deliver { call } if call > 0 => format!(" ({} time)", ordinal(call + 1)),
         _ => String::new(),
     };
-    let _ = write!(
-        out,
-        "<div class=\"{class}\" data-key=\"{}\" title=\"{}\"><b>{tag}</b> {}{nth} <span>{}</span></div>",
-        escape(&keys.join(" ")),
-        escape(&full.join(" ")),
-        escape(&keys.join(", ")),
-        escape(&m.text)
-    );
+    if keys.is_empty() {
+        let _ = write!(
+            out,
+            "<div class=\"{class}\"><b>{tag}</b> <span>{}</span></div>",
+            escape(&m.text)
+        );
+    } else {
+        let _ = write!(
+            out,
+            "<div class=\"{class}\" data-key=\"{}\" title=\"{}\"><b>{tag}</b> {}{nth} <span>{}</span></div>",
+            escape(&keys.join(" ")),
+            escape(&full.join(" ")),
+            escape(&keys.join(", ")),
+            escape(&m.text)
+        );
+    }
 }
 
 const STYLE: &str = "
@@ -462,8 +496,27 @@ table.lanes{border-collapse:collapse;width:100%;table-layout:fixed;font-size:12p
 .deliver{background:#e6f7e6;border-color:#5a5}.again{background:#fffbe0;border-color:#cb4}
 .dup{background:#d00;border-color:#900;color:#fff;font-weight:bold}.dup span{color:#fff}
 .stop{background:#dff5f0;border-color:#087;border-width:2px}.stop b{color:#065}
+.fault{background:#fff;border-color:#a60;border-style:dashed;color:#840}
 .note{color:#555;font-size:12px}
 ";
+
+/// Each kind of mark as the legend explains it: class, tag, words.
+const LEGEND: [(&str, &str, &str); 10] = [
+    ("m read", "READ", "rows read to send"),
+    ("m claim", "CLAIM", "lease taken, epoch bumped"),
+    ("m write", "WRITE", "a write that went through"),
+    ("m send", "SEND", "handed to the provider"),
+    ("m deliver", "DELIVERED", "the recipient got it"),
+    ("m deliver dup", "DUPLICATE", "the recipient got it again"),
+    (
+        "m deliver again",
+        "SENT AGAIN",
+        "after the provider said it failed",
+    ),
+    ("m fenced stop", "FENCED", "stale lease: refused"),
+    ("m replay stop", "LEDGER", "already sent: not sent again"),
+    ("m fault", "FAULT", "injected by the simulation"),
+];
 
 /// The page, as bytes to write to a file.
 pub fn render(page: &Page) -> String {
@@ -502,33 +555,37 @@ pub fn render(page: &Page) -> String {
         let _ = write!(out, "<p>{}</p>", escape(&line));
     }
     out.push_str("</div>\n");
-    out.push_str(concat!(
-        "<ul class=legend>",
-        "<li><span class=\"m read\"><b>READ</b> rows read to send</span></li>",
-        "<li><span class=\"m claim\"><b>CLAIM</b> lease taken, epoch bumped</span></li>",
-        "<li><span class=\"m write\"><b>WRITE</b> a write that went through</span></li>",
-        "<li><span class=\"m send\"><b>SEND</b> handed to the provider</span></li>",
-        "<li><span class=\"m deliver\"><b>DELIVERED</b> the recipient got it</span></li>",
-        "<li><span class=\"m deliver dup\"><b>DUPLICATE</b> got it again</span></li>",
-        "<li><span class=\"m fenced stop\"><b>FENCED</b> stale lease: refused</span></li>",
-        "<li><span class=\"m replay stop\"><b>LEDGER</b> already sent: not sent again</span></li>",
-        "</ul>\n<p class=note>Time is simulated, in ms since the simulation began, and flows down; each host is a column. Hover a mark for its full run id.</p>\n",
-    ));
-    if let Some(report) = &page.failure {
-        let _ = writeln!(
-            out,
-            "<h2>The checker's report: this seed broke an invariant</h2><pre>{}</pre>",
-            escape(report)
-        );
+    // The legend names only what this page shows.
+    let shown: BTreeSet<&str> = story
+        .marks
+        .iter()
+        .map(|m| look(m, &story.dup_keys).0)
+        .collect();
+    out.push_str("<ul class=legend>");
+    for (class, tag, words) in LEGEND {
+        if shown.contains(class) {
+            let _ = write!(
+                out,
+                "<li><span class=\"{class}\"><b>{tag}</b> {words}</span></li>"
+            );
+        }
     }
+    out.push_str("</ul>\n<p class=note>Time is simulated, in ms since the simulation began, and flows down; each host is a column. Hover a mark for its full run id.</p>\n");
     if let Some(key) = story.focus {
-        let rows: Vec<&Mark> = story.touching(key).copied().collect();
+        let rows = story.close_up(key);
         let _ = writeln!(
             out,
             "<h2>Up close: every mark of {}</h2>",
             escape(&story.names.key(&key))
         );
         table(&mut out, &story, &rows, None);
+    }
+    if let Some(report) = &page.failure {
+        let _ = writeln!(
+            out,
+            "<h2>The checker's report: this seed broke an invariant</h2><pre>{}</pre>",
+            escape(report)
+        );
     }
     let shown = story.marks.len().min(MAX_ROWS);
     let _ = writeln!(
@@ -640,7 +697,7 @@ mod tests {
         assert_eq!(html.matches("class=\"m deliver dup\"").count(), 3, "{html}");
         assert!(html.contains("data-key=\"run 1 step 0\""), "{html}");
         assert!(html.contains(
-            "2 processors read the same pending row (run 1 step 0): [Message Queue] at t=10 ms and [Queue Worker] at t=12 ms, before either marked it processing."
+            "Two processors read the same pending row (run 1 step 0): [Message Queue] at t=10 ms and [Queue Worker] at t=12 ms, before either marked it processing."
         ), "{html}");
         assert!(html.contains("Both sent it: +551 got \u{201c}&lt;script&gt;alert(1)&lt;/script&gt;\u{201d} twice (t=15 ms and t=16 ms)."), "{html}");
         // Lanes stand client, processors, provider; a long pause is marked.
@@ -655,11 +712,7 @@ mod tests {
     fn a_second_delivery_the_checker_allows_is_not_a_duplicate() {
         let marks = race();
         let html = render(&page(Mode::Fixed, &marks, &[]));
-        assert_eq!(
-            html.matches("class=\"m deliver dup\"").count(),
-            1,
-            "only the legend's"
-        );
+        assert_eq!(html.matches("class=\"m deliver dup\"").count(), 0, "{html}");
         assert!(html.contains("class=\"m deliver again\""));
     }
 
@@ -695,6 +748,9 @@ mod tests {
                 vec![a],
                 "write refused",
             ),
+            // Why worker-0's lease lapsed, and a fault after it all.
+            m(1_000, "worker-0", MarkKind::Fault, vec![], "paused"),
+            m(3_000, "db", MarkKind::Fault, vec![], "clock off"),
         ];
         let html = render(&page(Mode::Fixed, &marks, &[]));
         assert!(html.contains("<div class=\"verdict good\">"), "{html}");
@@ -717,6 +773,9 @@ mod tests {
             "{html}"
         );
         assert_eq!(html.matches("class=\"m replay stop\"").count(), 3);
+        // The close-up shows the fault that struck between the step's
+        // marks, not the one after them: legend, close-up, timeline twice.
+        assert_eq!(html.matches("class=\"m fault\"").count(), 4, "{html}");
         assert!(!html.contains("class=\"m deliver dup\" data-key"));
     }
 

@@ -8,6 +8,7 @@
 //! random number and sleeps nowhere, so a seed gives the same history with
 //! and without marks.
 
+use crate::fault::{FaultEvent, FaultKind, Node};
 use oncesend_core::store::RunView;
 use oncesend_core::{DeliveryKey, StoreOp, StoreReply};
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,8 @@ pub enum MarkKind {
     Fenced,
     /// The ledger already held the step and answered without sending.
     Replay,
+    /// A fault the simulation injected (it touches no run step).
+    Fault,
 }
 
 impl MarkKind {
@@ -302,6 +305,57 @@ pub fn of_store_op(
             vec![fenced("write", vec![key(*run, step_of(before))], *epoch)]
         }
         _ => Vec::new(),
+    }
+}
+
+/// The mark for a fault as it starts, at simulated `at_ms`, in the lane of
+/// the host it strikes (the db's and the provider's own faults get lanes
+/// of their own).
+pub fn of_fault(at_ms: u64, e: &FaultEvent) -> Mark {
+    let until = format!("until t={} ms", e.heal_ms());
+    let (lane, text) = match &e.kind {
+        FaultKind::Partition { a, b, oneway } => (
+            a.host(),
+            format!(
+                "cut off from {}{} {until}",
+                b.host(),
+                if *oneway { " (one way)" } else { "" }
+            ),
+        ),
+        FaultKind::Hold { a, b } => (a.host(), format!("traffic with {} held {until}", b.host())),
+        FaultKind::Loss { a, b } => (
+            a.host(),
+            format!("5% of packets to {} lost {until}", b.host()),
+        ),
+        FaultKind::Crash { node } => (
+            node.host(),
+            format!("crashed; restarts at t={} ms", e.heal_ms()),
+        ),
+        FaultKind::Pause { worker } => (Node::Worker(*worker).host(), format!("paused {until}")),
+        FaultKind::Skew { skew_ms } => ("db".into(), format!("clock off by {skew_ms} ms {until}")),
+        FaultKind::SlowStore { delay_ms } => {
+            ("db".into(), format!("answers {delay_ms} ms late {until}"))
+        }
+        FaultKind::ClockJump { by_ms } => {
+            ("engine".into(), format!("clock steps {by_ms} ms {until}"))
+        }
+        FaultKind::LoseReplies => (PROVIDER_LANE.into(), format!("loses its replies {until}")),
+        FaultKind::SlowProvider { delay_ms } => (
+            PROVIDER_LANE.into(),
+            format!("answers {delay_ms} ms past the send timeout {until}"),
+        ),
+        FaultKind::SenderBlocked { code } => (
+            PROVIDER_LANE.into(),
+            format!("refuses the sender with error {code} {until}"),
+        ),
+    };
+    Mark {
+        at_ms,
+        lane,
+        by: None,
+        kind: MarkKind::Fault,
+        keys: Vec::new(),
+        text,
     }
 }
 

@@ -906,6 +906,9 @@ fn apply(
 ) {
     let verb = if start { "fault" } else { "heal" };
     shared.log_at(now_ms, format!("{verb}: {:?}", e.kind));
+    if start {
+        shared.marks().add(|| crate::marks::of_fault(now_ms, e));
+    }
     match &e.kind {
         FaultKind::Partition { a, b, oneway } => {
             let (a, b) = (a.host(), b.host());
