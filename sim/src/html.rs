@@ -378,11 +378,18 @@ impl<'a> Story<'a> {
                     ),
                 });
                 let fenced = stops.iter().filter(|m| m.kind == MarkKind::Fenced).count();
+                let ledger = stops.len() - fenced;
+                let mut parts = Vec::new();
+                if fenced > 0 {
+                    parts.push(format!("{fenced} stale write(s) or send(s) by fencing"));
+                }
+                if ledger > 0 {
+                    parts.push(format!("{ledger} second send(s) with the ledger"));
+                }
                 said.push(format!(
-                    "Nothing was sent twice: {} message(s) delivered, each run step once. In this seed the guards stopped {} stale write(s) or send(s) by fencing and {} second send(s) with the ledger.",
+                    "Nothing was sent twice: {} message(s) delivered, each run step once. In this seed the guards stopped {}.",
                     self.deliveries(),
-                    fenced,
-                    stops.len() - fenced
+                    parts.join(" and ")
                 ));
             }
             None => {
