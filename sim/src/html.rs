@@ -15,8 +15,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 /// At most this many rows in the full timeline; a seed with more says so.
-/// About 250 bytes a row keeps a page near 300 KB at worst.
-pub const MAX_ROWS: usize = 1_200;
+/// At about 250 bytes a row, with the close-up's, a page stays under
+/// 300 KB at worst.
+pub const MAX_ROWS: usize = 900;
+/// At most this many rows in the close-up (a step retried hundreds of
+/// times, with the guards off, would otherwise fill it).
+pub const MAX_CLOSE_UP: usize = 120;
 /// A pause this long between two marks gets a divider saying so.
 const GAP_MS: u64 = 200;
 
@@ -148,15 +152,6 @@ fn ordinal(n: u32) -> String {
     }
 }
 
-/// Who did a mark, in words: "worker-1 (through the engine)" for a send the
-/// engine recorded for a worker.
-fn who(m: &Mark) -> String {
-    match &m.by {
-        Some(by) if *by != m.lane => format!("{by} (through the {})", m.lane),
-        _ => m.lane.clone(),
-    }
-}
-
 /// Everything the page says, worked out once from the marks.
 struct Story<'a> {
     marks: Vec<&'a Mark>,
@@ -166,6 +161,9 @@ struct Story<'a> {
     /// The run step the close-up follows: the first one delivered twice,
     /// or else the first one a guard stopped.
     focus: Option<DeliveryKey>,
+    /// Which lane claimed each run at each epoch: a send the engine
+    /// records carries the epoch of the claim it was made for.
+    claimers: BTreeMap<(RunId, u64), &'a str>,
 }
 
 impl<'a> Story<'a> {
@@ -203,12 +201,39 @@ impl<'a> Story<'a> {
             }
         }
         let first_stop = best_stop.map(|(_, key)| key);
+        let claimers = marks
+            .iter()
+            .filter(|m| m.kind == MarkKind::Claim)
+            .filter_map(|m| Some(((m.keys.first()?.run, m.epoch?), m.lane.as_str())))
+            .collect();
         Self {
             marks,
             names,
             lanes,
             dup_keys,
             focus: first_dup.or(first_stop),
+            claimers,
+        }
+    }
+
+    /// The processor a send was made for, when another host made it (the
+    /// engine sends for the workers): the lane that claimed its epoch.
+    fn by(&self, m: &'a Mark) -> &'a str {
+        let claimer = match (m.kind, m.keys.first(), m.epoch) {
+            (MarkKind::Send | MarkKind::Replay, Some(k), Some(e)) => {
+                self.claimers.get(&(k.run, e)).copied()
+            }
+            _ => None,
+        };
+        claimer.unwrap_or(&m.lane)
+    }
+
+    /// Who did a mark, in words: "worker-1 (through the engine)" for a
+    /// send the engine recorded for a worker.
+    fn who(&self, m: &'a Mark) -> String {
+        match self.by(m) {
+            by if by != m.lane => format!("{by} (through the {})", m.lane),
+            _ => m.lane.clone(),
         }
     }
 
@@ -249,10 +274,10 @@ impl<'a> Story<'a> {
     }
 
     /// "X at t=1 ms and Y at t=2 ms".
-    fn who_when(marks: &[&Mark]) -> String {
+    fn who_when(&self, marks: &[&'a Mark]) -> String {
         let parts: Vec<String> = marks
             .iter()
-            .map(|m| format!("{} at t={} ms", who(m), m.at_ms))
+            .map(|m| format!("{} at t={} ms", self.who(m), m.at_ms))
             .collect();
         match parts.as_slice() {
             [] => String::new(),
@@ -275,11 +300,12 @@ impl<'a> Story<'a> {
                 let name = self.names.key(&key);
                 let mut took: Vec<&Mark> =
                     self.of_kind(key, |k| matches!(k, MarkKind::Read | MarkKind::Claim));
-                // The first read or claim of each processor that sent it.
+                // The first read or claim of each processor that sent it
+                // (itself, or through the engine).
                 let senders: BTreeSet<&str> = self
                     .of_kind(key, |k| k == MarkKind::Send)
                     .iter()
-                    .map(|m| m.lane.as_str())
+                    .map(|m| self.by(m))
                     .collect();
                 let mut seen = BTreeSet::new();
                 took.retain(|m| senders.contains(m.lane.as_str()) && seen.insert(m.lane.clone()));
@@ -297,13 +323,14 @@ impl<'a> Story<'a> {
                 };
                 if took.len() > 1 {
                     said.push(format!(
-                        "{} processors {verb} ({name}): {}, before either {marked}.",
+                        "{} processors {verb} ({name}): {}, before {} {marked}.",
                         match took.len() {
                             2 => "Two".to_string(),
                             3 => "Three".to_string(),
                             n => n.to_string(),
                         },
-                        Self::who_when(&took)
+                        self.who_when(&took),
+                        if took.len() == 2 { "either" } else { "any" }
                     ));
                 }
                 let times: Vec<String> = delivered
@@ -350,9 +377,11 @@ impl<'a> Story<'a> {
                     .filter(|m| m.keys.contains(&key))
                     .filter_map(|m| match m.kind {
                         MarkKind::Claim => {
-                            Some(format!("{} claimed it at t={} ms", who(m), m.at_ms))
+                            Some(format!("{} claimed it at t={} ms", self.who(m), m.at_ms))
                         }
-                        MarkKind::Send => Some(format!("{} sent it at t={} ms", who(m), m.at_ms)),
+                        MarkKind::Send => {
+                            Some(format!("{} sent it at t={} ms", self.who(m), m.at_ms))
+                        }
                         MarkKind::Deliver { .. } => {
                             Some(format!("the recipient got it at t={} ms", m.at_ms))
                         }
@@ -369,12 +398,12 @@ impl<'a> Story<'a> {
                     MarkKind::Fenced => format!(
                         "At t={} ms {} came back to {name} holding a lease that had lapsed, and the store fenced it off: what it asked changed nothing.{before}",
                         stop.at_ms,
-                        who(stop)
+                        self.who(stop)
                     ),
                     _ => format!(
                         "At t={} ms {} asked to send {name} again, and the ledger already held that send: the engine answered what it knew and called no provider.{before}",
                         stop.at_ms,
-                        who(stop)
+                        self.who(stop)
                     ),
                 });
                 let fenced = stops.iter().filter(|m| m.kind == MarkKind::Fenced).count();
@@ -457,6 +486,12 @@ fn mark(out: &mut String, story: &Story, m: &Mark) {
     let (class, tag) = look(m, &story.dup_keys);
     let keys: Vec<String> = m.keys.iter().map(|k| story.names.key(k)).collect();
     let full: Vec<String> = m.keys.iter().map(|k| k.to_string()).collect();
+    let by = story.by(m);
+    let for_whom = if by != m.lane {
+        format!(" for {by}")
+    } else {
+        String::new()
+    };
     let nth = match m.kind {
         MarkKind::Deliver { call } if call > 0 => format!(" ({} time)", ordinal(call + 1)),
         _ => String::new(),
@@ -470,10 +505,11 @@ fn mark(out: &mut String, story: &Story, m: &Mark) {
     } else {
         let _ = write!(
             out,
-            "<div class=\"{class}\" data-key=\"{}\" title=\"{}\"><b>{tag}</b> {}{nth} <span>{}</span></div>",
+            "<div class=\"{class}\" data-key=\"{}\" title=\"{}\"><b>{tag}</b> {}{nth}{} <span>{}</span></div>",
             escape(&keys.join(" ")),
             escape(&full.join(" ")),
             escape(&keys.join(", ")),
+            escape(&for_whom),
             escape(&m.text)
         );
     }
@@ -585,7 +621,19 @@ pub fn render(page: &Page) -> String {
             "<h2>Up close: every mark of {}</h2>",
             escape(&story.names.key(&key))
         );
-        table(&mut out, &story, &rows, None);
+        table(
+            &mut out,
+            &story,
+            &rows[..rows.len().min(MAX_CLOSE_UP)],
+            None,
+        );
+        if rows.len() > MAX_CLOSE_UP {
+            let _ = writeln!(
+                out,
+                "<p class=note>The close-up stops at the first {MAX_CLOSE_UP} of {} marks of this step.</p>",
+                rows.len()
+            );
+        }
     }
     if let Some(report) = &page.failure {
         let _ = writeln!(
@@ -643,7 +691,7 @@ mod tests {
         Mark {
             at_ms,
             lane: lane.into(),
-            by: None,
+            epoch: None,
             kind,
             keys,
             text: text.into(),
@@ -716,6 +764,50 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_sent_through_the_engine_is_told_by_the_workers_that_sent_it() {
+        // The new design with both guards off: two workers claim one step
+        // and the engine sends it for each.
+        let a = key(1, 0);
+        let at = |epoch: u64, mark: Mark| Mark {
+            epoch: Some(epoch),
+            ..mark
+        };
+        let marks = vec![
+            at(1, m(5, "worker-1", MarkKind::Claim, vec![a], "epoch 1")),
+            at(2, m(6, "worker-2", MarkKind::Claim, vec![a], "epoch 2")),
+            at(1, m(7, "engine", MarkKind::Send, vec![a], "sending")),
+            at(2, m(8, "engine", MarkKind::Send, vec![a], "sending")),
+            m(
+                9,
+                PROVIDER_LANE,
+                MarkKind::Deliver { call: 0 },
+                vec![a],
+                "to +551: hi",
+            ),
+            m(
+                10,
+                PROVIDER_LANE,
+                MarkKind::Deliver { call: 1 },
+                vec![a],
+                "to +551: hi",
+            ),
+        ];
+        let dups = [(a, 2)];
+        let html = render(&page(Mode::Fixed, &marks, &dups));
+        assert!(
+            html.contains(
+                "Two processors took the same step (run 1 step 0): worker-1 at t=5 ms and worker-2 at t=6 ms, before either recorded it sent."
+            ),
+            "{html}"
+        );
+        assert!(html.contains("Both sent it: +551 got"), "{html}");
+        assert!(
+            html.contains("a guard turned off or a bug planted"),
+            "{html}"
+        );
+    }
+
+    #[test]
     fn a_second_delivery_the_checker_allows_is_not_a_duplicate() {
         let marks = race();
         let html = render(&page(Mode::Fixed, &marks, &[]));
@@ -726,16 +818,13 @@ mod tests {
     #[test]
     fn a_stopped_send_is_the_close_up_of_a_clean_seed() {
         let a = key(1, 0);
-        let by = |who: &str, mark: Mark| Mark {
-            by: Some(who.into()),
+        let at = |epoch: u64, mark: Mark| Mark {
+            epoch: Some(epoch),
             ..mark
         };
         let marks = vec![
-            m(5, "worker-0", MarkKind::Claim, vec![a], "lease epoch 1"),
-            by(
-                "worker-0",
-                m(6, "engine", MarkKind::Send, vec![a], "sending"),
-            ),
+            at(1, m(5, "worker-0", MarkKind::Claim, vec![a], "epoch 1")),
+            at(1, m(6, "engine", MarkKind::Send, vec![a], "sending")),
             m(
                 7,
                 PROVIDER_LANE,
@@ -743,9 +832,9 @@ mod tests {
                 vec![a],
                 "to +551: hi",
             ),
-            m(2_500, "worker-1", MarkKind::Claim, vec![a], "lease epoch 2"),
-            by(
-                "worker-1",
+            at(2, m(2_500, "worker-1", MarkKind::Claim, vec![a], "epoch 2")),
+            at(
+                2,
                 m(2_501, "engine", MarkKind::Replay, vec![a], "held sent"),
             ),
             m(

@@ -193,7 +193,7 @@ pub async fn processor(
         shared.log(format!("{name} Processing {} messages", rows.len()));
         let marks = shared.marks();
         marks.add(|| Mark {
-            by: None,
+            epoch: None,
             at_ms: sim_ms(),
             lane: name.into(),
             kind: MarkKind::Read,
@@ -202,7 +202,7 @@ pub async fn processor(
         });
         let mark = |kind, m: &LegacyMessage, text: &str| {
             marks.add(|| Mark {
-                by: None,
+                epoch: None,
                 at_ms: sim_ms(),
                 lane: name.into(),
                 kind,

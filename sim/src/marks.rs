@@ -61,9 +61,10 @@ pub struct Mark {
     pub at_ms: u64,
     /// The host (or, in the old system, the processor) that did it.
     pub lane: String,
-    /// The processor it was done for, when another host did it: the
-    /// engine records a worker's send in the ledger.
-    pub by: Option<String>,
+    /// The lease epoch it was done under: a claim's, and the one a send
+    /// carries. It ties a send the engine records to the claim (and so the
+    /// worker) it was made for.
+    pub epoch: Option<u64>,
     /// What it was.
     pub kind: MarkKind,
     /// The run steps it touched (a read may touch many).
@@ -133,16 +134,6 @@ fn why_fenced(run: Option<&RunView>, epoch: u64, now_ms: u64) -> String {
     }
 }
 
-/// The lane of the worker a lease names: the engine's own workers are
-/// called `inner-…`, the standalone ones by their host.
-fn lane_of_worker(owner: &str) -> String {
-    if owner.starts_with("inner-") {
-        "engine".to_string()
-    } else {
-        owner.to_string()
-    }
-}
-
 /// The step a run-level op was about: the run's cursor, or its last step
 /// once it has finished (the cursor then counts past the end).
 fn step_of(run: Option<&RunView>) -> u32 {
@@ -164,7 +155,7 @@ pub fn of_store_op(
     let mark = |kind, keys: Vec<DeliveryKey>, text: String| Mark {
         at_ms,
         lane: lane.to_string(),
-        by: None,
+        epoch: None,
         kind,
         keys,
         text,
@@ -190,8 +181,9 @@ pub fn of_store_op(
         }
         (StoreOp::Claim { .. }, StoreReply::Claimed(runs)) => runs
             .iter()
-            .map(|r| {
-                mark(
+            .map(|r| Mark {
+                epoch: Some(r.epoch),
+                ..mark(
                     MarkKind::Claim,
                     vec![key(r.id, r.cursor)],
                     format!(
@@ -208,37 +200,26 @@ pub fn of_store_op(
             .collect(),
         (StoreOp::BeginDelivery { key, epoch, .. }, reply) => {
             let keys = vec![*key];
-            // The engine asks on behalf of the lease holder whose epoch
-            // the request carries.
-            let by = before
-                .and_then(|v| v.lease.as_ref())
-                .filter(|l| l.epoch == *epoch)
-                .map(|l| lane_of_worker(l.owner.as_str()));
-            let for_whom = by
-                .as_ref()
-                .filter(|w| w.as_str() != lane)
-                .map(|w| format!(" for {w}"))
-                .unwrap_or_default();
             let marks = match reply {
                 StoreReply::Begun { attempt, .. } => vec![mark(
                     MarkKind::Send,
                     keys,
-                    format!("ledger: sending{for_whom} (attempt {attempt}, lease epoch {epoch}); calls the provider"),
+                    format!("ledger: sending (attempt {attempt}, lease epoch {epoch}); calls the provider"),
                 )],
                 StoreReply::AlreadySent { provider_message_id } => vec![mark(
                     MarkKind::Replay,
                     keys,
-                    format!("asked again{for_whom}: the ledger holds it sent ({provider_message_id}); answered that, sent nothing"),
+                    format!("asked again: the ledger holds it sent ({provider_message_id}); answered that, sent nothing"),
                 )],
                 StoreReply::InProgress => vec![mark(
                     MarkKind::Replay,
                     keys,
-                    format!("asked again{for_whom}: the ledger holds a send of it under way; sent nothing"),
+                    format!("asked again: the ledger holds a send of it under way; sent nothing"),
                 )],
                 StoreReply::DeliveryUnknown => vec![mark(
                     MarkKind::Replay,
                     keys,
-                    format!("asked again{for_whom}: the ledger holds its outcome unknown; not sent blindly again"),
+                    format!("asked again: the ledger holds its outcome unknown; not sent blindly again"),
                 )],
                 StoreReply::Fenced => vec![fenced("send", keys, *epoch)],
                 _ => Vec::new(),
@@ -246,7 +227,7 @@ pub fn of_store_op(
             marks
                 .into_iter()
                 .map(|m| Mark {
-                    by: by.clone(),
+                    epoch: Some(*epoch),
                     ..m
                 })
                 .collect()
@@ -352,7 +333,7 @@ pub fn of_fault(at_ms: u64, e: &FaultEvent) -> Mark {
     Mark {
         at_ms,
         lane,
-        by: None,
+        epoch: None,
         kind: MarkKind::Fault,
         keys: Vec::new(),
         text,

@@ -207,7 +207,7 @@ async fn messages(
     let call = shared.provider_called(key);
     shared.owe_statuses(key, call);
     shared.marks().add(|| Mark {
-        by: None,
+        epoch: None,
         at_ms: sim_ms(),
         lane: PROVIDER_LANE.into(),
         kind: MarkKind::Deliver { call },

@@ -23,7 +23,7 @@ impl SimProvider {
     pub async fn deliver(&self, message: &OutboundMessage, who: &str) {
         let call = self.shared.provider_called(message.key);
         self.shared.marks().add(|| Mark {
-            by: None,
+            epoch: None,
             at_ms: sim_ms(),
             lane: PROVIDER_LANE.into(),
             kind: MarkKind::Deliver { call },

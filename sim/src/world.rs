@@ -664,7 +664,7 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                         }
                         let _ = db.request(&DbRequest::Legacy(op)).await;
                         shared.marks().add(|| Mark {
-                            by: None,
+                            epoch: None,
                             at_ms: sim_ms(),
                             lane: CLIENT_LANE.into(),
                             kind: MarkKind::Write,
