@@ -3,8 +3,9 @@
 //! shows where a guard stopped a second send; keeping the marks changes
 //! nothing the simulation does; and a seed draws the same bytes each time.
 
+use oncesend_core::Guards;
 use oncesend_sim::html::{render, Page};
-use oncesend_sim::{run_seed, Mode, SeedResult, SimConfig};
+use oncesend_sim::{run_seed, Faults, Mode, SeedResult, SimConfig};
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -188,4 +189,34 @@ fn over_many_seeds_the_page_is_the_first_failing_seed_s() {
         out.contains("no seed broke an invariant, so no page was written"),
         "{out}"
     );
+}
+
+#[test]
+fn a_failing_seed_with_the_guards_off_is_drawn_small_with_its_duplicates_red() {
+    let config = SimConfig {
+        guards: Guards {
+            fencing: false,
+            ledger: false,
+        },
+        faults: Faults::Race,
+        marks: true,
+        ..SimConfig::fixed()
+    };
+    let r = run_seed(0, &config);
+    assert!(!r.ok(), "seed 0 no longer fails with both guards off");
+    let html = page_of(&r, Mode::Fixed);
+    let counted: BTreeSet<String> = r
+        .report
+        .duplicates
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let red = marks_with(&html, "m deliver dup");
+    assert!(!red.is_empty(), "{html}");
+    assert!(red.iter().all(|k| counted.contains(k)), "{red:?}");
+    assert!(html.contains("The checker's report"));
+    // Thousands of marks: the page says where it stops, and stays small.
+    assert!(r.marks.len() > 1_000, "{} marks", r.marks.len());
+    assert!(html.contains("The page stops at the first"));
+    assert!(html.len() < 300 * 1024, "{} bytes", html.len());
 }
