@@ -214,12 +214,12 @@ pub fn of_store_op(
                 StoreReply::InProgress => vec![mark(
                     MarkKind::Replay,
                     keys,
-                    format!("asked again: the ledger holds a send of it under way; sent nothing"),
+                    "asked again: the ledger holds a send of it under way; sent nothing".into(),
                 )],
                 StoreReply::DeliveryUnknown => vec![mark(
                     MarkKind::Replay,
                     keys,
-                    format!("asked again: the ledger holds its outcome unknown; not sent blindly again"),
+                    "asked again: the ledger holds its outcome unknown; not sent blindly again".into(),
                 )],
                 StoreReply::Fenced => vec![fenced("send", keys, *epoch)],
                 _ => Vec::new(),
