@@ -110,17 +110,23 @@ pub async fn serve(
 ) -> turmoil::Result {
     let listener = TcpListener::bind(("0.0.0.0", DB_PORT)).await?;
     loop {
-        let (mut conn, _) = listener.accept().await?;
+        let (mut conn, peer) = listener.accept().await?;
         let store = store.clone();
         let legacy = legacy.clone();
         let shared = shared.clone();
+        // The race page draws each op in the lane of the host that asked.
+        let lane = shared
+            .marks()
+            .on()
+            .then(|| turmoil::reverse_lookup(peer.ip()).unwrap_or_else(|| peer.ip().to_string()));
         tokio::spawn(async move {
+            let lane = lane.as_deref();
             while let Ok(request) = read_frame::<DbRequest>(&mut conn).await {
                 let response = match request {
-                    DbRequest::Op(op) => DbResponse::Reply(apply_noted(&store, &shared, op)),
+                    DbRequest::Op(op) => DbResponse::Reply(apply_noted(&store, &shared, op, lane)),
                     DbRequest::Batch(ops) => DbResponse::Replies(
                         ops.into_iter()
-                            .map(|op| apply_noted(&store, &shared, op))
+                            .map(|op| apply_noted(&store, &shared, op, lane))
                             .collect(),
                     ),
                     DbRequest::Legacy(op) => {
@@ -141,8 +147,13 @@ pub async fn serve(
 }
 
 /// Applies one op on the db's clock and tells the checker what it must
-/// hear of it.
-fn apply_noted(store: &MemoryStore, shared: &Shared, mut op: StoreOp) -> StoreReply {
+/// hear of it; `lane` (only while marks are kept) is the host that asked.
+fn apply_noted(
+    store: &MemoryStore,
+    shared: &Shared,
+    mut op: StoreOp,
+    lane: Option<&str>,
+) -> StoreReply {
     let now_ms = shared.db_now_ms();
     op.set_now_ms(now_ms);
     let noted = note_of(&op);
@@ -150,6 +161,12 @@ fn apply_noted(store: &MemoryStore, shared: &Shared, mut op: StoreOp) -> StoreRe
         StoreReply::Run(v) => Some(v),
         _ => None,
     };
+    // Only while marks are kept: the op again, and its run as it stood
+    // before, to say afterwards what the op did and whose lease it met.
+    let marked = lane.map(|lane| {
+        let before = crate::marks::run_of_op(&op).and_then(run_of);
+        (lane, op.clone(), before)
+    });
     // A provider call that timed out while its tenant's settings were slow
     // to read: nothing may have been sent, but the engine cannot know.
     if let StoreOp::FinishDelivery {
@@ -173,6 +190,12 @@ fn apply_noted(store: &MemoryStore, shared: &Shared, mut op: StoreOp) -> StoreRe
         _ => false,
     };
     let reply = store.apply_now(op);
+    if let Some((lane, op, before)) = marked {
+        let at_ms = crate::trace::sim_ms();
+        for mark in crate::marks::of_store_op(at_ms, now_ms, lane, &op, &reply, before.as_ref()) {
+            shared.marks().add(|| mark);
+        }
+    }
     // The checker orders begun sends, pauses and opt-outs by the store's
     // own op order: the db's clock may be skewed, and two ops may share a
     // millisecond.

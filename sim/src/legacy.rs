@@ -7,8 +7,9 @@
 //! Nothing here is production code; it exists to show the race.
 
 use crate::db::{DbClient, DbRequest, DbResponse};
+use crate::marks::{Mark, MarkKind};
 use crate::provider::SimProvider;
-use crate::trace::Shared;
+use crate::trace::{sim_ms, Shared};
 use oncesend::net::HttpClient;
 use oncesend_core::{DeliveryKey, OutboundMessage, Recipient, RunId, TenantId};
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,16 @@ pub struct LegacyMessage {
     pub status: LegacyStatus,
     /// Not before this db time.
     pub scheduled_at_ms: u64,
+}
+
+impl LegacyMessage {
+    /// The run step the row holds, as the new design would key it.
+    pub fn key(&self) -> DeliveryKey {
+        DeliveryKey {
+            run: self.run,
+            step: self.step,
+        }
+    }
 }
 
 /// Requests the old processors make.
@@ -180,6 +191,25 @@ pub async fn processor(
             continue;
         }
         shared.log(format!("{name} Processing {} messages", rows.len()));
+        let marks = shared.marks();
+        marks.add(|| Mark {
+            epoch: None,
+            at_ms: sim_ms(),
+            lane: name.into(),
+            kind: MarkKind::Read,
+            keys: rows.iter().map(LegacyMessage::key).collect(),
+            text: format!("read {} pending row(s)", rows.len()),
+        });
+        let mark = |kind, m: &LegacyMessage, text: &str| {
+            marks.add(|| Mark {
+                epoch: None,
+                at_ms: sim_ms(),
+                lane: name.into(),
+                kind,
+                keys: vec![m.key()],
+                text: text.into(),
+            })
+        };
         for m in rows {
             shared.log(format!(
                 "{name} Processing message {} for {}",
@@ -194,15 +224,18 @@ pub async fn processor(
                 },
             )
             .await;
+            mark(
+                MarkKind::Write,
+                &m,
+                "marked it processing (whatever its status was)",
+            );
             let message = OutboundMessage {
-                key: DeliveryKey {
-                    run: m.run,
-                    step: m.step,
-                },
+                key: m.key(),
                 tenant: TenantId::default_tenant(),
                 to: m.to.clone(),
                 message: oncesend_core::Message::text(m.text.clone()),
             };
+            mark(MarkKind::Send, &m, "sends it, with no idempotency key");
             let sent = match &sender {
                 Sender::Direct(provider) => {
                     provider.deliver(&message, name).await;
@@ -224,6 +257,7 @@ pub async fn processor(
                     },
                 )
                 .await;
+                mark(MarkKind::Write, &m, "marked it sent");
                 shared.log(format!("{name} Message {} sent successfully", m.id));
             }
         }

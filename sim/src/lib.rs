@@ -11,7 +11,9 @@ pub mod fault;
 /// `fuzzing` feature, which `fuzz/` and this crate's own tests turn on.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod html;
 pub mod legacy;
+pub mod marks;
 pub mod meta;
 pub mod net;
 pub mod provider;

@@ -4,11 +4,13 @@
 
 use clap::Parser;
 use oncesend_sim::fault::FAULT_KINDS;
+use oncesend_sim::html::{self, Page};
 use oncesend_sim::trace::Exercised;
 use oncesend_sim::{run_seed, Faults, Mode, SeedResult, SimConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 
@@ -37,6 +39,10 @@ struct Args {
     /// Print the seed's interleaving, in the old logs' style.
     #[arg(long)]
     trace: bool,
+    /// Draw the race as one self-contained HTML page at PATH: the seed
+    /// given with --seed, or else the first seed that broke an invariant.
+    #[arg(long, value_name = "PATH")]
+    html: Option<PathBuf>,
     /// Standalone workers (the engine runs one more processor inside).
     #[arg(long, default_value_t = 2)]
     workers: u8,
@@ -112,8 +118,13 @@ impl Args {
     }
 
     fn replay_line(&self, seed: u64) -> String {
+        format!("  replay: {} --trace", self.command(seed))
+    }
+
+    /// The command that runs `seed` alone with this run's settings.
+    fn command(&self, seed: u64) -> String {
         format!(
-            "  replay: cargo run --release -p oncesend-sim --{} --seed {seed} --workers {} --runs {} --tick-ms {}{}{}{}{} --trace",
+            "cargo run --release -p oncesend-sim --{} --seed {seed} --workers {} --runs {} --tick-ms {}{}{}{}{}",
             if self.legacy { " --legacy" } else { "" },
             self.workers,
             self.runs,
@@ -408,6 +419,16 @@ fn main() -> ExitCode {
             );
         }
     }
+    let mut page_trouble = false;
+    if let Some(path) = &args.html {
+        match draw(&args, &config, mode, &tally, path) {
+            Ok(said) => println!("{said}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                page_trouble = true;
+            }
+        }
+    }
     println!(
         "RESULT mode={} seeds={} runs={} deliveries={} duplicates={} out_of_order={} lost={} unknown={} receipt_settled={} unknown_timeouts={} sim_secs={:.1} wall_secs={:.2}",
         mode.name(),
@@ -423,9 +444,61 @@ fn main() -> ExitCode {
         sim_secs,
         wall
     );
-    if tally.failed.is_empty() {
+    if page_trouble {
+        ExitCode::from(2)
+    } else if tally.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Draws the page for `--html`: runs the seed to draw once more, in this
+/// process, keeping its marks (a seed runs the same with marks kept, so
+/// this is the very run the summary counted). Says what it wrote.
+fn draw(
+    args: &Args,
+    config: &SimConfig,
+    mode: Mode,
+    tally: &Tally,
+    path: &Path,
+) -> Result<String, String> {
+    let (seed, why) = match (args.seed, tally.failed.first()) {
+        (Some(seed), _) => (seed, "the seed given"),
+        (None, Some(&seed)) => (seed, "the first seed that broke an invariant"),
+        (None, None) => {
+            return Ok(format!(
+                "html: no seed broke an invariant, so no page was written to {}; give --seed S to draw one",
+                path.display()
+            ))
+        }
+    };
+    let config = SimConfig {
+        marks: true,
+        ..config.clone()
+    };
+    let r = run_seed(seed, &config);
+    if r.ok() == tally.failed.contains(&seed) {
+        return Err(format!(
+            "seed {seed} ran differently when its marks were kept (a determinism bug in the simulation); no page written: replay it with `{} --trace` twice and compare",
+            args.command(seed)
+        ));
+    }
+    let page = html::render(&Page::of(
+        &r,
+        mode,
+        format!("{} --html FILE", args.command(seed)),
+    ));
+    std::fs::write(path, &page).map_err(|e| {
+        format!(
+            "cannot write the page to {}: {e}; give --html a path in a directory that exists and can be written",
+            path.display()
+        )
+    })?;
+    Ok(format!(
+        "html: wrote {} for seed {seed} ({why}): {} marks, {} KB",
+        path.display(),
+        r.marks.len(),
+        page.len().div_ceil(1024)
+    ))
 }

@@ -14,6 +14,7 @@
 //! signed status callbacks for what it took, and recipients' inbound
 //! messages (an opt-out).
 
+use crate::marks::{Mark, MarkKind, PROVIDER_LANE};
 use crate::trace::{sim_ms, OwedInbound, OwedStatus, Shared, BASE_MS};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -205,6 +206,19 @@ async fn messages(
     }
     let call = shared.provider_called(key);
     shared.owe_statuses(key, call);
+    shared.marks().add(|| Mark {
+        epoch: None,
+        at_ms: sim_ms(),
+        lane: PROVIDER_LANE.into(),
+        kind: MarkKind::Deliver { call },
+        keys: vec![key],
+        text: format!(
+            "to {to}: {}",
+            json.pointer("/text/body")
+                .and_then(|b| b.as_str())
+                .unwrap_or("(not text)")
+        ),
+    });
     shared.log(format!(
         "[WhatsApp Cloud API] {} message to {}: {}   (key {key})",
         number.tenant,

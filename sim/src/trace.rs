@@ -2,6 +2,7 @@
 //! determinism), the provider's calls (the history the checker reads), and
 //! the switches the fault schedule flips while the simulation runs.
 
+use crate::marks::Marks;
 use oncesend::clock::TokioClock;
 use oncesend::engine::EngineHandle;
 use oncesend::store::group::GroupStats;
@@ -119,9 +120,10 @@ impl std::ops::AddAssign for Exercised {
     }
 }
 
-/// State shared by every host of one simulation and its driver.
+/// State shared by every host of one simulation and its driver, and
+/// where the race page's marks go when one was asked for.
 #[derive(Clone, Default)]
-pub struct Shared(Arc<Mutex<Inner>>);
+pub struct Shared(Arc<Mutex<Inner>>, Marks);
 
 /// One status callback the simulated provider owes the engine's webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +147,16 @@ const STATUS_DELAY_MS: u64 = 300;
 pub const LATE_STATUS_MS: u64 = 3_500;
 
 impl Shared {
+    /// A record that also keeps the race page's marks.
+    pub fn with_marks() -> Self {
+        Self(Arc::default(), Marks::recording())
+    }
+
+    /// Where marks go (nowhere, unless this record was made to keep them).
+    pub fn marks(&self) -> &Marks {
+        &self.1
+    }
+
     /// Seeds the provider's status plans.
     pub fn seed_statuses(&self, seed: u64) {
         self.with(|s| s.status_rng = Some(SplitMix64::new(seed ^ 0x5747_4154_5553)));

@@ -4,6 +4,7 @@
 use crate::db::{self, DbClient, DbRequest, DbResponse};
 use crate::fault::{schedule_from_seed, FaultEvent, FaultKind, Gate, GatedEngine, Node};
 use crate::legacy::{self, LegacyOp, LegacyTable, Sender};
+use crate::marks::{Mark, MarkKind, CLIENT_LANE};
 use crate::meta::{self, NUMBERS};
 use crate::net::{SimConnector, SimListener, SimNet};
 use crate::provider::SimProvider;
@@ -113,6 +114,9 @@ pub struct SimConfig {
     pub planted_batch_bug: bool,
     /// turmoil's tick.
     pub tick_ms: u64,
+    /// Keep the marks the race page draws (`--html`). Off, recording them
+    /// costs nothing; on or off, the seed runs the same.
+    pub marks: bool,
 }
 
 impl SimConfig {
@@ -130,6 +134,7 @@ impl SimConfig {
             planted_bug: false,
             planted_batch_bug: false,
             tick_ms: 10,
+            marks: false,
         }
     }
 
@@ -180,6 +185,9 @@ pub struct SeedResult {
     pub exercised: Exercised,
     /// Why each key the faults touched may end `unknown`.
     pub causes: BTreeMap<DeliveryKey, String>,
+    /// What the race page draws, in the order it happened (empty unless
+    /// [`SimConfig::marks`] asked for them).
+    pub marks: Vec<Mark>,
 }
 
 impl SeedResult {
@@ -335,7 +343,11 @@ fn align_task_ids() {
 fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
     align_task_ids();
     let mut rng = SplitMix64::new(seed);
-    let shared = Shared::default();
+    let shared = if config.marks {
+        Shared::with_marks()
+    } else {
+        Shared::default()
+    };
     let store = MemoryStore::new(MemStore::with_guards(config.guards));
     let legacy_table = Arc::new(Mutex::new(LegacyTable::default()));
     let max_latency_ms = 2 + rng.next_u64() % 25;
@@ -640,16 +652,25 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                     }
                     Mode::Legacy => {
                         let run = RunId::new(BASE_MS + sim_ms(), ids.next_u64());
-                        let steps = delays
+                        let steps: Vec<(String, u64)> = delays
                             .iter()
                             .enumerate()
                             .map(|(s, d)| (format!("Hi guest{i}, message {} of {steps}", s + 1), *d))
                             .collect();
+                        let rows = steps.len() as u32;
                         let op = LegacyOp::Insert { run, to: oncesend_core::Recipient::parse(&to).expect("valid"), steps };
                         while !matches!(db.request(&DbRequest::Legacy(LegacyOp::FetchPending { limit: 0 })).await, Ok(DbResponse::Legacy(_))) {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         let _ = db.request(&DbRequest::Legacy(op)).await;
+                        shared.marks().add(|| Mark {
+                            epoch: None,
+                            at_ms: sim_ms(),
+                            lane: CLIENT_LANE.into(),
+                            kind: MarkKind::Write,
+                            keys: (0..rows).map(|step| DeliveryKey { run, step }).collect(),
+                            text: format!("webhook: one pending row per step for {to}"),
+                        });
                         shared.log(format!("client: webhook for {to} queued run {run}"));
                     }
                 }
@@ -837,6 +858,7 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
             .unwrap_or_default()
             .into_iter()
             .collect(),
+        marks: shared.marks().take(),
     }
 }
 
@@ -884,6 +906,9 @@ fn apply(
 ) {
     let verb = if start { "fault" } else { "heal" };
     shared.log_at(now_ms, format!("{verb}: {:?}", e.kind));
+    if start {
+        shared.marks().add(|| crate::marks::of_fault(now_ms, e));
+    }
     match &e.kind {
         FaultKind::Partition { a, b, oneway } => {
             let (a, b) = (a.host(), b.host());
