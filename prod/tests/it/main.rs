@@ -19,6 +19,7 @@ mod sender_pause;
 mod sql_bad_conditions;
 mod sql_concurrency;
 mod sql_conformance;
+mod sql_enqueue_race;
 mod sql_notify;
 mod sql_schema;
 mod tls;

@@ -75,6 +75,7 @@ impl SqlStore {
                 clock: options.clock,
                 wake,
                 transactions: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
             }),
         })
     }

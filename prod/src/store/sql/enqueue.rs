@@ -22,6 +22,10 @@ impl Batch<'_> {
     /// Every transaction here locks runs in id order (the holders' writes
     /// too), so two of them wait for each other at worst, never in a cycle.
     ///
+    /// Enqueues into the same conversation wait for each other (PostgreSQL's
+    /// advisory locks, one per conversation, in one order): otherwise two of
+    /// them could both find it without a head and both make their run it.
+    ///
     /// The heads are locked `FOR SHARE` against a concurrent finish: either
     /// the finish commits first (and this sees its promotion, or no head and
     /// makes its run the head) or this commits first (and the finish's
@@ -33,6 +37,16 @@ impl Batch<'_> {
             return Ok(answered(replies));
         }
         let sql = statements::of(self.backend);
+        let conversations: BTreeSet<(&str, &str)> = runs
+            .iter()
+            .map(|(_, run, _)| (run.tenant.as_str(), run.to.as_str()))
+            .collect();
+        if let Some(lock) = sql.lock_conversations {
+            sqlx::query(lock)
+                .bind(json_conversations(&conversations))
+                .execute(&mut *self.conn)
+                .await?;
+        }
 
         let keys: Vec<TriggerKeyRow> = runs
             .iter()
@@ -67,10 +81,6 @@ impl Batch<'_> {
             taken.insert(run_id(&id)?);
         }
 
-        let conversations: BTreeSet<(&str, &str)> = runs
-            .iter()
-            .map(|(_, run, _)| (run.tenant.as_str(), run.to.as_str()))
-            .collect();
         let json = json_conversations(&conversations);
         let mut headed: BTreeSet<(String, String)> = BTreeSet::new();
         for row in sqlx::query(sql.lock_heads)

@@ -174,6 +174,8 @@ struct Inner {
     clock: SqlClock,
     wake: Arc<Notify>,
     transactions: AtomicU64,
+    /// Transactions that lost a race and were tried again.
+    retries: AtomicU64,
 }
 
 impl SqlStore {
@@ -190,6 +192,12 @@ impl SqlStore {
     /// Transactions committed so far (for the load tool's figures).
     pub fn transactions(&self) -> u64 {
         self.inner.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Transactions tried again after losing a race (a serialization
+    /// failure, a deadlock, a unique key taken meanwhile).
+    pub fn retries(&self) -> u64 {
+        self.inner.retries.load(Ordering::Relaxed)
     }
 
     /// The pool, for tests that inspect the tables.
@@ -238,6 +246,7 @@ impl Store for SqlStore {
             match self.transaction(&ops).await {
                 Ok(replies) => return Ok(replies),
                 Err(TxError::Retry(why)) if attempt < TX_ATTEMPTS => {
+                    self.inner.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(attempt, why = %why, "transaction lost a race; retrying");
                     // Spread the retries out a little (1, 2, 4 … 64 ms).
                     let ms = 1u64 << attempt.min(6);

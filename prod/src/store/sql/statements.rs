@@ -55,6 +55,7 @@ pub(super) mod postgres {
     pub const NOW: &str = sql!("postgres/now.sql");
     pub const NOTIFY: &str = sql!("postgres/notify.sql");
     pub const PLAN_CACHE_MODE: &str = sql!("postgres/plan_cache_mode.sql");
+    pub const LOCK_CONVERSATIONS: &str = sql!("postgres/lock_conversations.sql");
     pub const AUTOVACUUM: &str = sql!("postgres/autovacuum.sql");
     /// `{schema}`: a checked schema name.
     pub const CREATE_SCHEMA: &str = sql!("postgres/create_schema.sql");
@@ -122,6 +123,9 @@ pub(super) struct Statements {
     pub promote: &'static str,
     pub find_trigger_keys: &'static str,
     pub find_runs: &'static str,
+    /// Taken before an enqueue reads anything (none where one writer
+    /// already excludes every other).
+    pub lock_conversations: Option<&'static str>,
     pub lock_heads: &'static str,
     pub insert_runs: &'static str,
     pub insert_trigger_keys: &'static str,
@@ -143,6 +147,7 @@ static POSTGRES: Statements = Statements {
     promote: postgres::PROMOTE,
     find_trigger_keys: postgres::FIND_TRIGGER_KEYS,
     find_runs: postgres::FIND_RUNS,
+    lock_conversations: Some(postgres::LOCK_CONVERSATIONS),
     lock_heads: postgres::LOCK_HEADS,
     insert_runs: postgres::INSERT_RUNS,
     insert_trigger_keys: postgres::INSERT_TRIGGER_KEYS,
@@ -165,6 +170,7 @@ static SQLITE: Statements = Statements {
     promote: sqlite::PROMOTE,
     find_trigger_keys: sqlite::FIND_TRIGGER_KEYS,
     find_runs: sqlite::FIND_RUNS,
+    lock_conversations: None,
     lock_heads: sqlite::LOCK_HEADS,
     insert_runs: sqlite::INSERT_RUNS,
     insert_trigger_keys: sqlite::INSERT_TRIGGER_KEYS,

@@ -1,0 +1,13 @@
+-- Serializes enqueues into the same conversations, in every process: a
+-- transaction-scoped advisory lock per conversation, taken in one order so
+-- two enqueues wait for each other at worst, never in a cycle. Without it
+-- two enqueues that both find a conversation without a head both make
+-- their run its head; one fails on runs_one_head and its whole batch is
+-- tried again, and under load (slow transactions, hundreds of runs each)
+-- it kept colliding until it gave up. Write-backs take no such lock.
+-- $1 [{"tenant","recipient"}].
+SELECT count(pg_advisory_xact_lock(k.class, k.conversation)) FROM (
+    SELECT DISTINCT hashtext('oncesend conversation') AS class,
+        hashtext(c.tenant || '/' || c.recipient) AS conversation
+    FROM json_to_recordset($1::json) AS c (tenant text, recipient text)
+    ORDER BY conversation) AS k
