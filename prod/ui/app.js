@@ -8,6 +8,7 @@
 const TOKEN_KEY = "oncesend.token";
 const REFRESH_MS = 5000;
 const STATUSES = ["pending", "leased", "waiting", "completed", "failed", "cancelled"];
+const OPEN = ["pending", "leased", "waiting"];
 
 // ---- DOM building -------------------------------------------------------
 
@@ -348,7 +349,7 @@ function drawRunHead(node, run) {
     el("dl", { class: "facts" },
       field("Tenant", run.tenant), field("Flow", run.flow), field("To", run.to, "mono"),
       field("Triggered", when(run.created_at_ms)),
-      field(run.status === "waiting" ? "Waits until" : "Due", when(run.run_at_ms)),
+      field(run.status === "waiting" ? "Waits until" : "Due", OPEN.includes(run.status) ? when(run.run_at_ms) : null),
       field("Next step", run.cursor < run.steps.length ? String(run.cursor) : "done"),
       field("Epoch", String(run.epoch)), field("Attempts at this step", String(run.attempts)),
       field("Waiting for", run.waiting_for), field("Reason", run.reason, "reason"), field("Note", run.note)));
@@ -367,7 +368,7 @@ async function act(what, method, path, body, after) {
 function drawRunActions(node, run, changed) {
   clear(node);
   const path = "/v1/runs/" + encodeURIComponent(run.run_id);
-  if (["pending", "leased", "waiting"].includes(run.status)) {
+  if (OPEN.includes(run.status)) {
     node.append(el("button", {
       type: "button", class: "danger", id: "cancel-run",
       onclick: async () => {
@@ -397,7 +398,7 @@ function drawTimeline(node, run, changed) {
     const d = s.status;
     let due;
     if (s.index < run.cursor) due = "went out";
-    else if (s.index === run.cursor && ["pending", "leased", "waiting"].includes(run.status)) due = "due " + when(run.run_at_ms);
+    else if (s.index === run.cursor && OPEN.includes(run.status)) due = "due " + when(run.run_at_ms);
     else if (s.index > run.cursor) due = s.after === "sent" ? duration(s.delay_ms) + " after step " + (s.index - 1) : duration(s.delay_ms) + " after step " + (s.index - 1) + " is " + s.after;
     else due = "—";
     const lane = el("li", { class: "lane d-" + d, dataset: { step: String(s.index) } },
