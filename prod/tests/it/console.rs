@@ -4,7 +4,7 @@
 //! page shows and what the API says happened. Screenshots go to
 //! `target/ui-screenshots/`.
 
-use crate::common::{start_up, Api, TestDb};
+use crate::common::{cloud_env, eventually, start_up, Api, Fault, MockCloudApi, TestDb};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::{Path, PathBuf};
@@ -333,6 +333,43 @@ async fn an_operator_works_the_console_in_a_real_browser() {
     let (_, tenant) = api.get("/v1/tenants/default").await;
     assert!(tenant["paused"].is_null(), "{tenant}");
 
+    // Suppress a recipient by hand, then lift it.
+    let who = "+5511900000099";
+    b.wait_for(&format!("{card}//form[@class='inline']/input[@name='to']"))
+        .await
+        .send_keys(who)
+        .await
+        .unwrap();
+    b.wait_for(&format!(
+        "{card}//form[@class='inline']/input[@name='reason']"
+    ))
+    .await
+    .send_keys("asked by phone")
+    .await
+    .unwrap();
+    b.click(&format!("{card}//form[@class='inline']/button"))
+        .await;
+    b.confirm("their unfinished runs are cancelled", None).await;
+    b.wait_for(&format!(
+        "{card}//table[@class='suppressions']//tr[td[text()='{who}'] and td[text()='asked by phone']]"
+    ))
+    .await;
+    let (code, _) = api
+        .get(&format!("/v1/tenants/default/suppressions/{who}"))
+        .await;
+    assert_eq!(code, 200, "the opt-out is stored");
+    b.click(&format!(
+        "{card}//tr[td[text()='{who}']]//button[contains(@class,'lift')]"
+    ))
+    .await;
+    b.confirm("accepted again", None).await;
+    b.wait_for(&format!("{card}//td[text()='Nobody has opted out.']"))
+        .await;
+    let (code, _) = api
+        .get(&format!("/v1/tenants/default/suppressions/{who}"))
+        .await;
+    assert_eq!(code, 404, "the opt-out is lifted");
+
     // The flow as the recipient would see it, the script as text; and a
     // test run triggered from it.
     b.click("//nav//a[@data-page='flows']").await;
@@ -393,6 +430,110 @@ async fn an_operator_works_the_console_in_a_real_browser() {
         .await;
     b.shot("health").await;
     assert_eq!(b.pwned().await, "undefined");
+    let _ = b.web.close().await;
+    db.remove().await;
+}
+
+/// Against a Cloud API that first drops a request after reading it (the
+/// step's outcome is unknown), then refuses one recipient (131026, the run
+/// fails): the operator resolves the unknown step as sent and retries the
+/// failed run from the console, each through its confirmation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_settles_an_unknown_step_and_retries_a_failed_run() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const DROP: u8 = 0;
+    const REFUSE_ONCE: u8 = 1;
+    let mode = std::sync::Arc::new(AtomicU8::new(DROP));
+    let m = mode.clone();
+    let mock = MockCloudApi::start(move |_, attempt| match m.load(Ordering::SeqCst) {
+        DROP => Fault::Drop,
+        _ if attempt == 1 => Fault::Error(131026),
+        _ => Fault::Accept,
+    })
+    .await;
+    let db = TestDb::sqlite("console-settle");
+    let mut env = cloud_env(&mock);
+    env.push(("DATABASE_URL", db.url()));
+    let (_up, url) = start_up(&["--recipient-gap-ms", "0"], &env).await;
+    let api = Api::new(&url, None);
+    let (code, body) = api
+        .json(
+            "PUT",
+            "/v1/flows/notice",
+            serde_json::json!({"steps": [{"message": {"type": "template", "template": {
+                "name": "order_ready", "language": {"code": "pt_BR"}}}}]}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let trigger = |to: &'static str| {
+        let api = &api;
+        async move {
+            let (code, body) = api
+                .json(
+                    "POST",
+                    "/v1/flows/notice/runs",
+                    serde_json::json!({"to": to}),
+                )
+                .await;
+            assert_eq!(code, 201, "{body}");
+            body["run_id"].as_str().unwrap().to_string()
+        }
+    };
+    let step_is = |run: String, status: &'static str| {
+        let api = &api;
+        async move {
+            let (_, body) = api.get(&format!("/v1/runs/{run}")).await;
+            body["steps"][0]["status"] == status
+        }
+    };
+    let lost = trigger("+5511900000011").await;
+    eventually(
+        "the dropped send is unknown",
+        Duration::from_secs(30),
+        || step_is(lost.clone(), "unknown"),
+    )
+    .await;
+    mode.store(REFUSE_ONCE, Ordering::SeqCst);
+    let refused = trigger("+5511900000012").await;
+    eventually("the refused run failed", Duration::from_secs(30), || {
+        let (api, refused) = (&api, refused.clone());
+        async move { run_status(api, &refused).await == "failed" }
+    })
+    .await;
+
+    let b = Browser::start().await;
+    b.web.goto(&format!("{url}/ui#/runs/{lost}")).await.unwrap();
+    b.wait_for("//ol[@id='timeline']/li[@data-step='0']//span[contains(@class,'badge') and text()='unknown']")
+        .await;
+    b.shot("run-unknown").await;
+    b.click("//li[@data-step='0']//button[contains(@class,'resolve-sent')]")
+        .await;
+    b.confirm("not sent again", None).await;
+    b.wait_for(
+        "//ol[@id='timeline']/li[@data-step='0']//span[contains(@class,'badge') and text()='sent']",
+    )
+    .await;
+    b.wait_for("//li[@data-step='0']//dd[starts-with(., 'operator at')]")
+        .await;
+    b.wait_for("//span[@id='run-status']/span[text()='completed']")
+        .await;
+    assert_eq!(run_status(&api, &lost).await, "completed");
+
+    b.web
+        .goto(&format!("{url}/ui#/runs/{refused}"))
+        .await
+        .unwrap();
+    b.wait_for("//span[@id='run-status']/span[text()='failed']")
+        .await;
+    b.wait_for("//li[@data-step='0']//dd[text()='131026']")
+        .await;
+    b.shot("run-failed").await;
+    b.click("//button[@id='retry-run']").await;
+    b.confirm("sent to +5511900000012 again", None).await;
+    b.wait_for("//span[@id='run-status']/span[text()='completed']")
+        .await;
+    assert_eq!(run_status(&api, &refused).await, "completed");
+    b.shot("run-retried").await;
     let _ = b.web.close().await;
     db.remove().await;
 }
