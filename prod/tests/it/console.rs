@@ -34,10 +34,19 @@ fn ensure_chromium() {
     eprintln!(
         "{CHROMIUM} or {CHROMEDRIVER} is missing: apt-get install -y chromium chromium-driver"
     );
-    let install = std::process::Command::new("apt-get")
-        .args(["install", "-y", "chromium", "chromium-driver"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    let packages = ["install", "-y", "chromium", "chromium-driver"];
+    let mut install = apt(&packages);
+    if !present() {
+        // Stale package lists are the usual reason: fetch them once, retry.
+        let _ = apt(&["update"]);
+        install = apt(&packages);
+    }
     assert!(
         present(),
         "the console tests drive a real browser and need {CHROMIUM} and {CHROMEDRIVER} \
