@@ -16,7 +16,7 @@ const APP_CSS: &str = include_str!("../../ui/app.css");
 
 /// Sent with every `/ui` answer.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+     style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
 /// Where the console is for an engine listening on `addr`: an unspecified
