@@ -1,16 +1,18 @@
 //! The reference store's reads and upkeep, which the SQL stores are held
-//! equal to: suppression paging, the status filter, the queue's figures
-//! and pruning of finished runs.
+//! equal to: suppression and flow paging, the status and recipient
+//! filters, run pages by seq, the queue's figures and pruning of finished
+//! runs.
 
 mod common;
 
-use oncesend_core::store::{After, QueueStats};
+use oncesend_core::store::{After, QueueStats, RunFilter};
 use oncesend_core::{
-    DeliveryKey, Guards, MemStore, NewRun, Recipient, RunId, RunStatus, StoreOp, StoreReply,
-    TenantId,
+    DeliveryKey, Flow, FlowId, FlowStep, Guards, MemStore, NewRun, Recipient, RunId, RunStatus,
+    StoreOp, StoreReply, TenantId,
 };
 
 use common::{claim, enqueue, to};
+use oncesend_core::template::Template;
 
 /// Run `n` of one step due `delay_ms` after enqueueing, with `trigger_key`.
 fn new_run(n: u64, delay_ms: u64, trigger_key: Option<&str>) -> NewRun {
@@ -79,6 +81,98 @@ fn runs_are_listed_by_status_when_one_is_asked_for() {
     assert_eq!(list(Some(RunStatus::Pending)), vec![a]);
     assert_eq!(list(Some(RunStatus::Cancelled)), vec![b]);
     assert_eq!(list(None), vec![b, a], "newest first");
+}
+
+#[test]
+fn runs_are_listed_by_recipient_and_paged_by_seq_newest_first() {
+    let mut store = MemStore::new();
+    let ids: Vec<RunId> = (1..=5)
+        .map(|n| enqueue(&mut store, new_run(n, 0, None), 0).0)
+        .collect();
+    let list = |filter: RunFilter, limit| match store.clone().apply(StoreOp::ListRuns {
+        status: None,
+        filter,
+        limit,
+    }) {
+        StoreReply::Runs(r) => r.into_iter().map(|v| (v.id, v.seq)).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let first = list(RunFilter::default(), 2);
+    assert_eq!(
+        first.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]]
+    );
+    // The next page starts below the last seq seen, and the pages join
+    // without a gap or a repeat.
+    let next = list(
+        RunFilter {
+            before_seq: Some(first[1].1),
+            ..RunFilter::default()
+        },
+        10,
+    );
+    assert_eq!(
+        next.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![ids[2], ids[1], ids[0]]
+    );
+    let mine = list(
+        RunFilter {
+            to: Some(to(3)),
+            ..RunFilter::default()
+        },
+        10,
+    );
+    assert_eq!(mine.iter().map(|r| r.0).collect::<Vec<_>>(), vec![ids[2]]);
+}
+
+#[test]
+fn flows_are_listed_by_tenant_then_name_in_pages_after_a_flow() {
+    let mut store = MemStore::new();
+    let acme = TenantId::new("acme").unwrap();
+    let flow = |name: &str| {
+        Flow::new(
+            FlowId::new(name).unwrap(),
+            vec![FlowStep::text(Template::parse("hi").unwrap(), 0)],
+        )
+        .unwrap()
+    };
+    for (tenant, name) in [
+        (TenantId::default_tenant(), "welcome"),
+        (acme.clone(), "bye"),
+        (TenantId::default_tenant(), "bye"),
+    ] {
+        store.apply(StoreOp::PutFlow {
+            tenant,
+            flow: flow(name),
+        });
+    }
+    let page = |after: Option<(TenantId, FlowId)>, limit| match store
+        .clone()
+        .apply(StoreOp::ListFlows { after, limit })
+    {
+        StoreReply::Flows(f) => f
+            .into_iter()
+            .map(|(t, f)| format!("{}/{}", t.as_str(), f.id().as_str()))
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        page(None, 10),
+        ["acme/bye", "default/bye", "default/welcome"]
+    );
+    assert_eq!(page(None, 2), ["acme/bye", "default/bye"]);
+    assert_eq!(
+        page(
+            Some((TenantId::default_tenant(), FlowId::new("bye").unwrap())),
+            10
+        ),
+        ["default/welcome"]
+    );
+    assert!(page(
+        Some((TenantId::default_tenant(), FlowId::new("welcome").unwrap())),
+        10
+    )
+    .is_empty());
 }
 
 #[test]

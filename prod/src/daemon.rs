@@ -209,6 +209,10 @@ pub fn api_config(args: &EngineArgs) -> ApiConfig {
         default_settings: Some(default_settings_fingerprint(args)),
         default_phone_number_id: args.phone_number_id.clone(),
         keywords: crate::api::Keywords::new(&args.opt_out_keywords, &args.opt_in_keywords),
+        pacing: crate::api::Pacing {
+            rate_per_sec: args.rate_per_sec.max(1),
+            recipient_gap_ms: args.recipient_gap_ms,
+        },
     }
 }
 

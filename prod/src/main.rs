@@ -573,6 +573,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         stop_rx.clone(),
         daemon::os_random,
     )?;
+    tokio::spawn(oncesend::api::history::sample_forever(engine.state.clone()));
     banner(&args, &addr.to_string(), &url);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(daemon::serve(listener, engine.state, async move {
@@ -595,6 +596,9 @@ fn banner(args: &UpArgs, addr: &str, database: &str) {
         None => String::new(),
     };
     println!("oncesend is up at {base}");
+    if let Ok(a) = addr.parse::<std::net::SocketAddr>() {
+        println!("  console: {}", oncesend::api::console::console_url(a));
+    }
     println!(
         "  database: {}   provider: {}   recipient gap: {} ms",
         oncesend::db::redact(database),

@@ -86,6 +86,14 @@ impl MemStore {
                 Some(t) => StoreReply::Tenant(t.clone()),
                 None => StoreReply::NotFound,
             },
+            StoreOp::ListFlows { after, limit } => StoreReply::Flows(
+                self.flows
+                    .iter()
+                    .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
+                    .take(limit as usize)
+                    .map(|((t, _), f)| (t.clone(), f.clone()))
+                    .collect(),
+            ),
             StoreOp::GetFlow { tenant, flow } => match self.flows.get(&(tenant, flow)) {
                 Some(f) => StoreReply::Flow(f.clone()),
                 None => StoreReply::NotFound,
@@ -216,6 +224,7 @@ impl MemStore {
                     .filter(|r| status.is_none_or(|s| r.status == s))
                     .filter(|r| {
                         filter.matches(&r.flow, &r.tenant, r.reason.as_deref(), r.created_at_ms)
+                            && filter.admits(&r.to, r.seq)
                     })
                     .collect();
                 rows.sort_by_key(|r| std::cmp::Reverse(r.seq));

@@ -395,6 +395,9 @@ pub struct RunView {
     pub reason: Option<String>,
     /// When it was enqueued.
     pub created_at_ms: u64,
+    /// Its place in trigger order (grows with every run stored): lists
+    /// page by it.
+    pub seq: u64,
     /// The ledger row of each step, where one exists (empty in lists).
     pub deliveries: Vec<Option<DeliveryRecord>>,
 }
@@ -449,6 +452,14 @@ pub struct RunFilter {
     pub created_before_ms: Option<u64>,
     /// Runs triggered after this store time.
     pub created_after_ms: Option<u64>,
+    /// Runs to this recipient.
+    #[serde(default)]
+    pub to: Option<Recipient>,
+    /// Runs earlier in trigger order than this `seq`: the next page of a
+    /// list, by key rather than by offset, so a deep page costs what the
+    /// first did.
+    #[serde(default)]
+    pub before_seq: Option<u64>,
 }
 
 impl RunFilter {
@@ -468,6 +479,12 @@ impl RunFilter {
                 .is_none_or(|needle| reason.is_some_and(|r| r.contains(needle)))
             && self.created_before_ms.is_none_or(|t| created_at_ms < t)
             && self.created_after_ms.is_none_or(|t| created_at_ms > t)
+    }
+
+    /// Whether a run to `to` at `seq` in trigger order passes the `to` and
+    /// `before_seq` fields (the rest are [`RunFilter::matches`]').
+    pub fn admits(&self, to: &Recipient, seq: u64) -> bool {
+        self.to.as_ref().is_none_or(|r| r == to) && self.before_seq.is_none_or(|s| seq < s)
     }
 }
 
@@ -510,6 +527,13 @@ pub enum StoreOp {
     GetTenant {
         /// Its name.
         tenant: TenantId,
+    },
+    /// Stored flows, by tenant then name, after `after`.
+    ListFlows {
+        /// Only flows after this one (paging).
+        after: Option<(TenantId, FlowId)>,
+        /// At most this many.
+        limit: u32,
     },
     /// Read a flow.
     GetFlow {
@@ -825,6 +849,8 @@ pub enum StoreReply {
     },
     /// `GetFlow`'s flow.
     Flow(Flow),
+    /// `ListFlows`' flows, each with its tenant.
+    Flows(Vec<(TenantId, Flow)>),
     /// `PutTenant` done; `created` is false when it replaced one.
     TenantPut {
         /// Whether the tenant is new.
@@ -1070,6 +1096,7 @@ impl StoreOp {
             | StoreOp::Prune { now_ms, .. } => Some(*now_ms),
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
+            | StoreOp::ListFlows { .. }
             | StoreOp::PutTenant { .. }
             | StoreOp::GetTenant { .. }
             | StoreOp::ResumeSender { .. }
@@ -1111,6 +1138,7 @@ impl StoreOp {
             | StoreOp::Prune { now_ms, .. } => *now_ms = clock_ms,
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
+            | StoreOp::ListFlows { .. }
             | StoreOp::PutTenant { .. }
             | StoreOp::GetTenant { .. }
             | StoreOp::ResumeSender { .. }
@@ -1152,6 +1180,7 @@ impl StoreOp {
             StoreOp::GetSender { .. } => "get_sender",
             StoreOp::ListPausedSenders => "list_paused_senders",
             StoreOp::ListTenants => "list_tenants",
+            StoreOp::ListFlows { .. } => "list_flows",
             StoreOp::Suppress { .. } => "suppress",
             StoreOp::Unsuppress { .. } => "unsuppress",
             StoreOp::GetRecipient { .. } => "get_recipient",

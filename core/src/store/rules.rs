@@ -250,6 +250,7 @@ impl RunRecord {
             note: self.note.clone(),
             reason: self.reason.clone(),
             created_at_ms: self.created_at_ms,
+            seq: self.seq,
             deliveries,
         }
     }

@@ -1,4 +1,5 @@
-//! Flows: `PUT` and `GET /v1/flows/{flow}`.
+//! Flows: `PUT` and `GET /v1/flows/{flow}`, and `GET /v1/flows` (every
+//! flow, a page at a time).
 
 use super::body::{default_tenant, parse_json_body, read_body, store_reply, unexpected};
 use super::tenants::tenant_exists;
@@ -82,6 +83,56 @@ pub fn flow_json(tenant: &TenantId, flow: &Flow) -> serde_json::Value {
         "tenant": tenant,
         "steps": flow.steps(),
     })
+}
+
+/// Most flows one `GET /v1/flows` returns.
+pub const MAX_FLOW_LIST: u32 = 500;
+
+/// The query of `GET /v1/flows`: the page after the flow named by both
+/// `after_tenant` and `after_flow`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    after_tenant: Option<String>,
+    after_flow: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/flows?after_tenant=&after_flow=&limit=`: flows by tenant then
+/// name, each as `GET /v1/flows/{flow}` shows it; `next` names the key to
+/// pass for the next page, while there may be one.
+pub(super) async fn list_flows<S: Store>(
+    State(st): State<AppState<S>>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let axum::extract::Query(q) = query.map_err(|e| Problem::invalid(e.body_text()))?;
+    let after = match (q.after_tenant, q.after_flow) {
+        (None, None) => None,
+        (Some(t), Some(f)) => Some((
+            TenantId::new(t).map_err(|e| Problem::invalid(format!("after_tenant: {e}")))?,
+            FlowId::new(f).map_err(|e| Problem::invalid(format!("after_flow: {e}")))?,
+        )),
+        _ => {
+            return Err(Problem::invalid(
+                "give after_tenant and after_flow together (both from the last page's \"next\"), or neither",
+            ))
+        }
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_FLOW_LIST);
+    match store_reply(st.store.apply(StoreOp::ListFlows { after, limit }).await)? {
+        StoreReply::Flows(flows) => {
+            let next = match flows.last() {
+                Some((t, f)) if flows.len() as u32 == limit => {
+                    serde_json::json!({"after_tenant": t, "after_flow": f.id()})
+                }
+                _ => serde_json::Value::Null,
+            };
+            let flows: Vec<serde_json::Value> =
+                flows.iter().map(|(t, f)| flow_json(t, f)).collect();
+            Ok(Json(serde_json::json!({"flows": flows, "next": next})).into_response())
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 pub(super) async fn get_flow<S: Store>(

@@ -1,5 +1,6 @@
-//! The probes and counters: `/readyz` and `/metrics` (`/healthz` is a
-//! constant in the router).
+//! The probes and counters: `/readyz`, `/metrics`, and `/v1/stats` (the
+//! same figures as JSON, for the console; `/healthz` is a constant in the
+//! router).
 
 use super::body::{store_reply, unexpected};
 use super::{AppState, Problem};
@@ -23,6 +24,47 @@ pub(super) async fn readyz<S: Store>(State(st): State<AppState<S>>) -> Result<Re
         StoreReply::Stats(_) => Ok("ready\n".into_response()),
         other => Err(unexpected(other)),
     }
+}
+
+/// `GET /v1/stats`: the queue's figures and the engine's sends by outcome
+/// since it started, as JSON. Open runs only: counting finished ones would
+/// read the whole table.
+pub(super) async fn stats<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Problem> {
+    let now_ms = st.clock.now_ms();
+    let q = match store_reply(st.store.apply(StoreOp::Stats { now_ms }).await)? {
+        StoreReply::Stats(s) => s,
+        other => return Err(unexpected(other)),
+    };
+    let paused = match store_reply(st.store.apply(StoreOp::ListPausedSenders).await)? {
+        StoreReply::PausedSenders(p) => p.len(),
+        other => return Err(unexpected(other)),
+    };
+    let e = st.engine.stats();
+    Ok(axum::Json(serde_json::json!({
+        "now_ms": now_ms,
+        "runs": {
+            "pending": q.pending,
+            "due": q.due,
+            "leased": q.leased,
+            "waiting": q.waiting,
+        },
+        "oldest_due_age_ms": q.oldest_due_age_ms,
+        "unknown_deliveries": q.unknown_deliveries,
+        "paused_tenants": paused,
+        "sends": {
+            "sent": e.sent,
+            "failed": e.failed,
+            "unknown": e.unknown,
+            "replayed": e.replayed,
+            "fenced": e.fenced,
+            "busy": e.busy,
+            "paced": e.paced,
+            "throttled": e.throttled,
+            "sender_blocked": e.sender_blocked,
+            "held_for_pause": e.held_for_pause,
+        },
+    }))
+    .into_response())
 }
 
 pub(super) async fn metrics<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Problem> {

@@ -7,8 +7,10 @@
 //! live in a module of their own.
 
 mod body;
+pub mod console;
 mod flows;
 mod health;
+pub mod history;
 mod messages;
 mod problem;
 pub mod recipients;
@@ -65,6 +67,18 @@ pub struct ApiConfig {
     pub default_phone_number_id: Option<String>,
     /// Opt-out and opt-in keywords of inbound messages.
     pub keywords: Keywords,
+    /// The engine's pacing, the same for every sender, as
+    /// `GET /v1/tenants` shows it.
+    pub pacing: Pacing,
+}
+
+/// How fast the engine lets each sender go: the same for every tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pacing {
+    /// Messages per second per sender (0: not known to the API).
+    pub rate_per_sec: u32,
+    /// Least gap between two messages to one recipient, in ms.
+    pub recipient_gap_ms: u64,
 }
 
 /// The inbound texts that opt a recipient out or back in: a text matches
@@ -124,6 +138,7 @@ impl Default for ApiConfig {
             default_settings: None,
             default_phone_number_id: None,
             keywords: Keywords::default(),
+            pacing: Pacing::default(),
         }
     }
 }
@@ -142,6 +157,7 @@ pub struct AppState<S> {
     workers: Arc<Mutex<Vec<Arc<Mutex<WorkerStats>>>>>,
     tenant_hook: Option<TenantHook>,
     webhook: Arc<WebhookCounts>,
+    history: Arc<history::History>,
 }
 
 /// What the status webhook did with what it was sent, for `/metrics`.
@@ -172,6 +188,7 @@ impl<S: Clone> Clone for AppState<S> {
             workers: self.workers.clone(),
             tenant_hook: self.tenant_hook.clone(),
             webhook: self.webhook.clone(),
+            history: self.history.clone(),
         }
     }
 }
@@ -195,6 +212,7 @@ impl<S: Store> AppState<S> {
             workers: Arc::default(),
             tenant_hook: None,
             webhook: Arc::default(),
+            history: Arc::default(),
         }
     }
 
@@ -214,6 +232,10 @@ impl<S: Store> AppState<S> {
 pub fn router<S: Store>(state: AppState<S>) -> Router {
     let max_body = state.config.max_body_bytes;
     let guarded = Router::new()
+        .route("/v1/flows", get(flows::list_flows::<S>))
+        .route("/v1/tenants", get(tenants::list_tenants::<S>))
+        .route("/v1/stats", get(health::stats::<S>))
+        .route("/v1/stats/history", get(history::history::<S>))
         .route(
             "/v1/flows/{flow}",
             put(flows::put_flow::<S>).get(flows::get_flow::<S>),
@@ -266,6 +288,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
             "/v1/providers/cloud-api/webhook",
             get(webhook::verify::<S>).post(webhook::receive::<S>),
         )
+        .merge(console::routes())
         .merge(guarded)
         .fallback(|| async { Problem::not_found("no such endpoint; see the README for the API") })
         .layer(DefaultBodyLimit::max(max_body))

@@ -56,6 +56,11 @@ pub struct Filters {
     pub before_ms: Option<u64>,
     /// Triggered after this time.
     pub after_ms: Option<u64>,
+    /// To this recipient (E.164).
+    pub to: Option<String>,
+    /// Earlier in trigger order than this `seq`: the next page, from the
+    /// last page's `next_before_seq`.
+    pub before_seq: Option<u64>,
     /// At most this many.
     pub limit: Option<u32>,
     /// Bulk actions: who acts.
@@ -84,6 +89,14 @@ impl Filters {
                 Some(TenantId::new(t).map_err(|e| Problem::invalid(format!("tenant {t:?}: {e}")))?)
             }
         };
+        let to = match self.to.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(oncesend_core::Recipient::parse(t).map_err(|e| {
+                Problem::invalid(format!(
+                    "to {t:?} is not a phone number in E.164 form (+ and 8 to 15 digits): {e}"
+                ))
+            })?),
+        };
         if self.reason.as_ref().is_some_and(|r| r.len() > 200) {
             return Err(Problem::invalid(
                 "reason: at most 200 bytes of text to look for",
@@ -97,6 +110,8 @@ impl Filters {
                 reason_contains: self.reason.clone().filter(|r| !r.is_empty()),
                 created_before_ms: self.before_ms,
                 created_after_ms: self.after_ms,
+                to,
+                before_seq: self.before_seq,
             },
         ))
     }
@@ -124,6 +139,9 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
                 "status": status,
                 "provider_message_id": d.as_ref().and_then(|d| d.provider_message_id.clone()),
                 "attempts": d.as_ref().map_or(0, |d| d.attempts),
+                "epoch": d.as_ref().map(|d| d.epoch),
+                "delay_ms": v.steps[i].delay_ms,
+                "message": message,
                 "last_error": d.as_ref().and_then(|d| d.last_error.clone()),
                 "error_code": d.as_ref().and_then(|d| d.last_error.as_deref()).and_then(oncesend_core::provider_error::code_in_reason),
                 "after": v.steps[i].after.as_str(),
@@ -134,6 +152,8 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
         .collect();
     let mut json = run_summary_json(v);
     json["run_at_ms"] = v.run_at_ms.into();
+    json["epoch"] = v.epoch.into();
+    json["attempts"] = v.attempts.into();
     json["note"] = v.note.clone().into();
     json["steps"] = steps.into();
     json
@@ -152,6 +172,7 @@ pub fn run_summary_json(v: &RunView) -> serde_json::Value {
         "waiting_for": v.wait.map(|w| w.as_str()),
         "reason": v.reason,
         "created_at_ms": v.created_at_ms,
+        "seq": v.seq,
     })
 }
 
@@ -192,7 +213,9 @@ pub(super) async fn cancel<S: Store>(
     }
 }
 
-/// `GET /v1/runs?status=&flow=&tenant=&reason=&before_ms=&after_ms=&limit=`
+/// `GET /v1/runs?status=&flow=&tenant=&to=&reason=&before_ms=&after_ms=&before_seq=&limit=`:
+/// newest first; `next_before_seq`, while more may follow, asks for the
+/// next page.
 pub async fn list<S: Store>(
     State(st): State<AppState<S>>,
     query: Result<Query<Filters>, QueryRejection>,
@@ -207,8 +230,12 @@ pub async fn list<S: Store>(
     };
     match store_reply(st.store.apply(op).await)? {
         StoreReply::Runs(runs) => {
+            let next = match runs.last() {
+                Some(last) if runs.len() as u32 == limit => Some(last.seq),
+                _ => None,
+            };
             let runs: Vec<serde_json::Value> = runs.iter().map(run_summary_json).collect();
-            Ok(Json(serde_json::json!({ "runs": runs })).into_response())
+            Ok(Json(serde_json::json!({ "runs": runs, "next_before_seq": next })).into_response())
         }
         other => Err(unexpected(other)),
     }
@@ -320,7 +347,7 @@ async fn bulk<S: Store>(
     let (mut status, filter) = f.parse()?;
     if filter == RunFilter::default() && status.is_none() {
         return Err(Problem::invalid(
-            "give at least one filter (status, flow, tenant, reason, before_ms, after_ms): a bulk action never applies to every run by accident",
+            "give at least one filter (status, flow, tenant, to, reason, before_ms, after_ms): a bulk action never applies to every run by accident",
         ));
     }
     if retry {

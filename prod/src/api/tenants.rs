@@ -119,6 +119,32 @@ async fn tenant_json<S: Store>(
     }))
 }
 
+/// `GET /v1/tenants`: `default` and every stored tenant, each as
+/// `GET /v1/tenants/{t}` shows it, with the engine's pacing (the same for
+/// all).
+pub(super) async fn list_tenants<S: Store>(
+    State(st): State<AppState<S>>,
+) -> Result<Response, Problem> {
+    let stored = match store_reply(st.store.apply(StoreOp::ListTenants).await)? {
+        StoreReply::Tenants(t) => t,
+        other => return Err(unexpected(other)),
+    };
+    let mut tenants =
+        vec![tenant_json(&st, &TenantId::default_tenant(), st.config.default_provider).await?];
+    for t in &stored {
+        tenants.push(tenant_json(&st, t.id(), t.provider().kind()).await?);
+    }
+    let pacing = st.config.pacing;
+    Ok(Json(serde_json::json!({
+        "tenants": tenants,
+        "pacing": {
+            "rate_per_sec": pacing.rate_per_sec,
+            "recipient_gap_ms": pacing.recipient_gap_ms,
+        },
+    }))
+    .into_response())
+}
+
 pub(super) async fn get_tenant<S: Store>(
     State(st): State<AppState<S>>,
     Path(tenant): Path<String>,

@@ -57,6 +57,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cli.engine.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, provider = ?cli.engine.provider, database = %oncesend::db::redact(&cli.db.database_url), "engine listening");
+    tracing::info!("console: {}", oncesend::api::console::console_url(addr));
+    tokio::spawn(oncesend::api::history::sample_forever(engine.state.clone()));
     daemon::serve(listener, engine.state, daemon::stopped(flag)).await?;
     tracing::info!("engine stopped");
     Ok(())

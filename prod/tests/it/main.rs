@@ -10,6 +10,8 @@ mod support;
 mod bad_input;
 mod bench_entry;
 mod chaos;
+mod console;
+mod console_api;
 mod e2e;
 mod fuzz_corpus;
 mod message_kinds;

@@ -33,6 +33,10 @@ enum Op {
     GetFlow {
         flow: u8,
     },
+    ListFlows {
+        after: Option<u8>,
+        limit: u32,
+    },
     PutTenant {
         tenant: u8,
     },
@@ -191,6 +195,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0u8..3, 1u8..4).prop_map(|(flow, steps)| Op::PutFlow { flow, steps }),
         1 => (0u8..3).prop_map(|flow| Op::GetFlow { flow }),
+        1 => (proptest::option::of(0u8..3), 0u32..4).prop_map(|(after, limit)| Op::ListFlows { after, limit }),
         1 => (0u8..2).prop_map(|tenant| Op::PutTenant { tenant }),
         1 => (0u8..3).prop_map(|tenant| Op::GetTenant { tenant }),
         5 => (0u8..2, 0u8..4, 1u8..4, prop_oneof![Just(0u64), 1u64..30], proptest::option::of(0u8..3), prop::bool::weighted(0.05))
@@ -367,6 +372,10 @@ impl World {
                     (0..steps).map(|i| step_of_kind(i, i as u64 * 10)).collect(),
                 )
                 .unwrap(),
+            },
+            Op::ListFlows { after, limit } => StoreOp::ListFlows {
+                after: after.map(|f| (tenant(f % 2), FlowId::new(format!("flow{f}")).unwrap())),
+                limit,
             },
             Op::GetFlow { flow } => StoreOp::GetFlow {
                 tenant: tenant(flow % 2),
@@ -715,6 +724,15 @@ impl World {
                     3 => RunFilter {
                         created_before_ms: Some(now_ms.saturating_sub(20)),
                         created_after_ms: Some(now_ms.saturating_sub(200)),
+                        ..RunFilter::default()
+                    },
+                    4 => RunFilter {
+                        to: Some(recipient(1)),
+                        ..RunFilter::default()
+                    },
+                    5 => RunFilter {
+                        before_seq: Some(4),
+                        tenant: Some(tenant(0)),
                         ..RunFilter::default()
                     },
                     _ => RunFilter::default(),

@@ -47,6 +47,7 @@ impl Batch<'_> {
         match op {
             StoreOp::PutFlow { tenant, flow } => self.put_flow(tenant, flow).await,
             StoreOp::GetFlow { tenant, flow } => self.get_flow(tenant, flow).await,
+            StoreOp::ListFlows { after, limit } => self.list_flows(after, limit).await,
             StoreOp::PutTenant { tenant } => self.put_tenant(tenant).await,
             StoreOp::GetTenant { tenant } => self.get_tenant(tenant).await,
             StoreOp::Claim {

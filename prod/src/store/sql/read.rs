@@ -58,6 +58,10 @@ impl Batch<'_> {
             });
             texts.push(r.clone());
         }
+        if let Some(to) = &filter.to {
+            mark(&mut conds, &|n| format!("recipient = ${n}"));
+            texts.push(to.as_str().to_string());
+        }
         if let Some(t) = filter.created_before_ms {
             mark(&mut conds, &|n| format!("created_at_ms < ${n}"));
             nums.push(db(t));
@@ -65,6 +69,10 @@ impl Batch<'_> {
         if let Some(t) = filter.created_after_ms {
             mark(&mut conds, &|n| format!("created_at_ms > ${n}"));
             nums.push(db(t));
+        }
+        if let Some(s) = filter.before_seq {
+            mark(&mut conds, &|n| format!("seq < ${n}"));
+            nums.push(db(s));
         }
         let limit_mark = conds.len() + 1;
         let where_ = if conds.is_empty() {

@@ -21,6 +21,7 @@ pub(super) mod common {
     /// `{table}`: a table name from [`super::super::TABLES`].
     pub const DROP_TABLE: &str = sql!("common/drop_table.sql");
     pub const GET_FLOW: &str = sql!("common/get_flow.sql");
+    pub const LIST_FLOWS: &str = sql!("common/list_flows.sql");
     pub const FLOW_EXISTS: &str = sql!("common/flow_exists.sql");
     pub const PUT_FLOW: &str = sql!("common/put_flow.sql");
     pub const GET_TENANT: &str = sql!("common/get_tenant.sql");

@@ -36,6 +36,33 @@ impl Batch<'_> {
         })
     }
 
+    pub(super) async fn list_flows(
+        &mut self,
+        after: Option<(TenantId, FlowId)>,
+        limit: u32,
+    ) -> Tx<StoreReply> {
+        let (tenant, flow) = after
+            .as_ref()
+            .map_or(("", ""), |(t, f)| (t.as_str(), f.as_str()));
+        let rows = sqlx::query(common::LIST_FLOWS)
+            .bind(tenant)
+            .bind(flow)
+            .bind(limit as i64)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        let flows = rows
+            .iter()
+            .map(|row| {
+                let tenant = TenantId::new(row.try_get::<String, _>(0)?)
+                    .map_err(|e| decode_err("tenant", e))?;
+                let body: String = row.try_get(1)?;
+                let flow: Flow = serde_json::from_str(&body).map_err(|e| decode_err("flow", e))?;
+                Ok((tenant, flow))
+            })
+            .collect::<Tx<Vec<_>>>()?;
+        Ok(StoreReply::Flows(flows))
+    }
+
     /// The tenant's flow of that name, if it has one.
     pub(super) async fn load_flow(&mut self, tenant: &TenantId, flow: &FlowId) -> Tx<Option<Flow>> {
         let row = sqlx::query(common::GET_FLOW)

@@ -69,7 +69,8 @@ pub async fn sqlite_store(name: &str, clock: SqlClock) -> SqlStore {
     store
 }
 
-/// Empties every table.
+/// Empties every table, and starts runs' `seq` from 1 again, as the
+/// reference store does when it is new.
 pub async fn reset(store: &SqlStore) {
     for table in oncesend::store::sql::TABLES {
         sqlx::query(&format!("DELETE FROM {table}"))
@@ -77,6 +78,14 @@ pub async fn reset(store: &SqlStore) {
             .await
             .expect("empty a table");
     }
+    let restart = match store.backend() {
+        oncesend::store::sql::Backend::Postgres => "ALTER TABLE runs ALTER COLUMN seq RESTART",
+        oncesend::store::sql::Backend::Sqlite => "DELETE FROM sqlite_sequence WHERE name = 'runs'",
+    };
+    sqlx::query(restart)
+        .execute(store.pool())
+        .await
+        .expect("restart runs' seq");
 }
 
 /// A run of one text step, due at once, of the default tenant's flow `f`,
