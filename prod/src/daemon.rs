@@ -351,6 +351,52 @@ pub async fn run_standalone<S: Store, E: EngineClient>(
     Ok(())
 }
 
+/// The flow `oncesend up` puts when the database holds none.
+pub const SAMPLE_FLOW: &str = "welcome";
+
+/// Puts [`SAMPLE_FLOW`] for the default tenant when no tenant has any flow
+/// yet, so someone who has just started `oncesend up` finds a flow to
+/// trigger on the console's Flows page. It needs no variables. Answers
+/// whether it put it; a database that already holds a flow is left as it is.
+pub async fn put_sample_flow<S: Store>(store: &S) -> Result<bool, StoreUnavailable> {
+    let cannot_use = |other: StoreReply| {
+        StoreUnavailable(format!(
+            "the sample flow got an answer it cannot use: {other:?}"
+        ))
+    };
+    match store
+        .apply(StoreOp::ListFlows {
+            after: None,
+            limit: 1,
+        })
+        .await?
+    {
+        StoreReply::Flows(flows) if flows.is_empty() => {}
+        StoreReply::Flows(_) => return Ok(false),
+        other => return Err(cannot_use(other)),
+    }
+    let steps: Vec<oncesend_core::RawFlowStep> = serde_json::from_value(serde_json::json!([
+        {"text": "Hi! This is oncesend's sample flow: step 1 of 2.", "delay_ms": 0},
+        {"text": "Step 2 of 2, sent a second after the first. Each step goes out once.", "delay_ms": 1000}
+    ]))
+    .expect("the sample flow's steps are well formed");
+    let flow = oncesend_core::Flow::from_raw(
+        oncesend_core::FlowId::new(SAMPLE_FLOW).expect("a valid flow id"),
+        steps,
+    )
+    .expect("the sample flow is within every limit");
+    match store
+        .apply(StoreOp::PutFlow {
+            tenant: oncesend_core::TenantId::default_tenant(),
+            flow,
+        })
+        .await?
+    {
+        StoreReply::FlowPut { .. } => Ok(true),
+        other => Err(cannot_use(other)),
+    }
+}
+
 /// Runs deleted per `Prune` op.
 const PRUNE_BATCH: u32 = 1_000;
 
@@ -479,6 +525,43 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
     use oncesend_core::{FlowId, MemStore, NewRun, PlannedStep, Recipient, RunId, TenantId};
+
+    #[tokio::test]
+    async fn the_sample_flow_goes_only_into_a_database_without_flows() {
+        let store = MemoryStore::new(MemStore::new());
+        assert!(put_sample_flow(&store).await.unwrap());
+        let flow = match store
+            .apply(StoreOp::GetFlow {
+                tenant: TenantId::default_tenant(),
+                flow: FlowId::new(SAMPLE_FLOW).unwrap(),
+            })
+            .await
+            .unwrap()
+        {
+            StoreReply::Flow(f) => f,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(flow.steps().len(), 2);
+        // Triggered from a form with no variables, it must render as is.
+        let body = serde_json::to_string(flow.steps()).unwrap();
+        assert!(!body.contains("{{"), "{body}");
+        // Once there is a flow (this one or the user's), it is left alone.
+        assert!(!put_sample_flow(&store).await.unwrap());
+        let other = MemoryStore::new(MemStore::new());
+        let mine = oncesend_core::Flow::from_raw(
+            FlowId::new("mine").unwrap(),
+            serde_json::from_value(serde_json::json!([{"text": "hi"}])).unwrap(),
+        )
+        .unwrap();
+        other
+            .apply(StoreOp::PutFlow {
+                tenant: TenantId::default_tenant(),
+                flow: mine,
+            })
+            .await
+            .unwrap();
+        assert!(!put_sample_flow(&other).await.unwrap());
+    }
 
     #[tokio::test]
     async fn a_restart_with_other_default_settings_lifts_a_provider_pause_only() {

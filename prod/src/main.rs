@@ -556,6 +556,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if db.is_memory() {
         tracing::warn!("DATABASE_URL=memory: keeps runs in this process; they are lost at exit");
     }
+    let sample = match daemon::put_sample_flow(&db).await {
+        Ok(put) => {
+            if put {
+                tracing::info!(
+                    flow = daemon::SAMPLE_FLOW,
+                    "no flows yet: put the sample flow"
+                );
+            }
+            put
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot put the sample flow; the console's Flows page starts empty");
+            false
+        }
+    };
     let engine = daemon::engine(&args.engine, db.clone(), clock.clone())?;
     let listener = tokio::net::TcpListener::bind(args.engine.listen)
         .await
@@ -574,7 +589,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         daemon::os_random,
     )?;
     tokio::spawn(oncesend::api::history::sample_forever(engine.state.clone()));
-    banner(&args, &addr.to_string(), &url);
+    banner(&args, &addr.to_string(), &url, sample);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(daemon::serve(listener, engine.state, async move {
         let _ = server_stop.wait_for(|s| *s).await;
@@ -589,7 +604,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn banner(args: &UpArgs, addr: &str, database: &str) {
+fn banner(args: &UpArgs, addr: &str, database: &str, sample: bool) {
     let base = format!("http://{addr}");
     let auth = match &args.engine.token {
         Some(t) => format!(" -H 'authorization: Bearer {t}'"),
@@ -598,6 +613,12 @@ fn banner(args: &UpArgs, addr: &str, database: &str) {
     println!("oncesend is up at {base}");
     if let Ok(a) = addr.parse::<std::net::SocketAddr>() {
         println!("  console: {}", oncesend::api::console::console_url(a));
+        if sample {
+            println!(
+                "  sample flow: `{}` is ready; trigger it from the console's Flows page",
+                daemon::SAMPLE_FLOW
+            );
+        }
     }
     println!(
         "  database: {}   provider: {}   recipient gap: {} ms",

@@ -605,7 +605,11 @@ function flowCard(f) {
     steps.append(el("li", { dataset: { step: String(i) } }, el("p", { class: "meta" }, "Step " + i + " · " + wait), renderMessage(stepMessage(s))));
   });
   const to = el("input", { name: "to", placeholder: "+5511913390707", required: true });
+  // The variables the steps use, ready to fill in: a trigger without one
+  // of them is refused.
+  const names = [...new Set([...JSON.stringify(f.steps).matchAll(/\{\{\s*([A-Za-z0-9_]+)\s*\}\}/g)].map((m) => m[1]))];
   const vars = el("textarea", { name: "vars", rows: 2, placeholder: "{\"name\": \"Ana\"}" });
+  if (names.length) vars.value = JSON.stringify(Object.fromEntries(names.map((n) => [n, ""])));
   const result = el("p", { class: "result" });
   const form = el("form", { class: "trigger" },
     el("label", {}, "To ", to), el("label", {}, "Variables (JSON) ", vars),

@@ -210,7 +210,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
     let (code, body) = api
         .json(
             "PUT",
-            "/v1/flows/welcome",
+            "/v1/flows/greeting",
             serde_json::json!({"steps": [
                 {"text": format!("Hi {{{{name}}}}! {SCRIPT}"), "delay_ms": 0},
                 {"message": {"type": "template", "template": {"name": "order_ready",
@@ -226,7 +226,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
         let (code, body) = api
             .json(
                 "POST",
-                "/v1/flows/welcome/runs",
+                "/v1/flows/greeting/runs",
                 serde_json::json!({"to": to, "vars": {"name": "Ana"}}),
             )
             .await;
@@ -382,7 +382,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
     // The flow as the recipient would see it, the script as text; and a
     // test run triggered from it.
     b.click("//nav//a[@data-page='flows']").await;
-    let flow = "//section[@data-flow='welcome']";
+    let flow = "//section[@data-flow='greeting']";
     let text = b
         .wait_for(&format!("{flow}//li[@data-step='0']//p[@class='text']"))
         .await
@@ -400,11 +400,14 @@ async fn an_operator_works_the_console_in_a_real_browser() {
         .send_keys("+5511900000003")
         .await
         .unwrap();
-    b.wait_for(&format!("{flow}//textarea[@name='vars']"))
-        .await
-        .send_keys(r#"{"name": "Bia"}"#)
-        .await
-        .unwrap();
+    let vars = b.wait_for(&format!("{flow}//textarea[@name='vars']")).await;
+    // Filled in with the variables the flow's steps use.
+    assert_eq!(
+        vars.prop("value").await.unwrap().as_deref(),
+        Some(r#"{"name":""}"#)
+    );
+    vars.clear().await.unwrap();
+    vars.send_keys(r#"{"name": "Bia"}"#).await.unwrap();
     b.click(&format!("{flow}//form[@class='trigger']/button"))
         .await;
     b.confirm("starts a real run", None).await;
@@ -547,10 +550,12 @@ async fn an_operator_settles_an_unknown_step_and_retries_a_failed_run() {
     db.remove().await;
 }
 
-/// `oncesend up` on loopback without a token: the console needs no
-/// sign-in; and every `/ui` answer carries the content security policy.
+/// `oncesend up` on loopback without a token, as a new user starts it: the
+/// console needs no sign-in, every `/ui` answer carries the content
+/// security policy, and the sample flow triggered from the Flows page with
+/// only a number completes on its run's timeline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_loopback_without_a_token_the_console_opens_without_sign_in() {
+async fn on_loopback_without_a_token_the_console_opens_and_the_sample_flow_runs() {
     let db = TestDb::sqlite("console-open");
     let (_up, url) = start_up(&[], &[("DATABASE_URL", db.url())]).await;
     let u = oncesend::net::HttpUrl::parse(&url).unwrap();
@@ -583,6 +588,28 @@ async fn on_loopback_without_a_token_the_console_opens_without_sign_in() {
     b.wait_for("//section[@id='sign-in' and @hidden]").await;
     b.wait_for("//button[@id='sign-out' and @hidden]").await;
     b.shot("open-on-loopback").await;
+
+    // What a new user does next: the Flows page has the sample flow `up`
+    // put; triggered with nothing but a number, it completes on its
+    // timeline.
+    b.click("//nav//a[@data-page='flows']").await;
+    let flow = "//section[@data-flow='welcome']";
+    b.wait_for(&format!("{flow}//li[@data-step='1']")).await;
+    b.wait_for(&format!("{flow}//input[@name='to']"))
+        .await
+        .send_keys("+5511900000009")
+        .await
+        .unwrap();
+    b.click(&format!("{flow}//form[@class='trigger']/button"))
+        .await;
+    b.confirm("starts a real run", None).await;
+    b.click(&format!("{flow}//a[contains(@class,'run-link')]"))
+        .await;
+    b.wait_for("//span[@id='run-status']/span[text()='completed']")
+        .await;
+    b.wait_for("//ol[@id='timeline']/li[@data-step='1']//p[@class='text' and starts-with(., 'Step 2 of 2')]")
+        .await;
+    b.shot("sample-flow-completed").await;
     let _ = b.web.close().await;
     db.remove().await;
 }
