@@ -9,7 +9,7 @@ use crate::store::Store;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use oncesend_core::{StoreOp, StoreReply};
+use oncesend_core::{QueueStats, StoreOp, StoreReply};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -25,18 +25,9 @@ pub const HISTORY_SAMPLES: usize = (3_600_000 / SAMPLE_EVERY_MS) as usize;
 pub struct Sample {
     /// When, in store time.
     pub at_ms: u64,
-    /// Runs waiting, due or not.
-    pub pending: u64,
-    /// Runs waiting whose time has come.
-    pub due: u64,
-    /// Runs held by a worker.
-    pub leased: u64,
-    /// Runs waiting for the provider's word.
-    pub waiting: u64,
-    /// How long the longest-waiting due run had waited.
-    pub oldest_due_age_ms: u64,
-    /// Deliveries whose outcome is unknown.
-    pub unknown_deliveries: u64,
+    /// The queue's figures then, as `GET /v1/stats` gives them.
+    #[serde(flatten)]
+    pub queue: QueueStats,
     /// Sends answered `sent` since the engine started.
     pub sent: u64,
     /// Sends answered `failed` since the engine started.
@@ -82,12 +73,7 @@ pub async fn sample_forever<S: Store>(st: AppState<S>) {
                 let e = st.engine.stats();
                 st.history.push(Sample {
                     at_ms: now_ms,
-                    pending: q.pending,
-                    due: q.due,
-                    leased: q.leased,
-                    waiting: q.waiting,
-                    oldest_due_age_ms: q.oldest_due_age_ms,
-                    unknown_deliveries: q.unknown_deliveries,
+                    queue: q,
                     sent: e.sent,
                     failed: e.failed,
                 });
@@ -115,12 +101,7 @@ mod tests {
     fn at(ms: u64) -> Sample {
         Sample {
             at_ms: ms,
-            pending: 0,
-            due: 0,
-            leased: 0,
-            waiting: 0,
-            oldest_due_age_ms: 0,
-            unknown_deliveries: 0,
+            queue: QueueStats::default(),
             sent: 0,
             failed: 0,
         }

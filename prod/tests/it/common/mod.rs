@@ -529,22 +529,38 @@ pub struct Proc {
 /// The JSON log lines a child wrote to stderr (other lines are kept as
 /// strings).
 #[derive(Clone, Default)]
-pub struct Logs(Arc<Mutex<Vec<serde_json::Value>>>);
+pub struct Logs(
+    Arc<Mutex<Vec<serde_json::Value>>>,
+    /// True once the child's stderr is closed and every line is in.
+    Option<tokio::sync::watch::Receiver<bool>>,
+);
 
 impl Logs {
     /// Collects `stderr` in the background.
     fn capture(stderr: tokio::process::ChildStderr) -> Self {
-        let logs = Logs::default();
-        let keep = logs.clone();
+        let (closed, done) = tokio::sync::watch::channel(false);
+        let logs = Logs(Arc::default(), Some(done));
+        let keep = logs.0.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let v = serde_json::from_str::<serde_json::Value>(&line)
                     .unwrap_or(serde_json::Value::String(line));
-                keep.0.lock().unwrap().push(v);
+                keep.lock().unwrap().push(v);
             }
+            let _ = closed.send(true);
         });
         logs
+    }
+
+    /// Waits, at most `within`, until the child's stderr has closed and
+    /// every line it wrote is collected: a process that has exited may
+    /// still have lines in the pipe that the reader has not taken yet.
+    pub async fn until_closed(&self, within: Duration) {
+        if let Some(done) = &self.1 {
+            let mut done = done.clone();
+            let _ = tokio::time::timeout(within, done.wait_for(|closed| *closed)).await;
+        }
     }
 
     /// The lines whose message is `message`.
@@ -584,7 +600,10 @@ impl Proc {
     /// Waits for the process to exit, at most `within`.
     pub async fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
         match tokio::time::timeout(within, self.child.wait()).await {
-            Ok(status) => status.unwrap(),
+            Ok(status) => {
+                self.logs.until_closed(within).await;
+                status.unwrap()
+            }
             Err(_) => panic!(
                 "{} did not exit within {within:?}; its log:\n{}",
                 self.name,
