@@ -39,6 +39,15 @@ fn marks_with(html: &str, class: &str) -> Vec<String> {
         .collect()
 }
 
+/// The run steps the checker counted as sent twice.
+fn duplicate_keys(r: &SeedResult) -> BTreeSet<String> {
+    r.report
+        .duplicates
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect()
+}
+
 #[test]
 fn the_old_system_s_page_shows_each_duplicate_in_red_on_its_run_step() {
     let r = run_seed(LEGACY_SEED, &marked(SimConfig::legacy()));
@@ -48,12 +57,7 @@ fn the_old_system_s_page_shows_each_duplicate_in_red_on_its_run_step() {
     );
     let html = page_of(&r, Mode::Legacy);
     let red: BTreeSet<String> = marks_with(&html, "m deliver dup").into_iter().collect();
-    let counted: BTreeSet<String> = r
-        .report
-        .duplicates
-        .iter()
-        .map(|(k, _)| k.to_string())
-        .collect();
+    let counted = duplicate_keys(&r);
     assert_eq!(
         red, counted,
         "the red marks are not the checker's duplicates"
@@ -205,12 +209,7 @@ fn a_failing_seed_with_the_guards_off_is_drawn_small_with_its_duplicates_red() {
     let r = run_seed(0, &config);
     assert!(!r.ok(), "seed 0 no longer fails with both guards off");
     let html = page_of(&r, Mode::Fixed);
-    let counted: BTreeSet<String> = r
-        .report
-        .duplicates
-        .iter()
-        .map(|(k, _)| k.to_string())
-        .collect();
+    let counted = duplicate_keys(&r);
     let red = marks_with(&html, "m deliver dup");
     assert!(!red.is_empty(), "{html}");
     assert!(red.iter().all(|k| counted.contains(k)), "{red:?}");

@@ -77,26 +77,21 @@ async fn the_console_s_reads_page_filter_and_list_what_the_store_holds() {
     };
     assert_eq!(names(&first), ["bye", "reminder"]);
     assert_eq!(first["flows"][0]["steps"][0]["text"], "bye {{name}}");
-    let next = &first["next"];
-    let (code, second) = api
-        .get(&format!(
+    // The page after `page`, as its `next` says.
+    let after = |page: &serde_json::Value| {
+        let next = &page["next"];
+        format!(
             "/v1/flows?limit=2&after_tenant={}&after_flow={}",
             next["after_tenant"].as_str().unwrap(),
             next["after_flow"].as_str().unwrap()
-        ))
-        .await;
+        )
+    };
+    let (code, second) = api.get(&after(&first)).await;
     assert_eq!(code, 200, "{second}");
     // `welcome` is the sample flow `oncesend up` put into the empty database.
     assert_eq!(names(&second), ["wakeup", "welcome"]);
-    let next = &second["next"];
-    if !next.is_null() {
-        let (code, third) = api
-            .get(&format!(
-                "/v1/flows?limit=2&after_tenant={}&after_flow={}",
-                next["after_tenant"].as_str().unwrap(),
-                next["after_flow"].as_str().unwrap()
-            ))
-            .await;
+    if !second["next"].is_null() {
+        let (code, third) = api.get(&after(&second)).await;
         assert_eq!(code, 200, "{third}");
         assert!(names(&third).is_empty(), "{third}");
         assert!(third["next"].is_null(), "{third}");
