@@ -47,7 +47,7 @@ pub use send::{
 };
 pub use store::{
     ClaimedRun, DeliveryRecord, DeliveryState, Guards, Lease, MemStore, NewRun, PlannedStep,
-    QueueStats, RunStatus, RunView, StoreOp, StoreReply, StoreUnavailable,
+    QueueStats, RunEvent, RunEventKind, RunStatus, RunView, StoreOp, StoreReply, StoreUnavailable,
 };
 pub use template::{Template, TemplateError};
 pub use tenant::{CloudApiSettings, ProviderSettings, SenderPause, Tenant, TenantError};

@@ -6,8 +6,8 @@
 
 use super::rules::{self, RunRecord};
 use super::{
-    DeliveryRecord, DeliveryState, Guards, NewRun, QueueStats, RunStatus, RunView, StoreOp,
-    StoreReply,
+    DeliveryRecord, DeliveryState, Guards, NewRun, QueueStats, RunEvent, RunStatus, RunView,
+    StoreOp, StoreReply,
 };
 use crate::flow::{Flow, Trigger};
 use crate::ids::{DeliveryKey, FlowId, RunId, TenantId, WorkerId};
@@ -40,6 +40,8 @@ pub struct MemStore {
     ledger: BTreeMap<DeliveryKey, DeliveryRecord>,
     pauses: BTreeMap<TenantId, SenderPause>,
     recipients: BTreeMap<Conversation, super::RecipientInfo>,
+    /// Each run's events, oldest first.
+    events: BTreeMap<RunId, Vec<RunEvent>>,
 }
 
 impl MemStore {
@@ -314,13 +316,15 @@ impl MemStore {
             .collect();
         due.sort_unstable();
         due.truncate(max);
+        let mut events = Vec::new();
         let claimed = due
             .into_iter()
             .map(|(_, _, id)| {
                 let row = self.runs.get_mut(&id).expect("open runs exist");
-                row.claim(&owner, lease_ms, now_ms)
+                row.claim(&owner, lease_ms, now_ms, &mut events)
             })
             .collect();
+        self.keep_events(events);
         StoreReply::Claimed(claimed)
     }
 
@@ -348,13 +352,16 @@ impl MemStore {
             open.get(&conversation(row))
                 .is_some_and(|q| q.values().any(|other| *other != row.id))
         };
+        let mut events = Vec::new();
         let mut rows = rules::Rows {
             runs,
             ledger,
             pauses,
             suppressed: &suppressed,
+            events: &mut events,
         };
         let reply = rules::apply_row_op(&mut rows, *guards, op, &other_open);
+        self.keep_events(events);
         let (Some(was_open), Some(row)) = (was_open, self.runs.get(&id)) else {
             return reply;
         };
@@ -377,15 +384,23 @@ impl MemStore {
         reply
     }
 
+    fn keep_events(&mut self, events: Vec<(RunId, RunEvent)>) {
+        for (run, event) in events {
+            self.events.entry(run).or_default().push(event);
+        }
+    }
+
     fn view(&self, row: &RunRecord, with_deliveries: bool) -> RunView {
-        let deliveries = if with_deliveries {
-            (0..row.steps.len() as u32)
-                .map(|step| self.ledger.get(&DeliveryKey { run: row.id, step }).cloned())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        row.view(deliveries)
+        if !with_deliveries {
+            return row.view(Vec::new(), Vec::new());
+        }
+        let deliveries = (0..row.steps.len() as u32)
+            .map(|step| self.ledger.get(&DeliveryKey { run: row.id, step }).cloned())
+            .collect();
+        row.view(
+            deliveries,
+            self.events.get(&row.id).cloned().unwrap_or_default(),
+        )
     }
 
     fn stats(&self, now_ms: u64) -> QueueStats {
@@ -424,6 +439,7 @@ impl MemStore {
         old.truncate(max as usize);
         for (_, id) in &old {
             let row = self.runs.remove(id).expect("listed above");
+            self.events.remove(id);
             if let Some(key) = &row.trigger_key {
                 self.trigger_keys.remove(&(row.tenant.clone(), key.clone()));
             }

@@ -358,6 +358,71 @@ pub struct DeliveryRecord {
     pub resolved_by: Option<String>,
     /// When they did, in store time.
     pub resolved_at_ms: Option<u64>,
+    /// The worker whose lease the last attempt was begun under.
+    pub owner: Option<WorkerId>,
+}
+
+/// Something that happened to a run that its row and its ledger do not
+/// keep: the moments the guards earned their place. Rare by design (none
+/// on the happy path), so recording them costs the hot path nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// The store's time.
+    pub at_ms: u64,
+    /// The step it concerned (the run's cursor, or the ledger key's step).
+    pub step: u32,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: RunEventKind,
+}
+
+/// What a [`RunEvent`] records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunEventKind {
+    /// A claim took the run from a holder whose lease had lapsed (or,
+    /// without fencing, from one whose lease was still live).
+    Rescued {
+        /// The holder it was taken from.
+        from: WorkerId,
+        /// That holder's epoch.
+        from_epoch: u64,
+        /// When that holder's lease lapsed (store time).
+        lease_until_ms: u64,
+        /// The claimer.
+        by: WorkerId,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// A holder's write under an epoch that was no longer the run's was
+    /// refused: a stale worker stopped from overwriting the new holder.
+    Fenced {
+        /// The op refused (`advance`, `begin_delivery`, ...).
+        op: String,
+        /// The epoch it named.
+        epoch: u64,
+        /// The run's epoch at the time.
+        run_epoch: u64,
+    },
+    /// A send was begun for a step the ledger already knew about: it was
+    /// answered from the ledger and not sent again.
+    Replayed {
+        /// The epoch the send was begun under.
+        epoch: u64,
+        /// The ledger's state for the step (`sent`, `sending`, `unknown`...).
+        ledger: String,
+    },
+}
+
+impl RunEventKind {
+    /// The kind's name, as the API spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Rescued { .. } => "rescued",
+            Self::Fenced { .. } => "fenced",
+            Self::Replayed { .. } => "replayed",
+        }
+    }
 }
 
 /// Everything known about a run, for `GET /v1/runs/{id}`.
@@ -400,6 +465,8 @@ pub struct RunView {
     pub seq: u64,
     /// The ledger row of each step, where one exists (empty in lists).
     pub deliveries: Vec<Option<DeliveryRecord>>,
+    /// Its [`RunEvent`]s, oldest first (empty in lists).
+    pub events: Vec<RunEvent>,
 }
 
 /// How long after a recipient's last message a free-form (non-template)

@@ -12,8 +12,8 @@
 //! differential tests.
 
 use super::{
-    After, ClaimedRun, DeliveryRecord, DeliveryState, Guards, Lease, NewRun, PlannedStep,
-    RunStatus, RunView, RunWait, StoreOp, StoreReply, Suppression, TriggerRefusal,
+    After, ClaimedRun, DeliveryRecord, DeliveryState, Guards, Lease, NewRun, PlannedStep, RunEvent,
+    RunEventKind, RunStatus, RunView, RunWait, StoreOp, StoreReply, Suppression, TriggerRefusal,
 };
 use crate::flow::{plan_run, Flow, Trigger};
 use crate::ids::{DeliveryKey, FlowId, RunId, TenantId, WorkerId};
@@ -189,9 +189,23 @@ impl RunRecord {
         Ok(())
     }
 
-    /// Leases the run to `owner`, bumping its epoch.
-    pub fn claim(&mut self, owner: &WorkerId, lease_ms: u64, now_ms: u64) -> ClaimedRun {
+    /// Leases the run to `owner`, bumping its epoch; a claim that takes
+    /// it from another holder leaves a [`RunEventKind::Rescued`] in
+    /// `events`.
+    pub fn claim(
+        &mut self,
+        owner: &WorkerId,
+        lease_ms: u64,
+        now_ms: u64,
+        events: &mut Vec<(RunId, RunEvent)>,
+    ) -> ClaimedRun {
         self.assert_sound();
+        if let (RunStatus::Leased, Some(lease)) = (self.status, &self.lease) {
+            events.push((
+                self.id,
+                rescue_event(lease, owner, self.epoch + 1, self.cursor, now_ms),
+            ));
+        }
         // A run claimed while still leased had a holder whose lease lapsed:
         // this claim rescues it.
         let rescued = self.status == RunStatus::Leased;
@@ -233,7 +247,7 @@ impl RunRecord {
     }
 
     /// The run as `GetRun` and `ListRuns` show it.
-    pub fn view(&self, deliveries: Vec<Option<DeliveryRecord>>) -> RunView {
+    pub fn view(&self, deliveries: Vec<Option<DeliveryRecord>>, events: Vec<RunEvent>) -> RunView {
         RunView {
             id: self.id,
             tenant: self.tenant.clone(),
@@ -252,6 +266,7 @@ impl RunRecord {
             created_at_ms: self.created_at_ms,
             seq: self.seq,
             deliveries,
+            events,
         }
     }
 
@@ -284,6 +299,23 @@ impl RunRecord {
         self.0.wait = None;
         self.0.reason = reason;
         self.0.finished_at_ms = Some(now_ms);
+    }
+}
+
+/// The event of a claim that took a run from `from`'s lease: `by` holds
+/// it now under `epoch`, at step `step`. Every backend records a rescue
+/// through this, the SQL claim from the columns it read.
+pub fn rescue_event(from: &Lease, by: &WorkerId, epoch: u64, step: u32, now_ms: u64) -> RunEvent {
+    RunEvent {
+        at_ms: now_ms,
+        step,
+        kind: RunEventKind::Rescued {
+            from: from.owner.clone(),
+            from_epoch: from.epoch,
+            lease_until_ms: from.until_ms,
+            by: by.clone(),
+            epoch,
+        },
     }
 }
 
@@ -467,6 +499,9 @@ pub struct Rows<'a> {
     pub pauses: &'a mut BTreeMap<TenantId, SenderPause>,
     /// Whether a recipient opted out of a tenant (asked by sends only).
     pub suppressed: &'a dyn Fn(&TenantId, &Recipient) -> bool,
+    /// The [`RunEvent`]s the ops left, by run, in the order they happened:
+    /// the caller stores them with the rows.
+    pub events: &'a mut Vec<(RunId, RunEvent)>,
 }
 
 /// Applies one row op (see [`row_op_run`]) to the rows it concerns, which
@@ -488,6 +523,59 @@ pub fn apply_row_op(
     other_open: &dyn Fn(&RunRecord) -> bool,
 ) -> StoreReply {
     let id = row_op_run(&op).unwrap_or_else(|| panic!("{} is not a row op", op.name()));
+    let name = op.name();
+    let now_ms = op.now_ms().unwrap_or_default();
+    let (epoch, key) = match &op {
+        StoreOp::Heartbeat { epoch, .. }
+        | StoreOp::Advance { epoch, .. }
+        | StoreOp::Complete { epoch, .. }
+        | StoreOp::Fail { epoch, .. }
+        | StoreOp::Release { epoch, .. }
+        | StoreOp::AwaitOutcome { epoch, .. } => (Some(*epoch), None),
+        StoreOp::BeginDelivery { key, epoch, .. } => (Some(*epoch), Some(*key)),
+        _ => (None, None),
+    };
+    let reply = decide_row_op(rows, guards, op, id, other_open);
+    let event = match (&reply, epoch, rows.runs.get(&id)) {
+        (StoreReply::Fenced, Some(epoch), Some(run)) => Some(RunEventKind::Fenced {
+            op: name.to_string(),
+            epoch,
+            run_epoch: run.epoch,
+        }),
+        (
+            StoreReply::AlreadySent { .. } | StoreReply::InProgress | StoreReply::DeliveryUnknown,
+            Some(epoch),
+            Some(_),
+        ) => key
+            .and_then(|k| rows.ledger.get(&k))
+            .map(|rec| RunEventKind::Replayed {
+                epoch,
+                ledger: rec.state.as_str().to_string(),
+            }),
+        _ => None,
+    };
+    if let Some(kind) = event {
+        let step = key.map_or_else(|| rows.runs[&id].cursor, |k| k.step);
+        rows.events.push((
+            id,
+            RunEvent {
+                at_ms: now_ms,
+                step,
+                kind,
+            },
+        ));
+    }
+    reply
+}
+
+/// [`apply_row_op`]'s decision, without the events.
+fn decide_row_op(
+    rows: &mut Rows<'_>,
+    guards: Guards,
+    op: StoreOp,
+    id: RunId,
+    other_open: &dyn Fn(&RunRecord) -> bool,
+) -> StoreReply {
     match op {
         StoreOp::Heartbeat {
             epoch,
@@ -1212,11 +1300,13 @@ pub fn begin_delivery(
             last_error: None,
             resolved_by: None,
             resolved_at_ms: None,
+            owner: None,
         });
         rec.state = DeliveryState::Sending {
             deadline_ms: now_ms.saturating_add(send_timeout_ms),
         };
         rec.epoch = epoch;
+        rec.owner = row.lease.as_ref().map(|l| l.owner.clone());
         rec.attempts = attempts;
     }
     StoreReply::Begun {
@@ -1418,25 +1508,198 @@ mod tests {
 
     /// Applies `op` to `row` alone, with no ledger rows and no pauses.
     fn apply_to_run(row: Option<&mut RunRecord>, guards: Guards, op: &StoreOp) -> StoreReply {
-        let row = row.expect("a row");
-        let mut runs = BTreeMap::from([(row.id, row.clone())]);
         let mut ledger = BTreeMap::new();
+        apply_with_ledger(
+            row.expect("a row"),
+            &mut ledger,
+            guards,
+            op,
+            &mut Vec::new(),
+        )
+    }
+
+    /// Applies `op` to `row` and its ledger rows, keeping its events.
+    fn apply_with_ledger(
+        row: &mut RunRecord,
+        ledger: &mut BTreeMap<DeliveryKey, DeliveryRecord>,
+        guards: Guards,
+        op: &StoreOp,
+        events: &mut Vec<(RunId, RunEvent)>,
+    ) -> StoreReply {
+        let mut runs = BTreeMap::from([(row.id, row.clone())]);
         let mut pauses = BTreeMap::new();
         let mut rows = Rows {
             runs: &mut runs,
-            ledger: &mut ledger,
+            ledger,
             pauses: &mut pauses,
             suppressed: &|_, _| false,
+            events,
         };
         let reply = apply_row_op(&mut rows, guards, op.clone(), &|_| false);
         *row = runs.remove(&row.id).expect("still there");
         reply
     }
 
+    fn worker(name: &str) -> WorkerId {
+        WorkerId::new(name).unwrap()
+    }
+
+    fn begin(row: &RunRecord, epoch: u64, now_ms: u64) -> StoreOp {
+        StoreOp::BeginDelivery {
+            key: DeliveryKey {
+                run: row.id,
+                step: row.cursor,
+            },
+            epoch,
+            send_timeout_ms: 10,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn the_happy_path_leaves_no_event_and_the_ledger_names_the_sender() {
+        let mut row = record_for(1);
+        let (mut ledger, mut events) = (BTreeMap::new(), Vec::new());
+        let claimed = row.claim(&worker("w-1"), 50, 100, &mut events);
+        let key = DeliveryKey {
+            run: row.id,
+            step: 0,
+        };
+        let guards = Guards::default();
+        for op in [
+            begin(&row, claimed.epoch, 101),
+            StoreOp::FinishDelivery {
+                key,
+                outcome: DeliveryOutcome::Sent {
+                    provider_message_id: "m1".into(),
+                },
+                now_ms: 102,
+            },
+            StoreOp::Complete {
+                run: row.id,
+                epoch: claimed.epoch,
+                step: 0,
+                now_ms: 103,
+            },
+        ] {
+            apply_with_ledger(&mut row, &mut ledger, guards, &op, &mut events);
+        }
+        assert_eq!(row.status, RunStatus::Completed);
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(ledger[&key].owner, Some(worker("w-1")));
+        assert_eq!(ledger[&key].epoch, claimed.epoch);
+    }
+
+    #[test]
+    fn a_rescue_a_fenced_write_and_a_replayed_send_are_recorded_where_they_happened() {
+        let mut row = record_for(2);
+        let (mut ledger, mut events) = (BTreeMap::new(), Vec::new());
+        let guards = Guards::default();
+        // w-1 claims, begins step 0 and the provider takes it; then w-1
+        // stalls past its lease.
+        let first = row.claim(&worker("w-1"), 50, 100, &mut events);
+        let op = begin(&row, 1, 101);
+        apply_with_ledger(&mut row, &mut ledger, guards, &op, &mut events);
+        let key = DeliveryKey {
+            run: row.id,
+            step: 0,
+        };
+        let sent = StoreOp::FinishDelivery {
+            key,
+            outcome: DeliveryOutcome::Sent {
+                provider_message_id: "m1".into(),
+            },
+            now_ms: 102,
+        };
+        apply_with_ledger(&mut row, &mut ledger, guards, &sent, &mut events);
+        assert!(events.is_empty());
+        // w-2 takes the run over once the lease has lapsed.
+        let second = row.claim(&worker("w-2"), 50, 200, &mut events);
+        assert!(second.rescued);
+        // w-2 begins step 0 again: the ledger answers, nothing is sent.
+        let op = begin(&row, 2, 201);
+        let again = apply_with_ledger(&mut row, &mut ledger, guards, &op, &mut events);
+        assert!(matches!(again, StoreReply::AlreadySent { .. }), "{again:?}");
+        // w-1 wakes and writes its advance under the old epoch: refused.
+        let stale = StoreOp::Advance {
+            run: row.id,
+            epoch: first.epoch,
+            step: 0,
+            delay_ms: None,
+            now_ms: 202,
+        };
+        let refused = apply_with_ledger(&mut row, &mut ledger, guards, &stale, &mut events);
+        assert_eq!(refused, StoreReply::Fenced);
+        assert_eq!(row.cursor, 0, "the stale write changed nothing");
+        let events: Vec<RunEvent> = events
+            .into_iter()
+            .map(|(id, e)| {
+                assert_eq!(id, row.id);
+                e
+            })
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                RunEvent {
+                    at_ms: 200,
+                    step: 0,
+                    kind: RunEventKind::Rescued {
+                        from: worker("w-1"),
+                        from_epoch: 1,
+                        lease_until_ms: 150,
+                        by: worker("w-2"),
+                        epoch: 2,
+                    },
+                },
+                RunEvent {
+                    at_ms: 201,
+                    step: 0,
+                    kind: RunEventKind::Replayed {
+                        epoch: 2,
+                        ledger: "sent".into(),
+                    },
+                },
+                RunEvent {
+                    at_ms: 202,
+                    step: 0,
+                    kind: RunEventKind::Fenced {
+                        op: "advance".into(),
+                        epoch: 1,
+                        run_epoch: 2,
+                    },
+                },
+            ]
+        );
+        // The ledger still names the worker whose lease the send began under.
+        assert_eq!(ledger[&key].owner, Some(worker("w-1")));
+    }
+
+    #[test]
+    fn events_serialize_flat_with_their_kind() {
+        let event = RunEvent {
+            at_ms: 5,
+            step: 1,
+            kind: RunEventKind::Fenced {
+                op: "complete".into(),
+                epoch: 3,
+                run_epoch: 4,
+            },
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"at_ms": 5, "step": 1, "kind": "fenced",
+                "op": "complete", "epoch": 3, "run_epoch": 4})
+        );
+        assert_eq!(serde_json::from_value::<RunEvent>(json).unwrap(), event);
+        assert_eq!(event.kind.as_str(), "fenced");
+    }
+
     #[test]
     fn advance_at_the_largest_step_is_refused_not_overflowed() {
         let mut row = record_for(2);
-        let claimed = row.claim(&WorkerId::new("w").unwrap(), 50, 100);
+        let claimed = row.claim(&WorkerId::new("w").unwrap(), 50, 100, &mut Vec::new());
         let op = StoreOp::Advance {
             run: row.id,
             epoch: claimed.epoch,
@@ -1452,7 +1715,7 @@ mod tests {
     #[test]
     fn a_repeated_advance_after_release_gets_the_same_answer() {
         let mut row = record_for(3);
-        let claimed = row.claim(&WorkerId::new("w").unwrap(), 50, 100);
+        let claimed = row.claim(&WorkerId::new("w").unwrap(), 50, 100, &mut Vec::new());
         let op = StoreOp::Advance {
             run: row.id,
             epoch: claimed.epoch,

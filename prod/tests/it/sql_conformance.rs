@@ -826,6 +826,9 @@ fn assert_covered() {
         "trigger refused Plan",
         "trigger enqueued created=true",
         "trigger enqueued created=false",
+        "event rescued",
+        "event fenced",
+        "event replayed",
     ] {
         assert!(seen(want), "never seen: {want}; seen: {c:?}");
     }
@@ -927,6 +930,13 @@ async fn check_case(store: &SqlStore, ops: Vec<(Op, bool)>) -> Result<(), TestCa
     finals.extend(world.runs.iter().map(|&run| StoreOp::GetRun { run }));
     for op in finals {
         let want = world.model.apply(op.clone());
+        if let StoreReply::Run(view) = &want {
+            for e in &view.events {
+                COVERAGE.with_borrow_mut(|c| {
+                    *c.entry(format!("event {}", e.kind.as_str())).or_default() += 1
+                });
+            }
+        }
         let got = store
             .apply(op.clone())
             .await

@@ -7,7 +7,7 @@ use super::tx::Tx;
 use super::Backend;
 use oncesend_core::store::rules::{self, RunRecord};
 use oncesend_core::store::RunWait;
-use oncesend_core::{ClaimedRun, FlowId, Recipient, StoreReply, TenantId, WorkerId};
+use oncesend_core::{ClaimedRun, FlowId, Lease, Recipient, StoreReply, TenantId, WorkerId};
 use sqlx::Row;
 
 impl Batch<'_> {
@@ -23,6 +23,7 @@ impl Batch<'_> {
             return Ok(StoreReply::Claimed(Vec::new()));
         }
         let until = now_ms.saturating_add(lease_ms);
+        let mut events = Vec::new();
         let mut claimed: Vec<(u64, u64, ClaimedRun)> = match self.backend {
             Backend::Postgres => {
                 // One statement; `postgres/claim.sql` says why it is safe.
@@ -61,6 +62,26 @@ impl Batch<'_> {
                             },
                         };
                         claimed.assert_sound(un(row.try_get("step_count")?) as usize);
+                        if claimed.rescued {
+                            // The holder it was taken from, as the claim
+                            // read it under the row's lock.
+                            let from = Lease {
+                                owner: WorkerId::new(row.try_get::<String, _>("was_owner")?)
+                                    .map_err(|e| decode_err("lease owner", e))?,
+                                epoch: claimed.epoch - 1,
+                                until_ms: un(row.try_get("was_until_ms")?),
+                            };
+                            events.push((
+                                claimed.id,
+                                rules::rescue_event(
+                                    &from,
+                                    &owner,
+                                    claimed.epoch,
+                                    claimed.cursor,
+                                    now_ms,
+                                ),
+                            ));
+                        }
                         Ok((
                             un(row.try_get("run_at_ms")?),
                             un(row.try_get("seq")?),
@@ -101,7 +122,7 @@ impl Batch<'_> {
                 for row in &rows {
                     let record = run_from_row(row)?;
                     let mut leased = record.clone();
-                    let claimed = leased.claim(&owner, lease_ms, now_ms);
+                    let claimed = leased.claim(&owner, lease_ms, now_ms, &mut events);
                     claimed.assert_sound(un(row.try_get("step_count")?) as usize);
                     out.push((record.run_at_ms, record.seq, claimed));
                     before.push(record);
@@ -114,6 +135,14 @@ impl Batch<'_> {
             }
         };
         claimed.sort_by_key(|(run_at, seq, _)| (*run_at, *seq));
+        // In the order the model records them: the claim's order.
+        events.sort_by_key(|(id, _)| {
+            claimed
+                .iter()
+                .position(|(_, _, c)| c.id == *id)
+                .expect("events of claimed runs")
+        });
+        self.write_events(&events).await?;
         Ok(StoreReply::Claimed(
             claimed.into_iter().map(|(_, _, c)| c).collect(),
         ))

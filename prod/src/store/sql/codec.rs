@@ -106,7 +106,7 @@ pub(super) fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
 
 /// The columns [`delivery_from_row`] reads.
 #[cfg_attr(not(test), allow(dead_code))]
-pub(super) const DELIVERY_COLUMNS: [&str; 11] = [
+pub(super) const DELIVERY_COLUMNS: [&str; 12] = [
     "run_id",
     "step",
     "state",
@@ -118,6 +118,7 @@ pub(super) const DELIVERY_COLUMNS: [&str; 11] = [
     "last_error",
     "resolved_by",
     "resolved_at_ms",
+    "owner",
 ];
 
 pub(super) fn delivery_from_row(row: &AnyRow) -> Tx<DeliveryRecord> {
@@ -150,6 +151,10 @@ pub(super) fn delivery_from_row(row: &AnyRow) -> Tx<DeliveryRecord> {
         last_error: row.try_get("last_error")?,
         resolved_by: row.try_get("resolved_by")?,
         resolved_at_ms: row.try_get::<Option<i64>, _>("resolved_at_ms")?.map(un),
+        owner: match row.try_get::<Option<String>, _>("owner")? {
+            Some(w) => Some(WorkerId::new(w).map_err(|e| decode_err("owner", e))?),
+            None => None,
+        },
     })
 }
 
@@ -265,6 +270,7 @@ pub(super) struct DeliveryWrite {
     pub last_error: Option<String>,
     pub resolved_by: Option<String>,
     pub resolved_at_ms: Option<i64>,
+    pub owner: Option<String>,
 }
 
 #[cfg(test)]

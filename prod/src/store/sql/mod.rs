@@ -75,8 +75,9 @@ use tx::{unavailable, Tx, TxError};
 pub const NOTIFY_CHANNEL: &str = "oncesend_runs";
 
 /// Every table the store keeps.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "runs",
+    "run_events",
     "deliveries",
     "trigger_keys",
     "flows",

@@ -34,7 +34,11 @@ impl Batch<'_> {
         }
         for chunk in ids.chunks(CHUNK) {
             let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            for delete in [common::PRUNE_DELIVERIES, common::PRUNE_RUNS] {
+            for delete in [
+                common::PRUNE_DELIVERIES,
+                common::PRUNE_RUN_EVENTS,
+                common::PRUNE_RUNS,
+            ] {
                 let sql = statements::fill(delete, "ids", &marks.join(", "));
                 let mut q = sqlx::query(&sql);
                 for id in chunk {

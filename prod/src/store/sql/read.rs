@@ -21,7 +21,8 @@ impl Batch<'_> {
         let deliveries = (0..record.steps.len() as u32)
             .map(|step| ledger.remove(&DeliveryKey { run, step }))
             .collect();
-        Ok(StoreReply::Run(record.view(deliveries)))
+        let events = self.load_events(run).await?;
+        Ok(StoreReply::Run(record.view(deliveries, events)))
     }
 
     pub(super) async fn list_runs(
@@ -92,7 +93,7 @@ impl Batch<'_> {
         let rows = q.bind(limit as i64).fetch_all(&mut *self.conn).await?;
         let views = rows
             .iter()
-            .map(|row| Ok(run_from_row(row)?.view(Vec::new())))
+            .map(|row| Ok(run_from_row(row)?.view(Vec::new(), Vec::new())))
             .collect::<Tx<Vec<_>>>()?;
         Ok(StoreReply::Runs(views))
     }

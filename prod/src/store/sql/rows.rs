@@ -5,8 +5,8 @@
 
 use super::batch::Batch;
 use super::codec::{
-    db, delivery_from_row, hex_ids, json_conversations, run_from_row, run_id, DeliveryWrite,
-    RunWrite,
+    db, decode_err, delivery_from_row, hex_ids, json_conversations, run_from_row, run_id,
+    DeliveryWrite, RunWrite,
 };
 use super::statements::{self, common};
 use super::tx::{Tx, TxError};
@@ -14,8 +14,8 @@ use super::{Backend, GUARDS};
 use oncesend_core::store::rules::{self, RunRecord};
 use oncesend_core::store::RunWait;
 use oncesend_core::{
-    DeliveryKey, DeliveryRecord, DeliveryState, Recipient, RunId, RunStatus, StoreOp, StoreReply,
-    TenantId,
+    DeliveryKey, DeliveryRecord, DeliveryState, Recipient, RunEvent, RunId, RunStatus, StoreOp,
+    StoreReply, TenantId,
 };
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
@@ -150,6 +150,7 @@ impl Batch<'_> {
         let mut runs = before_runs.clone();
         let mut ledger = before_ledger.clone();
         let mut replies = Vec::with_capacity(ops.len());
+        let mut events = Vec::new();
         for op in ops {
             let crowded = rules::row_op_run(&op)
                 .and_then(|id| Some((runs.get(&id)?, others.get(&id)?)))
@@ -165,6 +166,7 @@ impl Batch<'_> {
                 ledger: &mut ledger,
                 pauses: &mut pauses,
                 suppressed: &suppressed,
+                events: &mut events,
             };
             replies.push(rules::apply_row_op(&mut rows, GUARDS, op, &|_| crowded));
         }
@@ -203,7 +205,36 @@ impl Batch<'_> {
         if !finished.is_empty() {
             self.promote(&finished).await?;
         }
+        self.write_events(&events).await?;
         Ok(replies)
+    }
+
+    /// Stores runs' events, in order (rare: none on the happy path).
+    pub(super) async fn write_events(&mut self, events: &[(RunId, RunEvent)]) -> Tx<()> {
+        for (run, event) in events {
+            let body = serde_json::to_string(event).expect("events serialize");
+            sqlx::query(common::INSERT_RUN_EVENT)
+                .bind(run.0.as_bytes().to_vec())
+                .bind(db(event.at_ms))
+                .bind(body)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A run's events, oldest first.
+    pub(super) async fn load_events(&mut self, run: RunId) -> Tx<Vec<RunEvent>> {
+        let rows = sqlx::query(common::LOAD_RUN_EVENTS)
+            .bind(run.0.as_bytes().to_vec())
+            .fetch_all(&mut *self.conn)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let body: String = row.try_get(0)?;
+                serde_json::from_str(&body).map_err(|e| decode_err("run event", e))
+            })
+            .collect()
     }
 
     /// The unfinished runs of `run`'s conversation besides it.
@@ -297,6 +328,7 @@ impl Batch<'_> {
                     last_error: rec.last_error.clone(),
                     resolved_by: rec.resolved_by.clone(),
                     resolved_at_ms: rec.resolved_at_ms.map(db),
+                    owner: rec.owner.as_ref().map(|w| w.as_str().to_string()),
                 }
             })
             .collect();

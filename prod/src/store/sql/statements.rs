@@ -46,6 +46,10 @@ pub(super) mod common {
     pub const PRUNE_DELIVERIES: &str = sql!("common/prune_deliveries.sql");
     /// `{ids}`: one placeholder per run id.
     pub const PRUNE_RUNS: &str = sql!("common/prune_runs.sql");
+    /// `{ids}`: one placeholder per run id.
+    pub const PRUNE_RUN_EVENTS: &str = sql!("common/prune_run_events.sql");
+    pub const INSERT_RUN_EVENT: &str = sql!("common/insert_run_event.sql");
+    pub const LOAD_RUN_EVENTS: &str = sql!("common/load_run_events.sql");
     /// `{keys}`: one pair of placeholders per trigger key.
     pub const PRUNE_TRIGGER_KEYS: &str = sql!("common/prune_trigger_keys.sql");
 }
