@@ -5,7 +5,7 @@
 
 use crate::ids::{DeliveryKey, RunId, TenantId};
 use crate::recipient::Recipient;
-use crate::store::RunStatus;
+use crate::store::{RunEvent, RunEventKind, RunStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -103,6 +103,9 @@ pub struct History {
     /// When the faults ended and when every run had finished, for the
     /// liveness judgement; `None` when the recorder does not judge it.
     pub liveness: Option<Liveness>,
+    /// The events the store kept for each run (runs with none left out).
+    #[serde(default)]
+    pub events: BTreeMap<RunId, Vec<RunEvent>>,
 }
 
 /// A recipient's opt-out, as the store recorded it.
@@ -165,6 +168,9 @@ pub struct Report {
     pub settle_ms: Option<u64>,
     /// Provider calls seen.
     pub deliveries: u64,
+    /// Run events that contradict the history or each other.
+    #[serde(default)]
+    pub bad_events: Vec<(RunId, String)>,
 }
 
 impl Report {
@@ -179,6 +185,7 @@ impl Report {
             && self.unexplained_unknown.is_empty()
             && self.after_opt_out.is_empty()
             && self.liveness.is_none()
+            && self.bad_events.is_empty()
     }
 }
 
@@ -223,6 +230,9 @@ impl fmt::Display for Report {
         }
         if let Some(why) = &self.liveness {
             write!(f, "\n  liveness: {why}")?;
+        }
+        for (run, why) in self.bad_events.iter().take(SHOW) {
+            write!(f, "\n  run event: {run}: {why}")?;
         }
         Ok(())
     }
@@ -387,6 +397,67 @@ pub fn check(history: &History) -> Report {
             Some(_) => None,
         };
     }
+
+    // 8. The store's account of each run agrees with itself and with the
+    // provider: a rescue takes over the epoch it names, after the lease it
+    // ended had lapsed; a fenced write named an older epoch than the run's;
+    // a send the ledger answered as sent had reached the provider.
+    for (run, events) in &history.events {
+        let steps = by_run.get(run).map_or(0, |(_, a)| a.steps);
+        // Events are in the store's order; their times are the ops' own
+        // stamps, which a queued write may carry from before an earlier
+        // one, so times are not judged.
+        let mut last_rescue = 0;
+        for e in events {
+            let mut bad = |why: String| report.bad_events.push((*run, why));
+            if e.step >= steps {
+                bad(format!("{} at step {} of {steps}", e.kind.as_str(), e.step));
+            }
+            match &e.kind {
+                RunEventKind::Rescued {
+                    from,
+                    from_epoch,
+                    lease_until_ms,
+                    epoch,
+                    ..
+                } => {
+                    if *epoch != from_epoch + 1 || *epoch <= last_rescue {
+                        bad(format!("rescue to epoch {epoch} from epoch {from_epoch}"));
+                    }
+                    if *lease_until_ms > e.at_ms {
+                        bad(format!(
+                            "claimed at {} from {from}, whose lease ran to {lease_until_ms}",
+                            e.at_ms
+                        ));
+                    }
+                    last_rescue = *epoch;
+                }
+                RunEventKind::Fenced {
+                    op,
+                    epoch,
+                    run_epoch,
+                } => {
+                    if epoch > run_epoch {
+                        bad(format!(
+                            "{op} fenced at epoch {epoch}, past the run's {run_epoch}"
+                        ));
+                    }
+                }
+                RunEventKind::Replayed { ledger, .. } => {
+                    let key = DeliveryKey {
+                        run: *run,
+                        step: e.step,
+                    };
+                    let sent = matches!(ledger.as_str(), "sent" | "delivered" | "read");
+                    if sent && !reached.contains(&key) {
+                        bad(format!(
+                            "{key} answered as {ledger}, never reached the provider"
+                        ));
+                    }
+                }
+            }
+        }
+    }
     report
 }
 
@@ -460,6 +531,112 @@ mod tests {
         let r = check(&clean());
         assert!(r.is_clean(), "{r}");
         assert_eq!(r.deliveries, 6);
+    }
+
+    fn event(at_ms: u64, step: u32, kind: RunEventKind) -> RunEvent {
+        RunEvent { at_ms, step, kind }
+    }
+
+    fn worker(name: &str) -> crate::WorkerId {
+        crate::WorkerId::new(name).unwrap()
+    }
+
+    #[test]
+    fn run_events_that_agree_with_the_history_pass() {
+        let mut h = clean();
+        h.events.insert(
+            run(1),
+            vec![
+                event(
+                    10,
+                    0,
+                    RunEventKind::Rescued {
+                        from: worker("w-1"),
+                        from_epoch: 1,
+                        lease_until_ms: 9,
+                        by: worker("w-2"),
+                        epoch: 2,
+                    },
+                ),
+                event(
+                    11,
+                    0,
+                    RunEventKind::Replayed {
+                        epoch: 2,
+                        ledger: "sent".into(),
+                    },
+                ),
+                event(
+                    12,
+                    0,
+                    RunEventKind::Fenced {
+                        op: "advance".into(),
+                        epoch: 1,
+                        run_epoch: 2,
+                    },
+                ),
+            ],
+        );
+        let r = check(&h);
+        assert!(r.is_clean(), "{r}");
+    }
+
+    #[test]
+    fn run_events_that_contradict_the_history_are_named() {
+        let mut h = clean();
+        h.events.insert(
+            run(2),
+            vec![
+                // Taken from a holder whose lease was still live.
+                event(
+                    20,
+                    0,
+                    RunEventKind::Rescued {
+                        from: worker("w-1"),
+                        from_epoch: 1,
+                        lease_until_ms: 25,
+                        by: worker("w-2"),
+                        epoch: 2,
+                    },
+                ),
+                // A write fenced under an epoch never granted.
+                event(
+                    21,
+                    1,
+                    RunEventKind::Fenced {
+                        op: "complete".into(),
+                        epoch: 7,
+                        run_epoch: 2,
+                    },
+                ),
+            ],
+        );
+        // The ledger answered "sent" for a key the provider never saw.
+        h.calls.retain(|c| c.key != key(3, 1));
+        h.finals.insert(run(3), completed(2));
+        h.events.insert(
+            run(3),
+            vec![event(
+                30,
+                1,
+                RunEventKind::Replayed {
+                    epoch: 1,
+                    ledger: "sent".into(),
+                },
+            )],
+        );
+        let r = check(&h);
+        let whys: Vec<String> = r
+            .bad_events
+            .iter()
+            .map(|(run, why)| format!("{run}: {why}"))
+            .collect();
+        assert_eq!(whys.len(), 3, "{whys:?}");
+        assert!(whys[0].contains("whose lease ran to 25"), "{whys:?}");
+        assert!(whys[1].contains("past the run's 2"), "{whys:?}");
+        assert!(whys[2].contains("never reached the provider"), "{whys:?}");
+        assert!(!r.is_clean());
+        assert!(r.to_string().contains("run event:"), "{r}");
     }
 
     #[test]

@@ -46,8 +46,9 @@ pub use send::{
     DeliveryOutcome, OutboundMessage, SendBatch, SendBatchResponse, SendRequest, SendResponse,
 };
 pub use store::{
-    ClaimedRun, DeliveryRecord, DeliveryState, Guards, Lease, MemStore, NewRun, PlannedStep,
-    QueueStats, RunEvent, RunEventKind, RunStatus, RunView, StoreOp, StoreReply, StoreUnavailable,
+    ClaimedRun, DeliveryRecord, DeliveryState, FinishedCounts, Guards, Lease, MemStore, NewRun,
+    PlannedStep, QueueStats, RunEvent, RunEventKind, RunStatus, RunView, StoreOp, StoreReply,
+    StoreUnavailable,
 };
 pub use template::{Template, TemplateError};
 pub use tenant::{CloudApiSettings, ProviderSettings, SenderPause, Tenant, TenantError};

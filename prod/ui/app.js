@@ -227,7 +227,8 @@ function route() {
 
 // ---- runs ---------------------------------------------------------------
 
-const FILTERS = ["status", "flow", "tenant", "to", "reason", "after", "before"];
+const FILTERS = ["status", "flow", "tenant", "to", "reason", "after", "before", "limit"];
+const PAGE_SIZES = ["25", "50", "100", "200"];
 
 function runsQuery(params) {
   const q = new URLSearchParams();
@@ -237,7 +238,9 @@ function runsQuery(params) {
   // The form speaks local date and time; the API, ms since the epoch.
   if (params.get("after")) q.set("after_ms", String(Date.parse(params.get("after"))));
   if (params.get("before")) q.set("before_ms", String(Date.parse(params.get("before"))));
-  q.set("limit", "50");
+  // The select offers a few sizes; a link may carry any from 1 to 200.
+  const limit = Number(params.get("limit"));
+  q.set("limit", Number.isInteger(limit) && limit >= 1 && limit <= 200 ? String(limit) : "50");
   return q;
 }
 
@@ -252,6 +255,8 @@ function runsPage(main, params) {
     ["after", "From", "datetime-local"], ["before", "Until", "datetime-local"]]) {
     form.append(el("label", {}, label + " ", el("input", { name, type, value: params.get(name) || "" })));
   }
+  form.append(el("label", {}, "Per page ", el("select", { name: "limit" },
+    PAGE_SIZES.map((n) => el("option", { value: n, selected: (params.get("limit") || "50") === n }, n)))));
   form.append(el("button", { type: "submit" }, "Filter"));
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -265,7 +270,7 @@ function runsPage(main, params) {
   const table = el("table", { class: "runs", id: "runs" });
   const pager = el("div", { class: "pager" });
   main.append(el("h1", {}, "Runs"), counts, form, table, pager,
-    el("p", { class: "hint" }, "Newest first; refreshes every " + REFRESH_MS / 1000 + " s. Counts are of unfinished runs."));
+    el("p", { class: "hint" }, "Newest first; refreshes every " + REFRESH_MS / 1000 + " s. Unfinished runs are all counted; finished ones among the latest 10,000 to finish, so the count stays cheap with millions kept."));
   every(async () => {
     const [stats, list] = await Promise.all([api("GET", "/v1/stats"), api("GET", "/v1/runs?" + runsQuery(params))]);
     drawCounts(counts, stats);
@@ -284,6 +289,13 @@ function drawCounts(node, stats) {
   }
   node.append(el("span", { class: "count" + (stats.unknown_deliveries ? " warn" : ""), dataset: { count: "unknown" } },
     el("b", {}, String(stats.unknown_deliveries)), " unknown deliveries"));
+  const f = stats.finished;
+  for (const status of ["completed", "failed", "cancelled"]) {
+    node.append(el("a", { href: "#/runs?status=" + status, class: "count finished", dataset: { count: status } },
+      el("b", {}, String(f[status])), " " + status));
+  }
+  node.append(el("span", { class: "count-note", id: "finished-note" },
+    f.all ? "(every finished run kept)" : "(of the latest " + f.latest.toLocaleString() + " finished)"));
 }
 
 function drawRuns(table, runs) {
@@ -324,7 +336,7 @@ function runPage(main, id) {
   const actions = el("div", { class: "actions", id: "run-actions" });
   const lanes = el("ol", { class: "timeline", id: "timeline" });
   main.append(el("p", {}, el("a", { href: "#/runs" }, "« Runs")), head, actions, lanes,
-    el("p", { class: "hint" }, "Refreshes every " + REFRESH_MS / 1000 + " s. Which worker claimed each attempt, lease rescues and fenced writes are not kept by the store, so they are not shown."));
+    el("p", { class: "hint" }, "Refreshes every " + REFRESH_MS / 1000 + " s. Each step names the worker and the lease epoch its send began under; lease rescues, fenced writes and ledger replays appear on the step where they happened."));
   let shown = "";
   let again = null;
   const changed = () => { shown = ""; again(); };
@@ -351,7 +363,8 @@ function drawRunHead(node, run) {
       field("Triggered", when(run.created_at_ms)),
       field(run.status === "waiting" ? "Waits until" : "Due", OPEN.includes(run.status) ? when(run.run_at_ms) : null),
       field("Next step", run.cursor < run.steps.length ? String(run.cursor) : "done"),
-      field("Epoch", String(run.epoch)), field("Attempts at this step", String(run.attempts)),
+      field("Epoch", String(run.epoch)), field("Held by", holder(run)),
+      field("Attempts at this step", String(run.attempts)),
       field("Waiting for", run.waiting_for), field("Reason", run.reason, "reason"), field("Note", run.note)));
 }
 
@@ -413,10 +426,48 @@ function drawTimeline(node, run, changed) {
           field("Error code", s.error_code === null ? null : String(s.error_code)),
           field("Details", s.last_error, "reason"),
           field("Attempts", String(s.attempts)),
-          field("Epoch", s.epoch === null ? null : String(s.epoch)),
+          field("Claimed by", claimedBy(run, s)),
           field("Resolved by", s.resolved_by ? s.resolved_by + " at " + when(s.resolved_at_ms) : null))));
+    const events = (run.events || []).filter((e) => e.step === s.index);
+    if (events.length) {
+      lane.append(el("ol", { class: "events" }, events.map((e) =>
+        el("li", { class: "event ev-" + e.kind, dataset: { kind: e.kind } },
+          el("span", { class: "when" }, when(e.at_ms)), " ", el("b", {}, EVENT_TITLES[e.kind] || e.kind), " ", eventText(e)))));
+    }
     if (d === "unknown") lane.append(resolveButtons(run, s, changed));
     node.append(lane);
+  }
+}
+
+function holder(run) {
+  if (!run.lease) return null;
+  const lapsed = run.lease.until_ms <= Date.now() ? " (lapsed: another worker may take it over)" : "";
+  return run.lease.owner + " · epoch " + run.lease.epoch + " · lease until " + when(run.lease.until_ms) + lapsed;
+}
+
+// Who claimed the step: the worker whose lease its send began under, or,
+// for the step a worker holds now, the holder.
+function claimedBy(run, s) {
+  if (s.sent_by) return s.sent_by + " · epoch " + s.epoch;
+  if (run.lease && s.index === run.cursor) return run.lease.owner + " · epoch " + run.lease.epoch + " (holding it now)";
+  return null;
+}
+
+const EVENT_TITLES = { rescued: "Lease rescued", fenced: "Fenced write", replayed: "Ledger replay" };
+
+function eventText(e) {
+  switch (e.kind) {
+    case "rescued":
+      return e.by + " took the run over under epoch " + e.epoch + " from " + e.from + " (epoch " + e.from_epoch +
+        "), whose lease had lapsed at " + when(e.lease_until_ms) + ".";
+    case "fenced":
+      return "A write (" + e.op + ") from a holder at epoch " + e.epoch + " was refused: the run was at epoch " +
+        e.run_epoch + ". It changed nothing.";
+    case "replayed":
+      return "A send begun under epoch " + e.epoch + " was answered from the ledger (" + e.ledger +
+        "): nothing went to the provider again.";
+    default:
+      return "";
   }
 }
 

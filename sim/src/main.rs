@@ -394,6 +394,9 @@ fn main() -> ExitCode {
         row("late replies", &ex.late_replies);
         row("sender pauses", &ex.pauses);
         row("opt-outs", &ex.opt_outs);
+        row("lease rescues", &ex.rescues);
+        row("fenced writes", &ex.fenced);
+        row("ledger replays", &ex.replays);
     }
     println!(
         "{:<22} {:>12.1}",

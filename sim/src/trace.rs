@@ -105,6 +105,12 @@ pub struct Exercised {
     pub opt_outs: u64,
     /// Sends the provider refused for its throughput or pair rate.
     pub rate_refusals: u64,
+    /// Lease rescues the store recorded (run events).
+    pub rescues: u64,
+    /// Holders' writes the store refused by the fence (run events).
+    pub fenced: u64,
+    /// Sends the ledger answered instead of sending again (run events).
+    pub replays: u64,
 }
 
 impl std::ops::AddAssign for Exercised {
@@ -117,6 +123,9 @@ impl std::ops::AddAssign for Exercised {
         self.pauses += o.pauses;
         self.opt_outs += o.opt_outs;
         self.rate_refusals += o.rate_refusals;
+        self.rescues += o.rescues;
+        self.fenced += o.fenced;
+        self.replays += o.replays;
     }
 }
 

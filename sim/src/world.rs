@@ -20,8 +20,8 @@ use oncesend::store::MemoryStore;
 use oncesend_core::check::{check, Accepted, FinalRun, History, Liveness, Report};
 use oncesend_core::rng::SplitMix64;
 use oncesend_core::{
-    DeliveryKey, DeliveryState, Guards, MemStore, Recipient, RunId, RunStatus, StoreOp, StoreReply,
-    WorkerId,
+    DeliveryKey, DeliveryState, Guards, MemStore, Recipient, RunEventKind, RunId, RunStatus,
+    StoreOp, StoreReply, WorkerId,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -720,7 +720,7 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
     }
     let sim_ms_total = sim.elapsed().as_millis() as u64;
     drop(sim);
-    let exercised = shared.daemons_stopped();
+    let mut exercised = shared.daemons_stopped();
     // With the simulation gone, nothing of the seed may still hold its
     // record: whatever did would keep its part of the world alive, for
     // every seed of a long run.
@@ -768,6 +768,16 @@ fn run_seed_here(seed: u64, config: &SimConfig) -> SeedResult {
                 let StoreReply::Run(v) = store.apply_now(StoreOp::GetRun { run: r.id }) else {
                     unreachable!("the run exists")
                 };
+                for e in &v.events {
+                    match e.kind {
+                        RunEventKind::Rescued { .. } => exercised.rescues += 1,
+                        RunEventKind::Fenced { .. } => exercised.fenced += 1,
+                        RunEventKind::Replayed { .. } => exercised.replays += 1,
+                    }
+                }
+                if !v.events.is_empty() {
+                    history.events.insert(v.id, v.events.clone());
+                }
                 history.accepted.push(Accepted {
                     run: v.id,
                     tenant: v.tenant.clone(),

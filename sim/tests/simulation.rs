@@ -80,6 +80,9 @@ fn fixed_design_has_no_duplicates() {
         ("sender pauses", e.pauses),
         ("opt-outs", e.opt_outs),
         ("throughput refusals from the provider", e.rate_refusals),
+        ("lease rescues recorded as run events", e.rescues),
+        ("fenced writes recorded as run events", e.fenced),
+        ("ledger replays recorded as run events", e.replays),
     ] {
         assert!(n > 0, "no {what} in {seeds} seeds: {e:?}");
     }

@@ -238,6 +238,26 @@ impl MemStore {
                 )
             }
             StoreOp::Stats { now_ms } => StoreReply::Stats(self.stats(now_ms)),
+            StoreOp::CountFinished { limit } => {
+                let mut done: Vec<(u64, u64, RunStatus)> = self
+                    .runs
+                    .values()
+                    .filter_map(|r| Some((r.finished_at_ms?, r.seq, r.status)))
+                    .collect();
+                done.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+                let mut c = super::FinishedCounts {
+                    limit,
+                    ..Default::default()
+                };
+                for (_, _, status) in done.into_iter().take(limit as usize) {
+                    match status {
+                        RunStatus::Completed => c.completed += 1,
+                        RunStatus::Failed => c.failed += 1,
+                        _ => c.cancelled += 1,
+                    }
+                }
+                StoreReply::FinishedCounts(c)
+            }
             StoreOp::Prune {
                 retention_ms,
                 max,

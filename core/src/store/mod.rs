@@ -572,6 +572,20 @@ pub struct QueueStats {
     pub unknown_deliveries: u64,
 }
 
+/// How the latest finished runs ended; see [`StoreOp::CountFinished`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedCounts {
+    /// Completed.
+    pub completed: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// The most that were counted: when the three add up to it, older
+    /// finished runs were left out.
+    pub limit: u32,
+}
+
 /// One operation of the storage contract. Every lease holder's write names
 /// its `epoch`; a stale epoch changes nothing and is answered
 /// [`StoreReply::Fenced`].
@@ -894,6 +908,13 @@ pub enum StoreOp {
         /// The store's time.
         now_ms: u64,
     },
+    /// How the latest `limit` finished runs ended (by finish time, then
+    /// trigger order, newest first): bounded work however many runs the
+    /// store keeps.
+    CountFinished {
+        /// At most this many runs are counted.
+        limit: u32,
+    },
     /// Delete up to `max` runs that finished more than `retention_ms` ago,
     /// with their ledger rows and trigger keys.
     Prune {
@@ -1046,6 +1067,8 @@ pub enum StoreReply {
     Runs(Vec<RunView>),
     /// `Stats`' figures.
     Stats(QueueStats),
+    /// `CountFinished`'s counts.
+    FinishedCounts(FinishedCounts),
     /// How many runs `Prune` deleted.
     Pruned {
         /// Runs deleted.
@@ -1164,6 +1187,7 @@ impl StoreOp {
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
             | StoreOp::ListFlows { .. }
+            | StoreOp::CountFinished { .. }
             | StoreOp::PutTenant { .. }
             | StoreOp::GetTenant { .. }
             | StoreOp::ResumeSender { .. }
@@ -1206,6 +1230,7 @@ impl StoreOp {
             StoreOp::PutFlow { .. }
             | StoreOp::GetFlow { .. }
             | StoreOp::ListFlows { .. }
+            | StoreOp::CountFinished { .. }
             | StoreOp::PutTenant { .. }
             | StoreOp::GetTenant { .. }
             | StoreOp::ResumeSender { .. }
@@ -1256,6 +1281,7 @@ impl StoreOp {
             StoreOp::GetRun { .. } => "get_run",
             StoreOp::ListRuns { .. } => "list_runs",
             StoreOp::Stats { .. } => "stats",
+            StoreOp::CountFinished { .. } => "count_finished",
             StoreOp::Prune { .. } => "prune",
         }
     }

@@ -525,15 +525,16 @@ pub fn apply_row_op(
     let id = row_op_run(&op).unwrap_or_else(|| panic!("{} is not a row op", op.name()));
     let name = op.name();
     let now_ms = op.now_ms().unwrap_or_default();
-    let (epoch, key) = match &op {
+    // The epoch a holder's op names, and the step it names, if it does.
+    let (epoch, step, key) = match &op {
         StoreOp::Heartbeat { epoch, .. }
-        | StoreOp::Advance { epoch, .. }
-        | StoreOp::Complete { epoch, .. }
         | StoreOp::Fail { epoch, .. }
-        | StoreOp::Release { epoch, .. }
-        | StoreOp::AwaitOutcome { epoch, .. } => (Some(*epoch), None),
-        StoreOp::BeginDelivery { key, epoch, .. } => (Some(*epoch), Some(*key)),
-        _ => (None, None),
+        | StoreOp::Release { epoch, .. } => (Some(*epoch), None, None),
+        StoreOp::Advance { epoch, step, .. }
+        | StoreOp::Complete { epoch, step, .. }
+        | StoreOp::AwaitOutcome { epoch, step, .. } => (Some(*epoch), Some(*step), None),
+        StoreOp::BeginDelivery { key, epoch, .. } => (Some(*epoch), Some(key.step), Some(*key)),
+        _ => (None, None, None),
     };
     let reply = decide_row_op(rows, guards, op, id, other_open);
     let event = match (&reply, epoch, rows.runs.get(&id)) {
@@ -555,7 +556,11 @@ pub fn apply_row_op(
         _ => None,
     };
     if let Some(kind) = event {
-        let step = key.map_or_else(|| rows.runs[&id].cursor, |k| k.step);
+        // Otherwise the run's current step (its last, once finished).
+        let run = &rows.runs[&id];
+        let step = step
+            .filter(|s| (*s as usize) < run.steps.len())
+            .unwrap_or_else(|| run.cursor.min(run.last_step()));
         rows.events.push((
             id,
             RunEvent {

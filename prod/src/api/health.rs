@@ -26,13 +26,27 @@ pub(super) async fn readyz<S: Store>(State(st): State<AppState<S>>) -> Result<Re
     }
 }
 
+/// How many of the latest finished runs `GET /v1/stats` counts.
+pub const FINISHED_COUNTED: u32 = 10_000;
+
 /// `GET /v1/stats`: the queue's figures and the engine's sends by outcome
-/// since it started, as JSON. Open runs only: counting finished ones would
-/// read the whole table.
+/// since it started, as JSON. Open runs are all counted; finished ones
+/// among the latest [`FINISHED_COUNTED`] only (all of them would mean
+/// reading the whole table).
 pub(super) async fn stats<S: Store>(State(st): State<AppState<S>>) -> Result<Response, Problem> {
     let now_ms = st.clock.now_ms();
     let q = match store_reply(st.store.apply(StoreOp::Stats { now_ms }).await)? {
         StoreReply::Stats(s) => s,
+        other => return Err(unexpected(other)),
+    };
+    let finished = match store_reply(
+        st.store
+            .apply(StoreOp::CountFinished {
+                limit: FINISHED_COUNTED,
+            })
+            .await,
+    )? {
+        StoreReply::FinishedCounts(c) => c,
         other => return Err(unexpected(other)),
     };
     let paused = match store_reply(st.store.apply(StoreOp::ListPausedSenders).await)? {
@@ -47,6 +61,13 @@ pub(super) async fn stats<S: Store>(State(st): State<AppState<S>>) -> Result<Res
             "due": q.due,
             "leased": q.leased,
             "waiting": q.waiting,
+        },
+        "finished": {
+            "completed": finished.completed,
+            "failed": finished.failed,
+            "cancelled": finished.cancelled,
+            "latest": FINISHED_COUNTED,
+            "all": finished.completed + finished.failed + finished.cancelled < u64::from(FINISHED_COUNTED),
         },
         "oldest_due_age_ms": q.oldest_due_age_ms,
         "unknown_deliveries": q.unknown_deliveries,

@@ -147,6 +147,7 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
                 "after": v.steps[i].after.as_str(),
                 "resolved_by": d.as_ref().and_then(|d| d.resolved_by.clone()),
                 "resolved_at_ms": d.as_ref().and_then(|d| d.resolved_at_ms),
+                "sent_by": d.as_ref().and_then(|d| d.owner.clone()),
             })
         })
         .collect();
@@ -155,7 +156,9 @@ pub fn run_json(v: &RunView) -> serde_json::Value {
     json["epoch"] = v.epoch.into();
     json["attempts"] = v.attempts.into();
     json["note"] = v.note.clone().into();
+    json["lease"] = serde_json::to_value(&v.lease).expect("a lease serializes");
     json["steps"] = steps.into();
+    json["events"] = serde_json::to_value(&v.events).expect("events serialize");
     json
 }
 

@@ -613,3 +613,212 @@ async fn on_loopback_without_a_token_the_console_opens_and_the_sample_flow_runs(
     let _ = b.web.close().await;
     db.remove().await;
 }
+
+/// What the guards did, on the timeline where it happened: a worker of the
+/// test's own claims a run, sends its first step and stalls past its
+/// lease; a second takes the run over (a lease rescue), begins the same
+/// step again and is answered from the ledger (a replay), and the first
+/// wakes and writes under its old epoch (fenced). Then the runs list a
+/// page at a time, and by time range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_shows_rescues_fenced_writes_and_replays_and_the_list_pages_by_time() {
+    use oncesend::store::sql::{SqlClock, SqlOptions, SqlStore};
+    use oncesend::store::Store;
+    use oncesend_core::{DeliveryKey, DeliveryOutcome, RunId, StoreOp, StoreReply, WorkerId};
+
+    let db = TestDb::sqlite("console-events");
+    let (_up, url) = start_up(&[], &[("DATABASE_URL", db.url())]).await;
+    let api = Api::new(&url, None);
+    let (code, body) = api
+        .json(
+            "PUT",
+            "/v1/flows/later",
+            serde_json::json!({"steps": [{"text": "first", "delay_ms": 3_600_000},
+                {"text": "second", "delay_ms": 3_600_000}]}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let (code, body) = api
+            .json(
+                "POST",
+                "/v1/flows/later/runs",
+                serde_json::json!({"to": format!("+55119000000{}", 10 + i)}),
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+        runs.push(body["run_id"].as_str().unwrap().to_string());
+    }
+    let run = runs[0].clone();
+    let id: RunId = run.parse().unwrap();
+
+    // Two workers of the test's own, on the daemon's database, an hour
+    // ahead of it (the store takes their clock), so the daemon's own
+    // worker, for which nothing is due yet, stays out of the way.
+    let store = SqlStore::connect(
+        &db.url(),
+        SqlOptions {
+            clock: SqlClock::Caller,
+            ..SqlOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_700_000;
+    let apply = |op: StoreOp| {
+        let store = store.clone();
+        async move { store.apply(op).await.unwrap() }
+    };
+    let claim = |owner: &str, lease_ms: u64, now_ms: u64| StoreOp::Claim {
+        owner: WorkerId::new(owner).unwrap(),
+        max: 1,
+        lease_ms,
+        now_ms,
+    };
+    let StoreReply::Claimed(first) = apply(claim("ghost-worker", 1_000, t)).await else {
+        panic!("a claim answers Claimed")
+    };
+    assert_eq!(first[0].id, id, "the oldest run is claimed first");
+    let key = DeliveryKey { run: id, step: 0 };
+    let begin = |epoch: u64, now_ms: u64| StoreOp::BeginDelivery {
+        key,
+        epoch,
+        send_timeout_ms: 500,
+        now_ms,
+    };
+    let begun = apply(begin(1, t + 1)).await;
+    assert!(matches!(begun, StoreReply::Begun { .. }), "{begun:?}");
+    apply(StoreOp::FinishDelivery {
+        key,
+        outcome: DeliveryOutcome::Sent {
+            provider_message_id: "wamid.ghost".into(),
+        },
+        now_ms: t + 2,
+    })
+    .await;
+    let StoreReply::Claimed(second) = apply(claim("rescuer", 60_000, t + 5_000)).await else {
+        panic!("a claim answers Claimed")
+    };
+    assert!(second[0].id == id && second[0].rescued, "{second:?}");
+    let again = apply(begin(2, t + 5_001)).await;
+    assert!(matches!(again, StoreReply::AlreadySent { .. }), "{again:?}");
+    let advance = |epoch: u64, now_ms: u64| StoreOp::Advance {
+        run: id,
+        epoch,
+        step: 0,
+        delay_ms: Some(3_600_000),
+        now_ms,
+    };
+    assert_eq!(apply(advance(1, t + 5_002)).await, StoreReply::Fenced);
+    let went_on = apply(advance(2, t + 5_003)).await;
+    assert!(
+        matches!(went_on, StoreReply::Advanced { .. }),
+        "{went_on:?}"
+    );
+
+    // The API's account.
+    let (code, view) = api.get(&format!("/v1/runs/{run}")).await;
+    assert_eq!(code, 200, "{view}");
+    let kinds: Vec<&str> = view["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["rescued", "replayed", "fenced"], "{view}");
+    assert_eq!(view["steps"][0]["sent_by"], "ghost-worker", "{view}");
+    assert_eq!(view["steps"][0]["status"], "sent", "{view}");
+
+    // The page's: each event in step 0's lane, in plain words.
+    let b = Browser::start().await;
+    b.web.goto(&format!("{url}/ui#/runs/{run}")).await.unwrap();
+    let lane = "//ol[@id='timeline']/li[@data-step='0']";
+    for (kind, says) in [
+        (
+            "rescued",
+            "rescuer took the run over under epoch 2 from ghost-worker (epoch 1)",
+        ),
+        (
+            "replayed",
+            "under epoch 2 was answered from the ledger (sent): nothing went to the provider again",
+        ),
+        (
+            "fenced",
+            "A write (advance) from a holder at epoch 1 was refused: the run was at epoch 2",
+        ),
+    ] {
+        b.wait_for(&format!(
+            "{lane}//ol[@class='events']/li[@data-kind='{kind}' and contains(., '{says}')]"
+        ))
+        .await;
+    }
+    b.wait_for(&format!(
+        "{lane}//dd[contains(., 'ghost-worker · epoch 1')]"
+    ))
+    .await;
+    b.wait_for("//ol[@id='timeline']/li[@data-step='1' and not(.//ol[@class='events'])]")
+        .await;
+    b.shot("run-events").await;
+
+    // The list, two to a page: the newest two, then the oldest.
+    b.web
+        .goto(&format!("{url}/ui#/runs?limit=2"))
+        .await
+        .unwrap();
+    let shows = |only: Vec<String>| {
+        let has: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                let row = format!(".//tr[@data-run='{r}']");
+                if only.contains(r) {
+                    row
+                } else {
+                    format!("not({row})")
+                }
+            })
+            .collect();
+        format!("//table[@id='runs' and {}]", has.join(" and "))
+    };
+    b.wait_for(&shows(vec![runs[2].clone(), runs[1].clone()]))
+        .await;
+    b.wait_for("//span[@id='finished-note' and contains(., 'every finished run kept')]")
+        .await;
+    b.click("//a[@id='older']").await;
+    b.wait_for(&shows(vec![runs[0].clone()])).await;
+    b.wait_for("//a[@id='newest']").await;
+    b.shot("runs-older").await;
+
+    // By time: until ten minutes ago, none; from ten minutes ago, all.
+    b.web.goto(&format!("{url}/ui#/runs")).await.unwrap();
+    let set_time = |field: &str, value: &str| {
+        format!(
+            "{{ const d = new Date(Date.now() - 600000); const p = (n) => String(n).padStart(2, '0');
+             document.querySelector(\"#run-filters input[name='{field}']\").value = {value}; }}"
+        )
+    };
+    let local = "d.getFullYear() + '-' + p(d.getMonth() + 1) + '-' + p(d.getDate()) + 'T' + p(d.getHours()) + ':' + p(d.getMinutes())";
+    b.wait_for("//form[@id='run-filters']").await;
+    b.web
+        .execute(&set_time("before", local), vec![])
+        .await
+        .unwrap();
+    b.click("//form[@id='run-filters']//button").await;
+    b.wait_for("//table[@id='runs']//td[@class='empty' and text()='No runs match.']")
+        .await;
+    b.web
+        .execute(
+            &format!("{} {}", set_time("before", "''"), set_time("after", local)),
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.click("//form[@id='run-filters']//button").await;
+    b.wait_for(&shows(runs.clone())).await;
+    b.shot("runs-by-time").await;
+    db.remove().await;
+}

@@ -113,5 +113,24 @@ async fn the_console_s_reads_page_filter_and_list_what_the_store_holds() {
     assert_eq!(stats["runs"]["pending"], 5, "{stats}");
     assert_eq!(stats["runs"]["due"], 0, "{stats}");
     assert_eq!(stats["sends"]["sent"], 0, "{stats}");
+    assert_eq!(stats["finished"]["cancelled"], 0, "{stats}");
+    // Finished runs are counted too (among the latest 10,000 finished).
+    for run in &runs[3..] {
+        let (code, body) = api
+            .json(
+                "POST",
+                &format!("/v1/runs/{run}/cancel"),
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (_, stats) = api.get("/v1/stats").await;
+    assert_eq!(stats["runs"]["pending"], 3, "{stats}");
+    assert_eq!(stats["finished"]["cancelled"], 2, "{stats}");
+    assert_eq!(stats["finished"]["completed"], 0, "{stats}");
+    assert_eq!(stats["finished"]["failed"], 0, "{stats}");
+    assert_eq!(stats["finished"]["latest"], 10_000, "{stats}");
+    assert_eq!(stats["finished"]["all"], true, "{stats}");
     db.remove().await;
 }

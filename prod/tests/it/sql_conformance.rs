@@ -926,6 +926,8 @@ async fn check_case(store: &SqlStore, ops: Vec<(Op, bool)>) -> Result<(), TestCa
         },
         StoreOp::Stats { now_ms: world.now },
         StoreOp::ListPausedSenders,
+        StoreOp::CountFinished { limit: 1_000 },
+        StoreOp::CountFinished { limit: 3 },
     ];
     finals.extend(world.runs.iter().map(|&run| StoreOp::GetRun { run }));
     for op in finals {

@@ -100,6 +100,7 @@ impl Batch<'_> {
                 limit,
             } => self.list_runs(status, &filter, limit).await,
             StoreOp::Stats { now_ms } => self.stats(now_ms).await,
+            StoreOp::CountFinished { limit } => self.count_finished(limit).await,
             StoreOp::Prune {
                 retention_ms,
                 max,

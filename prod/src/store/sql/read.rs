@@ -2,11 +2,11 @@
 //! figures.
 
 use super::batch::Batch;
-use super::codec::{db, run_from_row, un};
+use super::codec::{db, decode_err, run_from_row, un};
 use super::statements::{self, common};
 use super::tx::Tx;
 use super::Backend;
-use oncesend_core::store::{QueueStats, RunFilter};
+use oncesend_core::store::{FinishedCounts, QueueStats, RunFilter};
 use oncesend_core::{DeliveryKey, RunId, RunStatus, StoreReply};
 use sqlx::Row;
 use std::collections::BTreeSet;
@@ -96,6 +96,27 @@ impl Batch<'_> {
             .map(|row| Ok(run_from_row(row)?.view(Vec::new(), Vec::new())))
             .collect::<Tx<Vec<_>>>()?;
         Ok(StoreReply::Runs(views))
+    }
+
+    pub(super) async fn count_finished(&mut self, limit: u32) -> Tx<StoreReply> {
+        let rows = sqlx::query(common::COUNT_FINISHED)
+            .bind(limit as i64)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        let mut c = FinishedCounts {
+            limit,
+            ..Default::default()
+        };
+        for row in rows {
+            let n = un(row.try_get(1)?);
+            match RunStatus::parse(&row.try_get::<String, _>(0)?) {
+                Some(RunStatus::Completed) => c.completed = n,
+                Some(RunStatus::Failed) => c.failed = n,
+                Some(RunStatus::Cancelled) => c.cancelled = n,
+                other => return Err(decode_err("finished status", format!("{other:?}"))),
+            }
+        }
+        Ok(StoreReply::FinishedCounts(c))
     }
 
     pub(super) async fn stats(&mut self, now_ms: u64) -> Tx<StoreReply> {

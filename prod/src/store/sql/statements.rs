@@ -40,6 +40,7 @@ pub(super) mod common {
     /// `{where}` and `{limit}`: see the file.
     pub const LIST_RUNS: &str = sql!("common/list_runs.sql");
     pub const STATS: &str = sql!("common/stats.sql");
+    pub const COUNT_FINISHED: &str = sql!("common/count_finished.sql");
     pub const COUNT_UNKNOWN: &str = sql!("common/count_unknown.sql");
     pub const PRUNABLE_RUNS: &str = sql!("common/prunable_runs.sql");
     /// `{ids}`: one placeholder per run id.
