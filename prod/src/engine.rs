@@ -30,12 +30,36 @@ const QUEUED_PER_INFLIGHT: usize = 1;
 /// task wait, never drops the answer.
 const EVENTS_PER_INFLIGHT: usize = 2;
 
+/// How long send requests took, from reaching the engine to its answer,
+/// in the driver's clock (ms): the figures of one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Latency {
+    /// Requests answered.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: u64,
+    /// 99th percentile.
+    pub p99_ms: u64,
+    /// Longest.
+    pub max_ms: u64,
+}
+
+/// Send latencies since the window was last taken.
+type Window = Arc<Mutex<hdrhistogram::Histogram<u64>>>;
+
+fn window() -> Window {
+    Arc::new(Mutex::new(
+        hdrhistogram::Histogram::new(2).expect("two significant figures are allowed"),
+    ))
+}
+
 /// A handle to a running engine driver. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Cmd>,
     busy_retry_ms: u64,
     stats: Arc<Mutex<EngineStats>>,
+    latency: Window,
 }
 
 impl EngineHandle {
@@ -51,6 +75,7 @@ impl EngineHandle {
         let (tx, requests) = mpsc::channel(inflight * QUEUED_PER_INFLIGHT);
         let (events_tx, events) = mpsc::channel(inflight * EVENTS_PER_INFLIGHT);
         let stats = Arc::new(Mutex::new(EngineStats::default()));
+        let latency = window();
         let driver = Driver {
             engine: Engine::new(config),
             store,
@@ -60,12 +85,15 @@ impl EngineHandle {
             waiters: BTreeMap::new(),
             next_req: 0,
             stats: stats.clone(),
+            arrived: BTreeMap::new(),
+            latency: latency.clone(),
         };
         tokio::spawn(driver.run(requests, events));
         Self {
             tx,
             busy_retry_ms,
             stats,
+            latency,
         }
     }
 
@@ -93,6 +121,7 @@ impl EngineHandle {
             tx,
             busy_retry_ms: 0,
             stats: Arc::default(),
+            latency: window(),
         }
     }
 
@@ -104,6 +133,23 @@ impl EngineHandle {
     /// The machine's counters.
     pub fn stats(&self) -> EngineStats {
         *self.stats.lock().expect("stats lock")
+    }
+
+    /// How long the requests answered since the last call took (`None`
+    /// when none was), and starts a new window.
+    pub fn take_latency(&self) -> Option<Latency> {
+        let mut h = self.latency.lock().expect("latency lock");
+        if h.is_empty() {
+            return None;
+        }
+        let l = Latency {
+            count: h.len(),
+            p50_ms: h.value_at_quantile(0.5),
+            p99_ms: h.value_at_quantile(0.99),
+            max_ms: h.max(),
+        };
+        h.reset();
+        Some(l)
     }
 }
 
@@ -117,6 +163,9 @@ struct Driver<S, P> {
     waiters: BTreeMap<u64, oneshot::Sender<SendResponse>>,
     next_req: u64,
     stats: Arc<Mutex<EngineStats>>,
+    /// When each request in the machine arrived.
+    arrived: BTreeMap<u64, u64>,
+    latency: Window,
 }
 
 impl<S: Store, P: Provider> Driver<S, P> {
@@ -145,16 +194,17 @@ impl<S: Store, P: Provider> Driver<S, P> {
                     self.next_req += 1;
                     let req = self.next_req;
                     self.waiters.insert(req, reply);
+                    self.arrived.insert(req, now_ms);
                     self.engine
                         .handle(EngineEvent::Request { req, request }, now_ms);
                 }
                 Cmd::Event(event) => self.engine.handle(event, now_ms),
             }
-            self.drain();
+            self.drain(now_ms);
         }
     }
 
-    fn drain(&mut self) {
+    fn drain(&mut self, now_ms: u64) {
         while let Some(effect) = self.engine.poll_effect() {
             match effect {
                 EngineEffect::Store { req, op } => {
@@ -210,6 +260,12 @@ impl<S: Store, P: Provider> Driver<S, P> {
                 EngineEffect::Respond { req, response } => {
                     if let Some(w) = self.waiters.remove(&req) {
                         let _ = w.send(response);
+                    }
+                    if let Some(at) = self.arrived.remove(&req) {
+                        self.latency
+                            .lock()
+                            .expect("latency lock")
+                            .saturating_record(now_ms.saturating_sub(at));
                     }
                 }
             }
@@ -290,5 +346,69 @@ mod tests {
             assert_eq!(a, &Some(SendResponse::Busy { retry_after_ms: 77 }));
         }
         assert!(engine.is_running());
+    }
+
+    /// A provider that answers `sent` after a quarter of a second.
+    #[derive(Clone)]
+    struct Slow;
+
+    impl Provider for Slow {
+        async fn send(&self, m: oncesend_core::OutboundMessage) -> DeliveryOutcome {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            DeliveryOutcome::Sent {
+                provider_message_id: format!("wamid.{}", m.key),
+            }
+        }
+    }
+
+    /// Each answered request's time in the engine, in its clock, goes into
+    /// the window `take_latency` reads and empties.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn send_latency_is_measured_per_window() {
+        use oncesend_core::{NewRun, PlannedStep, StoreOp, StoreReply, WorkerId};
+        let store = MemoryStore::new(Default::default());
+        let mut epochs = Vec::new();
+        for n in 0..3 {
+            let to = format!("+55119133907{n:02}");
+            let run = NewRun {
+                id: RunId::new(n, n),
+                tenant: TenantId::default_tenant(),
+                flow: oncesend_core::FlowId::new("f").unwrap(),
+                to: Recipient::parse(&to).unwrap(),
+                steps: vec![PlannedStep {
+                    message: Message::text("hi"),
+                    delay_ms: 0,
+                    after: Default::default(),
+                    after_timeout_ms: None,
+                }],
+                trigger_key: None,
+            };
+            store.apply_now(StoreOp::Enqueue { run, now_ms: 0 });
+            let StoreReply::Claimed(c) = store.apply_now(StoreOp::Claim {
+                owner: WorkerId::new("w").unwrap(),
+                max: 1,
+                lease_ms: 600_000,
+                now_ms: 0,
+            }) else {
+                panic!("claimed")
+            };
+            epochs.push((to, c[0].epoch));
+        }
+        let engine = EngineHandle::spawn(EngineConfig::default(), store, Slow, TokioClock::new(0));
+        assert_eq!(engine.take_latency(), None, "nothing answered yet");
+        for (n, (to, epoch)) in epochs.into_iter().enumerate() {
+            let mut r = request(n as u64);
+            r.to = Recipient::parse(&to).unwrap();
+            r.epoch = epoch;
+            let answer = engine.send(r).await;
+            assert!(matches!(answer, SendResponse::Sent { .. }), "{answer:?}");
+        }
+        let l = engine.take_latency().expect("three answered");
+        assert_eq!(l.count, 3);
+        assert!(
+            (250..300).contains(&l.p50_ms) && l.p99_ms >= l.p50_ms && l.max_ms >= l.p99_ms,
+            "{l:?}"
+        );
+        assert_eq!(engine.take_latency(), None, "the window starts afresh");
     }
 }

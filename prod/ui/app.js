@@ -696,7 +696,7 @@ function healthPage(main) {
   const figures = el("div", { class: "figures", id: "health" });
   const sends = el("table", { class: "sends" });
   main.append(el("h1", {}, "Health"), figures, el("h2", {}, "Sends by outcome since the engine started"), sends,
-    el("p", { class: "hint" }, "Refreshes every " + REFRESH_MS / 1000 + " s. The lines show the last hour, as the engine sampled it every few seconds since it started."));
+    el("p", { class: "hint" }, "Refreshes every " + REFRESH_MS / 1000 + " s. The lines show the last hour, as the engine sampled it every few seconds since it started. Send latency: from a worker's send request reaching the engine to its answer (ledger writes, pacing and the provider call), over the requests of each sample's window."));
   every(async () => {
     const [s, h] = await Promise.all([api("GET", "/v1/stats"), api("GET", "/v1/stats/history")]);
     clear(figures);
@@ -707,11 +707,30 @@ function healthPage(main) {
       ["Waiting", "waiting", s.runs.waiting, "waiting", String],
       ["Oldest waiting", "oldest", s.oldest_due_age_ms, "oldest_due_age_ms", duration],
       ["Unknown deliveries", "unknown", s.unknown_deliveries, "unknown_deliveries", String],
-      ["Sent", "sent", s.sends.sent, "sent", String],
-      ["Failed", "failed", s.sends.failed, "failed", String],
     ]) {
       figures.append(el("div", { class: "figure", dataset: { figure: key } },
         el("span", { class: "label" }, label), el("b", {}, fmt(now)), sparkline(h.samples.map((x) => x[past]))));
+    }
+    // Rates and latencies, from the samples: sends per second by outcome
+    // between two samples, and how long the send requests answered in
+    // each sample's window took (from reaching the engine to its answer).
+    const per = (field) => h.samples.slice(1).map((x, i) => {
+      const dt = (x.at_ms - h.samples[i].at_ms) / 1000;
+      return dt > 0 ? Math.max(0, x[field] - h.samples[i][field]) / dt : 0;
+    });
+    const lat = (q) => h.samples.map((x) => (x.send_latency ? x.send_latency[q] : 0));
+    const last = (xs) => (xs.length ? xs[xs.length - 1] : null);
+    const rate = (v) => (v === null ? "—" : v.toFixed(1) + "/s");
+    const ms = (v) => (v === null ? "—" : v + " ms");
+    const lastLatency = last(h.samples.filter((x) => x.send_latency));
+    for (const [label, key, series, shown] of [
+      ["Sent per second", "sent-rate", per("sent"), rate(last(per("sent")))],
+      ["Failed per second", "failed-rate", per("failed"), rate(last(per("failed")))],
+      ["Send latency p50", "latency-p50", lat("p50_ms"), ms(lastLatency ? lastLatency.send_latency.p50_ms : null)],
+      ["Send latency p99", "latency-p99", lat("p99_ms"), ms(lastLatency ? lastLatency.send_latency.p99_ms : null)],
+    ]) {
+      figures.append(el("div", { class: "figure", dataset: { figure: key } },
+        el("span", { class: "label" }, label), el("b", {}, shown), sparkline(series)));
     }
     figures.append(el("div", { class: "figure", dataset: { figure: "paused" } },
       el("span", { class: "label" }, "Paused senders"), el("b", {}, String(s.paused_tenants))));

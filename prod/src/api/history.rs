@@ -32,6 +32,9 @@ pub struct Sample {
     pub sent: u64,
     /// Sends answered `failed` since the engine started.
     pub failed: u64,
+    /// How long the send requests answered since the last sample took,
+    /// from reaching the engine to its answer (`None`: none answered).
+    pub send_latency: Option<crate::engine::Latency>,
 }
 
 /// At most [`HISTORY_SAMPLES`] samples, oldest first.
@@ -76,6 +79,7 @@ pub async fn sample_forever<S: Store>(st: AppState<S>) {
                     queue: q,
                     sent: e.sent,
                     failed: e.failed,
+                    send_latency: st.engine.take_latency(),
                 });
             }
             Ok(other) => tracing::warn!(reply = ?other, "unexpected answer to the stats op"),
@@ -104,6 +108,7 @@ mod tests {
             queue: QueueStats::default(),
             sent: 0,
             failed: 0,
+            send_latency: None,
         }
     }
 

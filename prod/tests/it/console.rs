@@ -440,6 +440,34 @@ async fn an_operator_works_the_console_in_a_real_browser() {
     );
     b.wait_for("//table[contains(@class,'sends')]//th[text()='sent']")
         .await;
+    // The sends made above fell in some sample's window: their latency is
+    // in the history, and on the page with its line.
+    let (_, history) = api.get("/v1/stats/history").await;
+    let timed: Vec<&serde_json::Value> = history["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["send_latency"].is_null())
+        .collect();
+    assert!(!timed.is_empty(), "no sample timed a send: {history}");
+    let answered: u64 = timed
+        .iter()
+        .map(|s| s["send_latency"]["count"].as_u64().unwrap())
+        .sum();
+    assert!(answered >= 4, "{history}");
+    for s in &timed {
+        let l = &s["send_latency"];
+        assert!(l["p50_ms"].as_u64() <= l["p99_ms"].as_u64(), "{l}");
+        assert!(l["p99_ms"].as_u64() <= l["max_ms"].as_u64(), "{l}");
+    }
+    for figure in ["latency-p50", "latency-p99"] {
+        b.wait_for(&format!(
+            "//div[@data-figure='{figure}']/b[contains(., ' ms')]"
+        ))
+        .await;
+    }
+    b.wait_for("//div[@data-figure='sent-rate']/b[contains(., '/s')]")
+        .await;
     b.shot("health").await;
     assert_eq!(b.pwned().await, "undefined");
     let _ = b.web.close().await;
