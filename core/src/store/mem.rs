@@ -244,7 +244,7 @@ impl MemStore {
                     .values()
                     .filter_map(|r| Some((r.finished_at_ms?, r.seq, r.status)))
                     .collect();
-                done.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+                done.sort_unstable_by_key(|d| std::cmp::Reverse((d.0, d.1)));
                 let mut c = super::FinishedCounts {
                     limit,
                     ..Default::default()

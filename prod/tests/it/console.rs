@@ -693,11 +693,7 @@ async fn the_timeline_shows_rescues_fenced_writes_and_replays_and_the_list_pages
     )
     .await
     .unwrap();
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 3_700_000;
+    let t = oncesend::clock::TokioClock::system().now_ms() + 3_700_000;
     let apply = |op: StoreOp| {
         let store = store.clone();
         async move { store.apply(op).await.unwrap() }
