@@ -10,8 +10,8 @@
 //!   because the machine writes each advance as its own op (one transaction
 //!   per message), while the ceiling is what the queue can do when a worker
 //!   claims a batch and then moves the whole batch on with one
-//!   `apply_batch` per step: one claim transaction per batch and one write
-//!   transaction per batch and step.
+//!   `apply_batch` per step, and each of those transactions also claims
+//!   the next runs: one commit per batch and step.
 //! - `full`: the real worker driver (`run_worker_woken` and the core's
 //!   `Worker`) sending through `BatchedHttpEngineClient` (as the worker
 //!   daemon does; `--send-batch 1` sends each alone through
@@ -1010,8 +1010,10 @@ impl Drain {
     }
 }
 
-/// The store path's worker: claims a batch, then moves the whole batch on
-/// one step at a time, each step's writes in one `apply_batch`.
+/// The store path's worker. It holds up to `batch` runs; each transaction
+/// records the next step of every run it holds and, in the same
+/// transaction, claims as many more as there will be room for. One commit
+/// per batch and step, where a claim and a write of their own cost two.
 struct StoreWorker {
     store: CountingStore<Db>,
     owner: WorkerId,
@@ -1024,53 +1026,41 @@ struct StoreWorker {
 
 impl StoreWorker {
     async fn run(mut self) -> anyhow::Result<()> {
+        let mut held: Vec<ClaimedRun> = Vec::new();
         loop {
             if *self.stop.borrow() {
                 return Ok(());
             }
-            let claim = StoreOp::Claim {
-                owner: self.owner.clone(),
-                max: self.batch,
-                lease_ms: LEASE_MS,
-                now_ms: self.clock.now_ms(),
-            };
-            let runs = match self.store.apply(claim).await {
-                Ok(StoreReply::Claimed(runs)) => runs,
-                Ok(other) => bail!("{}: a claim was answered {other:?}", self.owner),
-                Err(e) => {
-                    tracing::warn!(worker_id = %self.owner, error = %e, "claim failed; retrying");
-                    tokio::time::sleep(self.poll).await;
-                    continue;
-                }
-            };
-            if runs.is_empty() {
-                tokio::select! {
-                    biased;
-                    _ = self.stop.changed() => {}
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.poll) => {}
-                }
-                continue;
-            }
-            self.advance_all(runs).await?;
-        }
-    }
-
-    async fn advance_all(&self, mut held: Vec<ClaimedRun>) -> anyhow::Result<()> {
-        while !held.is_empty() {
             let now_ms = self.clock.now_ms();
-            let ops: Vec<StoreOp> = held.iter().map(|r| next_write(r, now_ms)).collect();
+            let mut ops: Vec<StoreOp> = held.iter().map(|r| next_write(r, now_ms)).collect();
+            // Runs that move on to another step stay held; the rest leave.
+            let staying = ops
+                .iter()
+                .filter(|op| matches!(op, StoreOp::Advance { delay_ms: None, .. }))
+                .count() as u32;
+            let room = self.batch.saturating_sub(staying);
+            if room > 0 {
+                ops.push(StoreOp::Claim {
+                    owner: self.owner.clone(),
+                    max: room,
+                    lease_ms: LEASE_MS,
+                    now_ms,
+                });
+            }
             let replies = match self.store.apply_batch(ops).await {
                 Ok(replies) => replies,
                 Err(e) => {
-                    // Every write is safe to repeat; the leases outlast this.
-                    tracing::warn!(worker_id = %self.owner, error = %e, "batch write failed; retrying");
+                    // Every write is safe to repeat, and a claim that did
+                    // commit without its answer is rescued when its lease
+                    // lapses.
+                    tracing::warn!(worker_id = %self.owner, error = %e, "batch failed; retrying");
                     tokio::time::sleep(self.poll).await;
                     continue;
                 }
             };
-            let mut still = Vec::with_capacity(held.len());
-            for (mut run, reply) in held.into_iter().zip(replies) {
+            let mut replies = replies.into_iter();
+            let mut still = Vec::with_capacity(self.batch as usize);
+            for (mut run, reply) in std::mem::take(&mut held).into_iter().zip(replies.by_ref()) {
                 match reply {
                     StoreReply::Advanced {
                         cursor,
@@ -1088,9 +1078,22 @@ impl StoreWorker {
                     ),
                 }
             }
+            if room > 0 {
+                match replies.next() {
+                    Some(StoreReply::Claimed(runs)) => still.extend(runs),
+                    other => bail!("{}: a claim was answered {other:?}", self.owner),
+                }
+            }
             held = still;
+            if held.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = self.stop.changed() => {}
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.poll) => {}
+                }
+            }
         }
-        Ok(())
     }
 }
 

@@ -26,6 +26,9 @@ const LEASE_MS: u64 = 400;
 
 async fn install_history(store: &SqlStore) {
     let sql = match store.backend() {
+        // A head's claims change its `heads` row, not its run's, so both
+        // tables are watched; the run's own row lags its epoch while it is
+        // a head, and its changes are logged without an epoch change.
         Backend::Postgres => {
             "CREATE TABLE run_history ( \
                  id BIGSERIAL PRIMARY KEY, run_id BYTEA, tenant TEXT, recipient TEXT, \
@@ -35,11 +38,21 @@ async fn install_history(store: &SqlStore) {
                  INSERT INTO run_history (run_id, tenant, recipient, old_status, new_status, \
                      old_step, new_step, old_epoch, new_epoch, old_until, at_ms) \
                  VALUES (OLD.id, OLD.tenant, OLD.recipient, OLD.status, NEW.status, \
-                     OLD.next_step, NEW.next_step, OLD.epoch, NEW.epoch, OLD.lease_until_ms, \
+                     OLD.next_step, NEW.next_step, NEW.epoch, NEW.epoch, OLD.lease_until_ms, \
                      CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)); \
                  RETURN NEW; END $$ LANGUAGE plpgsql; \
              CREATE TRIGGER runs_history AFTER UPDATE ON runs \
-                 FOR EACH ROW EXECUTE FUNCTION log_run_change();"
+                 FOR EACH ROW EXECUTE FUNCTION log_run_change(); \
+             CREATE OR REPLACE FUNCTION log_head_change() RETURNS trigger AS $$ BEGIN \
+                 INSERT INTO run_history (run_id, tenant, recipient, old_status, new_status, \
+                     old_step, new_step, old_epoch, new_epoch, old_until, at_ms) \
+                 SELECT r.id, OLD.tenant, OLD.recipient, OLD.status, NEW.status, \
+                     r.next_step, r.next_step, OLD.epoch, NEW.epoch, OLD.lease_until_ms, \
+                     CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) \
+                 FROM runs r WHERE r.seq = OLD.seq; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER heads_history AFTER UPDATE ON heads \
+                 FOR EACH ROW EXECUTE FUNCTION log_head_change();"
         }
         Backend::Sqlite => {
             "CREATE TABLE run_history ( \
@@ -202,7 +215,7 @@ async fn drain(url: String, claimers: u64, schema: Option<&str>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         let doubled: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM (SELECT tenant, recipient FROM runs WHERE status = 'leased' \
+            "SELECT COUNT(*) FROM (SELECT tenant, recipient FROM runs_now WHERE status = 'leased' \
              GROUP BY tenant, recipient HAVING COUNT(*) > 1) d",
         )
         .fetch_one(store.pool())
@@ -232,7 +245,7 @@ async fn drain(url: String, claimers: u64, schema: Option<&str>) {
     // Every run completed, with its cursor past its last step.
     let row = sqlx::query(
         "SELECT COUNT(*), COUNT(CASE WHEN status = 'completed' AND next_step = step_count \
-         AND NOT is_head AND lease_owner IS NULL THEN 1 END) FROM runs",
+         AND NOT is_head AND lease_owner IS NULL THEN 1 END) FROM runs_now",
     )
     .fetch_one(store.pool())
     .await

@@ -73,7 +73,7 @@ async fn enqueues_racing_into_new_conversations_never_collide_on_the_head() {
         "SELECT recipient, count(*) AS runs, count(*) FILTER (WHERE is_head) AS heads, \
                 bool_and(is_head = (seq = first)) AS oldest_is_head \
          FROM (SELECT recipient, seq, is_head, min(seq) OVER (PARTITION BY recipient) AS first \
-               FROM runs) r GROUP BY recipient",
+               FROM runs_now) r GROUP BY recipient",
     )
     .fetch_all(store.pool())
     .await

@@ -1,7 +1,11 @@
-//! The PostgreSQL schema keeps a claim a heap-only (HOT) update: no index
-//! of `runs`, nor any index's predicate, names a column the claim writes,
-//! so PostgreSQL can keep the leased version of a head on its page without
-//! touching any index. The store path ran about a fifth faster for it.
+//! The PostgreSQL schema keeps the hot path's updates heap-only (HOT):
+//! no index, nor any index's predicate, names a column they write, so
+//! PostgreSQL keeps each new row version on its page without touching an
+//! index. A claim writes a conversation's narrow `heads` row and nothing of
+//! `runs`; a holder's write of a run that does not finish changes no
+//! indexed column of `runs` either. Only a finish (finished_at_ms, which
+//! the finished-runs and open-runs indexes name) and a promotion (a new
+//! `heads` row) add index entries.
 
 use crate::support;
 
@@ -10,14 +14,15 @@ use oncesend::store::Store;
 use oncesend_core::{RunId, StoreOp};
 
 const CLAIM: &str = include_str!("../../src/store/sql/statements/postgres/claim.sql");
+const WRITE_RUNS: &str = include_str!("../../src/store/sql/statements/postgres/write_runs.sql");
 
-/// The columns the claim statement's `UPDATE runs SET …` writes.
-fn claimed_columns() -> Vec<String> {
-    let set = CLAIM
-        .split_once("UPDATE runs SET")
-        .and_then(|(_, rest)| rest.split_once("FROM picked"))
+/// The columns an `UPDATE {table} SET … {until}` in `sql` writes.
+fn set_columns(sql: &str, table: &str, until: &str) -> Vec<String> {
+    let set = sql
+        .split_once(&format!("UPDATE {table} SET"))
+        .and_then(|(_, rest)| rest.split_once(until))
         .map(|(set, _)| set)
-        .expect("the claim is an UPDATE runs SET … FROM picked");
+        .unwrap_or_else(|| panic!("no UPDATE {table} SET … {until} in {sql}"));
     set.split(',')
         .filter_map(|a| a.split_once('=').map(|(col, _)| col.trim().to_string()))
         .collect()
@@ -30,33 +35,54 @@ fn identifiers(sql: &str) -> Vec<&str> {
 }
 
 #[test]
-fn the_claims_columns_are_read_off_the_statement() {
+fn the_written_columns_are_read_off_the_statements() {
     assert_eq!(
-        claimed_columns(),
+        set_columns(CLAIM, "heads", "FROM picked"),
         ["status", "epoch", "lease_owner", "lease_until_ms", "wait"]
+    );
+    assert!(!CLAIM.contains("UPDATE runs"), "a claim writes no run");
+    assert_eq!(
+        set_columns(WRITE_RUNS, "runs", "FROM json_to_recordset"),
+        [
+            "status",
+            "next_step",
+            "run_at_ms",
+            "attempts",
+            "epoch",
+            "lease_owner",
+            "lease_until_ms",
+            "reason",
+            "finished_at_ms",
+            "wait",
+            "note"
+        ]
     );
 }
 
+async fn indexes(store: &oncesend::store::sql::SqlStore, table: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT indexname::text, indexdef FROM pg_indexes \
+         WHERE schemaname = 'schema_hot' AND tablename = $1",
+    )
+    .bind(table)
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
-async fn no_index_of_runs_names_a_column_a_claim_writes_and_claims_stay_on_their_page() {
+async fn no_index_names_a_column_the_hot_path_writes_and_claims_stay_on_their_page() {
     let Some(url) = support::pg_url() else {
         return;
     };
     let store = support::pg_store(&url, "schema_hot", SqlClock::Caller, 1).await;
-    let indexes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT indexname::text, indexdef FROM pg_indexes \
-         WHERE schemaname = 'schema_hot' AND tablename = 'runs'",
-    )
-    .fetch_all(store.pool())
-    .await
-    .unwrap();
+    let heads = indexes(&store, "heads").await;
     assert!(
-        indexes.iter().any(|(name, _)| name == "runs_waiting"),
-        "{indexes:?}"
+        heads.iter().any(|(name, _)| name == "heads_due"),
+        "{heads:?}"
     );
-    let written = claimed_columns();
-    for (name, def) in &indexes {
-        for column in &written {
+    for (name, def) in &heads {
+        for column in set_columns(CLAIM, "heads", "FROM picked") {
             assert!(
                 !identifiers(def).contains(&column.as_str()),
                 "index {name} names `{column}`, which every claim writes: claims could no \
@@ -64,9 +90,22 @@ async fn no_index_of_runs_names_a_column_a_claim_writes_and_claims_stay_on_their
             );
         }
     }
+    let runs = indexes(&store, "runs").await;
+    assert!(runs.iter().any(|(name, _)| name == "runs_open"), "{runs:?}");
+    for (name, def) in &runs {
+        for column in set_columns(WRITE_RUNS, "runs", "FROM json_to_recordset") {
+            // A finish changes finished_at_ms, and is the one write of a
+            // run that may add index entries.
+            assert!(
+                column == "finished_at_ms" || !identifiers(def).contains(&column.as_str()),
+                "index {name} names `{column}`, which a holder's write changes: advances \
+                 could no longer be HOT updates ({def})"
+            );
+        }
+    }
 
-    // And PostgreSQL agrees: every head a claim leases is updated in place
-    // (ten runs: one page, with room left for a new version of each).
+    // And PostgreSQL agrees: every head a claim leases is updated in place,
+    // and no run's row is written at all.
     let runs: Vec<StoreOp> = (0..10u64)
         .map(|i| StoreOp::Enqueue {
             run: support::one_step_run(RunId::new(7_000 + i, i), &format!("+55119144{i:05}")),
@@ -84,15 +123,17 @@ async fn no_index_of_runs_names_a_column_a_claim_writes_and_claims_stay_on_their
         .await
         .unwrap();
     assert_eq!(claimed.len(), 10);
-    let (updated, hot): (i64, i64) = sqlx::query_as(
-        "SELECT pg_stat_get_xact_tuples_updated('runs'::regclass), \
-                pg_stat_get_xact_tuples_hot_updated('runs'::regclass)",
+    let (updated, hot, runs_updated): (i64, i64, i64) = sqlx::query_as(
+        "SELECT pg_stat_get_xact_tuples_updated('heads'::regclass), \
+                pg_stat_get_xact_tuples_hot_updated('heads'::regclass), \
+                pg_stat_get_xact_tuples_updated('runs'::regclass)",
     )
     .fetch_one(&mut *tx)
     .await
     .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!((updated, hot), (10, 10), "claims that were not HOT updates");
+    assert_eq!(runs_updated, 0, "a claim wrote runs");
 }
 
 #[tokio::test]

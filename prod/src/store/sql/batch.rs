@@ -4,8 +4,9 @@
 use super::tx::Tx;
 use super::Backend;
 use crate::store::group::is_row_write;
-use oncesend_core::{StoreOp, StoreReply};
+use oncesend_core::{RunId, StoreOp, StoreReply};
 use sqlx::AnyConnection;
+use std::collections::BTreeSet;
 
 /// One transaction's worth of ops.
 pub(super) struct Batch<'c> {
@@ -13,6 +14,9 @@ pub(super) struct Batch<'c> {
     pub backend: Backend,
     /// Something became claimable: tell listening workers at commit.
     pub notify: bool,
+    /// PostgreSQL: the runs loaded for writing that head their
+    /// conversation, whose claim state is their `heads` row.
+    pub heads: BTreeSet<RunId>,
 }
 
 fn is_enqueue(op: &StoreOp) -> bool {

@@ -243,6 +243,9 @@ pub(super) struct RunInsert {
 pub(super) struct RunWrite {
     pub id: String,
     pub read_epoch: i64,
+    /// PostgreSQL: the run heads its conversation, fenced by its `heads`
+    /// row rather than by its own epoch.
+    pub head: bool,
     pub status: &'static str,
     pub next_step: i64,
     pub run_at_ms: i64,
@@ -254,6 +257,23 @@ pub(super) struct RunWrite {
     pub finished_at_ms: Option<i64>,
     pub wait: Option<&'static str>,
     pub note: Option<String>,
+}
+
+/// One head's claim state written back (PostgreSQL's `heads`): kept, or
+/// removed when its run finished.
+#[derive(serde::Serialize)]
+pub(super) struct HeadWrite<'a> {
+    pub tenant: &'a str,
+    pub recipient: &'a str,
+    pub seq: i64,
+    pub read_epoch: i64,
+    pub keep: bool,
+    pub status: &'static str,
+    pub epoch: i64,
+    pub lease_owner: Option<&'a str>,
+    pub lease_until_ms: Option<i64>,
+    pub run_at_ms: i64,
+    pub wait: Option<&'static str>,
 }
 
 /// One ledger row's upsert, as the statements read it.
@@ -294,13 +314,16 @@ mod tests {
     /// this fails at once, and also on a column the decoder does not read.
     #[test]
     fn statements_select_what_the_decoders_read() {
-        for sql in [
-            postgres::LOAD_RUNS,
-            postgres::LOAD_RUNS_LOCKED,
-            sqlite::LOAD_RUNS,
-            common::LIST_RUNS,
-        ] {
+        for sql in [sqlite::LOAD_RUNS, common::LIST_RUNS] {
             assert_eq!(selected(sql), RUN_COLUMNS.join(", "), "{sql}");
+        }
+        // PostgreSQL's loads also say which runs are heads.
+        for sql in [postgres::LOAD_RUNS, postgres::LOAD_RUNS_LOCKED] {
+            assert_eq!(
+                selected(sql),
+                format!("{}, is_head", RUN_COLUMNS.join(", ")),
+                "{sql}"
+            );
         }
         // The claim also reads the stored step count, which each claimed
         // run is checked against.

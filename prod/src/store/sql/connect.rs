@@ -3,7 +3,7 @@
 
 use super::statements::{self, common, postgres, sqlite};
 use super::tx::unavailable;
-use super::{Backend, Inner, SqlOptions, SqlStore, NOTIFY_CHANNEL, TABLES};
+use super::{Backend, Inner, SqlOptions, SqlStore, NOTIFY_CHANNEL, POSTGRES_TABLES, TABLES};
 use oncesend_core::store::StoreUnavailable;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyConnection;
@@ -109,7 +109,16 @@ impl SqlStore {
     /// one), then migrates afresh: an empty store. For tests and benchmarks
     /// on a scratch database; never called by the daemons.
     pub async fn recreate(&self) -> Result<(), StoreUnavailable> {
-        for table in TABLES.iter().chain(&["_sqlx_migrations"]) {
+        // The view first: it depends on `runs` (and on PostgreSQL `heads`).
+        sqlx::raw_sql(&statements::fill(common::DROP_VIEW, "view", "runs_now"))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+        for table in TABLES
+            .iter()
+            .chain(&POSTGRES_TABLES)
+            .chain(&["_sqlx_migrations"])
+        {
             sqlx::raw_sql(&statements::fill(common::DROP_TABLE, "table", table))
                 .execute(&self.inner.pool)
                 .await

@@ -14,14 +14,19 @@
 //!   and the outer `UPDATE` re-checks each row, bumps its epoch, sets the
 //!   lease and returns it. On SQLite the same pick and write run under
 //!   `BEGIN IMMEDIATE` on the one writer connection.
-//! - **One run at a time per conversation.** Only a conversation's head
-//!   (`is_head`) is claimable; the schema allows one head per conversation
-//!   (a partial unique index) and a leased run must be the head (a CHECK),
-//!   so two leased runs in one conversation cannot be stored at all. The
+//! - **One run at a time per conversation.** Only a conversation's head is
+//!   claimable. On PostgreSQL the heads are a narrow table of their own
+//!   (`heads`, one row per conversation with unfinished runs, its primary
+//!   key the conversation) holding the head run's claim state, so a claim
+//!   writes one small row and never the run's; the view `runs_now` overlays
+//!   it on `runs`. On SQLite a head is a flag on its run, with a partial
+//!   unique index, and a leased run must be the head (a CHECK). Either way
+//!   two leased runs in one conversation cannot be stored at all. The
 //!   transaction that finishes a head promotes the next run.
-//! - **Fencing.** Holder writes load their run `FOR UPDATE`, and the write
-//!   back is conditional on the epoch that was read: a row count other than
-//!   the number of rows written aborts the transaction.
+//! - **Fencing.** Holder writes load their run `FOR UPDATE` (on PostgreSQL
+//!   with its `heads` row), and the write back is conditional on the epoch
+//!   that was read (a head's in `heads`): a row count other than the number
+//!   of rows written aborts the transaction.
 //! - **Batches.** Consecutive per-row ops of one [`Store::apply_batch`] call
 //!   are applied with one read and one write per table, in one transaction.
 //!
@@ -85,6 +90,10 @@ pub const TABLES: [&str; 8] = [
     "sender_pauses",
     "recipients",
 ];
+
+/// Tables only PostgreSQL keeps: its conversations' heads, which SQLite
+/// keeps as a flag on `runs`.
+pub const POSTGRES_TABLES: [&str; 1] = ["heads"];
 
 /// SQL stores never run without their guards.
 const GUARDS: Guards = Guards {
@@ -201,6 +210,15 @@ impl SqlStore {
         self.inner.retries.load(Ordering::Relaxed)
     }
 
+    /// Every table this store keeps.
+    pub fn tables(&self) -> Vec<&'static str> {
+        let mut tables = TABLES.to_vec();
+        if self.inner.backend == Backend::Postgres {
+            tables.extend(POSTGRES_TABLES);
+        }
+        tables
+    }
+
     /// The pool, for tests that inspect the tables.
     pub fn pool(&self) -> &AnyPool {
         &self.inner.pool
@@ -220,6 +238,7 @@ impl SqlStore {
             conn: &mut tx,
             backend: self.inner.backend,
             notify: false,
+            heads: Default::default(),
         };
         let replies = run.apply_all(ops).await?;
         if run.notify && self.inner.backend == Backend::Postgres {

@@ -120,7 +120,7 @@ impl Batch<'_> {
     }
 
     pub(super) async fn stats(&mut self, now_ms: u64) -> Tx<StoreReply> {
-        let row = sqlx::query(common::STATS)
+        let row = sqlx::query(statements::of(self.backend).stats)
             .bind(db(now_ms))
             .fetch_one(&mut *self.conn)
             .await?;

@@ -6,7 +6,7 @@
 use super::batch::Batch;
 use super::codec::{
     db, decode_err, delivery_from_row, hex_ids, json_conversations, run_from_row, run_id,
-    DeliveryWrite, RunWrite,
+    DeliveryWrite, HeadWrite, RunWrite,
 };
 use super::statements::{self, common};
 use super::tx::{Tx, TxError};
@@ -43,6 +43,13 @@ impl Batch<'_> {
         .await?;
         for row in rows {
             let record = run_from_row(&row)?;
+            if self.backend == Backend::Postgres {
+                if row.try_get::<bool, _>("is_head")? {
+                    self.heads.insert(record.id);
+                } else {
+                    self.heads.remove(&record.id);
+                }
+            }
             out.insert(record.id, record);
         }
         Ok(out)
@@ -272,32 +279,79 @@ impl Batch<'_> {
         if after.is_empty() {
             return Ok(());
         }
-        let rows: Vec<RunWrite> = before
-            .iter()
-            .zip(after)
-            .map(|(o, n)| RunWrite {
-                id: hex::encode(n.id.0.as_bytes()),
+        let run_write = |o: &RunRecord, n: &RunRecord, head: bool| RunWrite {
+            id: hex::encode(n.id.0.as_bytes()),
+            read_epoch: db(o.epoch),
+            head,
+            status: n.status.as_str(),
+            next_step: n.cursor as i64,
+            run_at_ms: db(n.run_at_ms),
+            attempts: n.attempts as i64,
+            epoch: db(n.epoch),
+            lease_owner: n.lease.as_ref().map(|l| l.owner.as_str().to_string()),
+            lease_until_ms: n.lease.as_ref().map(|l| db(l.until_ms)),
+            reason: n.reason.clone(),
+            finished_at_ms: n.finished_at_ms.map(db),
+            wait: n.wait.map(RunWait::as_str),
+            note: n.note.clone(),
+        };
+        let mut rows: Vec<RunWrite> = Vec::with_capacity(after.len());
+        let mut heads: Vec<HeadWrite> = Vec::new();
+        for (o, n) in before.iter().zip(after) {
+            let head = self.backend == Backend::Postgres && self.heads.contains(&n.id);
+            if !head {
+                rows.push(run_write(o, n, false));
+                continue;
+            }
+            // A head's claim state is its `heads` row; its run's row is
+            // written only for what that row does not hold, or when the
+            // run finishes and its row takes the whole state back.
+            let keep = !n.status.is_terminal();
+            heads.push(HeadWrite {
+                tenant: n.tenant.as_str(),
+                recipient: n.to.as_str(),
+                seq: db(n.seq),
                 read_epoch: db(o.epoch),
+                keep,
                 status: n.status.as_str(),
-                next_step: n.cursor as i64,
-                run_at_ms: db(n.run_at_ms),
-                attempts: n.attempts as i64,
                 epoch: db(n.epoch),
-                lease_owner: n.lease.as_ref().map(|l| l.owner.as_str().to_string()),
+                lease_owner: n.lease.as_ref().map(|l| l.owner.as_str()),
                 lease_until_ms: n.lease.as_ref().map(|l| db(l.until_ms)),
-                reason: n.reason.clone(),
-                finished_at_ms: n.finished_at_ms.map(db),
+                run_at_ms: db(n.run_at_ms),
                 wait: n.wait.map(RunWait::as_str),
-                note: n.note.clone(),
-            })
-            .collect();
+            });
+            let own_changed = o.cursor != n.cursor
+                || o.attempts != n.attempts
+                || o.reason != n.reason
+                || o.note != n.note;
+            if !keep || own_changed {
+                rows.push(run_write(o, n, true));
+            }
+        }
+        if !heads.is_empty() {
+            let json = serde_json::to_string(&heads).expect("heads serialize to JSON");
+            let matched: i64 = sqlx::query(statements::postgres::WRITE_HEADS)
+                .bind(json)
+                .fetch_one(&mut *self.conn)
+                .await?
+                .try_get(0)?;
+            if matched != heads.len() as i64 {
+                return Err(TxError::Retry(format!(
+                    "{matched} of {} heads matched the epoch they were read with",
+                    heads.len()
+                )));
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
         let written = self
             .execute_json(statements::of(self.backend).write_runs, &rows)
             .await?;
-        if written != after.len() as u64 {
+        if written != rows.len() as u64 {
             return Err(TxError::Retry(format!(
                 "{written} of {} runs matched the epoch they were read with",
-                after.len()
+                rows.len()
             )));
         }
         Ok(())
@@ -358,41 +412,15 @@ impl Batch<'_> {
                 .collect::<Vec<_>>(),
         )
         .expect("conversations serialize");
-        // Under PostgreSQL's read committed, a waiting run cancelled or
-        // promoted elsewhere while this ran is skipped without promoting the
-        // one after it; the statement counts what it meant to promote, and
-        // when it fell short, a fresh pass (a new snapshot) looks again.
-        // SQLite's one writer sees no concurrent change: one pass does.
-        if self.backend == Backend::Sqlite {
-            let promoted = sqlx::query(statements::of(self.backend).promote)
-                .bind(json)
-                .execute(&mut *self.conn)
-                .await?
-                .rows_affected();
-            if promoted > 0 {
-                self.notify = true;
-            }
-            return Ok(());
-        }
-        for pass in 0.. {
-            let row = sqlx::query(statements::of(self.backend).promote)
-                .bind(json.clone())
-                .fetch_one(&mut *self.conn)
-                .await?;
-            let wanted: i64 = row.try_get(0)?;
-            let promoted: i64 = row.try_get(1)?;
-            if promoted > 0 {
-                self.notify = true;
-            }
-            if promoted >= wanted {
-                break;
-            }
-            if pass >= 4 {
-                return Err(TxError::Retry(format!(
-                    "{} conversations still have no head",
-                    wanted - promoted
-                )));
-            }
+        // One pass: on PostgreSQL the candidate is locked and re-checked
+        // (promote.sql), and SQLite's one writer sees no concurrent change.
+        let promoted = sqlx::query(statements::of(self.backend).promote)
+            .bind(json)
+            .execute(&mut *self.conn)
+            .await?
+            .rows_affected();
+        if promoted > 0 {
+            self.notify = true;
         }
         Ok(())
     }

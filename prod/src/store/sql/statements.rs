@@ -20,6 +20,7 @@ pub(super) mod common {
     pub const PING: &str = sql!("common/ping.sql");
     /// `{table}`: a table name from [`super::super::TABLES`].
     pub const DROP_TABLE: &str = sql!("common/drop_table.sql");
+    pub const DROP_VIEW: &str = sql!("common/drop_view.sql");
     pub const GET_FLOW: &str = sql!("common/get_flow.sql");
     pub const LIST_FLOWS: &str = sql!("common/list_flows.sql");
     pub const FLOW_EXISTS: &str = sql!("common/flow_exists.sql");
@@ -39,7 +40,6 @@ pub(super) mod common {
     pub const OTHER_OPEN_RUNS: &str = sql!("common/other_open_runs.sql");
     /// `{where}` and `{limit}`: see the file.
     pub const LIST_RUNS: &str = sql!("common/list_runs.sql");
-    pub const STATS: &str = sql!("common/stats.sql");
     pub const COUNT_FINISHED: &str = sql!("common/count_finished.sql");
     pub const COUNT_UNKNOWN: &str = sql!("common/count_unknown.sql");
     pub const PRUNABLE_RUNS: &str = sql!("common/prunable_runs.sql");
@@ -76,6 +76,8 @@ pub(super) mod postgres {
     pub const LOAD_DELIVERIES: &str = sql!("postgres/load_deliveries.sql");
     pub const LOAD_DELIVERIES_LOCKED: &str = sql!("postgres/load_deliveries_locked.sql");
     pub const WRITE_RUNS: &str = sql!("postgres/write_runs.sql");
+    pub const WRITE_HEADS: &str = sql!("postgres/write_heads.sql");
+    pub const STATS: &str = sql!("postgres/stats.sql");
     pub const WRITE_DELIVERIES: &str = sql!("postgres/write_deliveries.sql");
     pub const PROMOTE: &str = sql!("postgres/promote.sql");
     pub const FIND_TRIGGER_KEYS: &str = sql!("postgres/find_trigger_keys.sql");
@@ -103,6 +105,7 @@ pub(super) mod sqlite {
     pub const LOAD_RUNS: &str = sql!("sqlite/load_runs.sql");
     pub const LOAD_DELIVERIES: &str = sql!("sqlite/load_deliveries.sql");
     pub const WRITE_RUNS: &str = sql!("sqlite/write_runs.sql");
+    pub const STATS: &str = sql!("sqlite/stats.sql");
     pub const WRITE_DELIVERIES: &str = sql!("sqlite/write_deliveries.sql");
     pub const PROMOTE: &str = sql!("sqlite/promote.sql");
     pub const FIND_TRIGGER_KEYS: &str = sql!("sqlite/find_trigger_keys.sql");
@@ -137,6 +140,7 @@ pub(super) struct Statements {
     pub insert_trigger_keys: &'static str,
     pub load_pauses: &'static str,
     pub record_inbound: &'static str,
+    pub stats: &'static str,
 }
 
 static POSTGRES: Statements = Statements {
@@ -159,6 +163,7 @@ static POSTGRES: Statements = Statements {
     insert_trigger_keys: postgres::INSERT_TRIGGER_KEYS,
     load_pauses: postgres::LOAD_PAUSES,
     record_inbound: postgres::RECORD_INBOUND,
+    stats: postgres::STATS,
 };
 
 static SQLITE: Statements = Statements {
@@ -182,6 +187,7 @@ static SQLITE: Statements = Statements {
     insert_trigger_keys: sqlite::INSERT_TRIGGER_KEYS,
     load_pauses: sqlite::LOAD_PAUSES,
     record_inbound: sqlite::RECORD_INBOUND,
+    stats: sqlite::STATS,
 };
 
 /// `backend`'s texts.

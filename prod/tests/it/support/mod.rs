@@ -72,7 +72,7 @@ pub async fn sqlite_store(name: &str, clock: SqlClock) -> SqlStore {
 /// Empties every table, and starts runs' `seq` from 1 again, as the
 /// reference store does when it is new.
 pub async fn reset(store: &SqlStore) {
-    for table in oncesend::store::sql::TABLES {
+    for table in store.tables() {
         sqlx::query(&format!("DELETE FROM {table}"))
             .execute(store.pool())
             .await

@@ -3,4 +3,4 @@
 SELECT seq, id, tenant, flow, recipient, steps, next_step, status, run_at_ms,
     attempts, epoch, lease_owner, lease_until_ms, reason, trigger_key, created_at_ms,
     finished_at_ms, wait, note
-FROM runs {where} ORDER BY seq DESC LIMIT {limit}
+FROM runs_now {where} ORDER BY seq DESC LIMIT {limit}

@@ -1,5 +1,5 @@
-SELECT tenant, recipient FROM runs
-WHERE is_head AND (tenant, recipient) IN (
+SELECT tenant, recipient FROM heads
+WHERE (tenant, recipient) IN (
     SELECT c.tenant, c.recipient
     FROM json_to_recordset($1::json) AS c (tenant text, recipient text))
-ORDER BY id FOR SHARE OF runs
+ORDER BY tenant, recipient FOR SHARE

@@ -1,20 +1,20 @@
--- Makes the oldest waiting run of each listed conversation its head, where
--- it has none; answers how many it meant to promote and how many it did.
--- The update finds its rows by primary key: the re-check is written so it
--- cannot use runs_waiting, whose leading columns are not seq.
-WITH wanted AS (
-    SELECT (SELECT w.seq FROM runs w
-            WHERE w.tenant = c.tenant AND w.recipient = c.recipient
-              AND w.status = 'pending' AND NOT w.is_head AND w.finished_at_ms IS NULL
-            ORDER BY w.seq LIMIT 1) AS seq
-    FROM json_to_recordset($1::json) AS c (tenant text, recipient text)
-    WHERE NOT EXISTS (SELECT 1 FROM runs h
-                      WHERE h.tenant = c.tenant AND h.recipient = c.recipient
-                        AND h.is_head)),
-promoted AS (
-    UPDATE runs SET is_head = TRUE
-    WHERE coalesce(status, '') = 'pending' AND is_head IS NOT TRUE
-      AND seq = ANY(ARRAY(SELECT seq FROM wanted WHERE seq IS NOT NULL))
-    RETURNING 1)
-SELECT (SELECT COUNT(*) FROM wanted WHERE seq IS NOT NULL),
-       (SELECT COUNT(*) FROM promoted)
+-- Gives each listed conversation that has no head its oldest unfinished
+-- run as head: after its head finished, or when a finished run was sent
+-- on again. The candidate is locked FOR SHARE: under read committed a run
+-- a concurrent transaction finished meanwhile fails the re-check and the
+-- next one is taken. A head a concurrent enqueue just gave the
+-- conversation stays (its run is newer than any seen here).
+-- $1 [{tenant, recipient}]; answers with the number of heads made.
+INSERT INTO heads (tenant, recipient, seq, run_at_ms, status, epoch, lease_owner,
+    lease_until_ms, wait)
+SELECT c.tenant, c.recipient, n.seq, n.run_at_ms, n.status, n.epoch, n.lease_owner,
+    n.lease_until_ms, n.wait
+FROM json_to_recordset($1::json) AS c (tenant text, recipient text)
+CROSS JOIN LATERAL (
+    SELECT w.seq, w.run_at_ms, w.status, w.epoch, w.lease_owner, w.lease_until_ms, w.wait
+    FROM runs w
+    WHERE w.tenant = c.tenant AND w.recipient = c.recipient AND w.finished_at_ms IS NULL
+    ORDER BY w.seq LIMIT 1
+    FOR SHARE) n
+WHERE NOT EXISTS (SELECT 1 FROM heads h WHERE h.tenant = c.tenant AND h.recipient = c.recipient)
+ON CONFLICT (tenant, recipient) DO NOTHING
