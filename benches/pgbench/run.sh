@@ -13,10 +13,11 @@
 # binds its values), a `;` or `\gset` appended. One round is the store's
 # two transactions for a claim and its completion:
 #   1. begin, read the database clock, claim (the claim statement as it is,
-#      wrapped in a CTE whose outer SELECT builds, from the claimed rows,
-#      the JSON the store builds client-side), commit;
-#   2. begin, read the clock, lock the runs, write them back completed,
-#      promote the next run of each conversation, commit.
+#      its final SELECT made a CTE whose outer SELECT builds, from the
+#      claimed rows, the JSON the store builds client-side), commit;
+#   2. begin, read the clock, lock the runs (and their heads), write the
+#      heads back (they leave: their runs finished), write the runs back
+#      completed, promote the next run of each conversation, commit.
 set -euo pipefail
 cd "$(dirname "$0")"
 DB=${1:-${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}
@@ -47,14 +48,20 @@ trap 'rm -f "$script"' EXIT
     statement begin; echo ';'
     statement now; echo '\gset'
     echo '\set until :now_ms + 30000'
-    echo 'WITH claimed AS ('
-    statement claim now_ms batch owner until
+    # The claim is a WITH of its own (data-modifying CTEs must stay at the
+    # top): its final SELECT becomes one more CTE, `claimed`.
+    statement claim now_ms batch owner until |
+        sed -e 's/^SELECT r\.seq,/, claimed AS (SELECT r.seq,/'
     echo ')'
     cat <<'SQL'
 SELECT json_agg(encode(id, 'hex'))::text AS ids,
        json_agg(json_build_object('tenant', tenant, 'recipient', recipient))::text AS conversations,
        json_agg(json_build_object(
-           'id', encode(id, 'hex'), 'read_epoch', epoch, 'status', 'completed',
+           'tenant', tenant, 'recipient', recipient, 'seq', seq, 'read_epoch', epoch,
+           'keep', FALSE, 'status', 'completed', 'epoch', epoch, 'lease_owner', NULL,
+           'lease_until_ms', NULL, 'run_at_ms', run_at_ms, 'wait', NULL))::text AS heads,
+       json_agg(json_build_object(
+           'id', encode(id, 'hex'), 'read_epoch', epoch, 'head', TRUE, 'status', 'completed',
            'next_step', 2, 'run_at_ms', run_at_ms, 'attempts', 0, 'epoch', epoch,
            'lease_owner', NULL, 'lease_until_ms', NULL, 'reason', NULL,
            'finished_at_ms', CAST(:now_ms AS BIGINT), 'wait', NULL, 'note', NULL))::text AS writes
@@ -65,6 +72,7 @@ SQL
     statement begin; echo ';'
     statement now; echo '\gset'
     statement load_runs_locked ids; echo ';'
+    statement write_heads heads; echo ';'
     statement write_runs writes; echo ';'
     statement promote conversations; echo ';'
     echo 'COMMIT;'
@@ -79,12 +87,16 @@ for batch in 1 10 100; do
     rounds=$((10000 / batch))
     psql "$DB" -qX -v ON_ERROR_STOP=1 -c "
         INSERT INTO runs (id, tenant, flow, recipient, steps, step_count, next_step, status,
-                          is_head, run_at_ms, attempts, epoch, created_at_ms)
+                          run_at_ms, attempts, epoch, created_at_ms)
         SELECT decode(md5($batch || ':' || g), 'hex'), 'default', 'bench',
                '+55' || (11000000000 + $batch * 100000 + g)::text,
                '[{\"text\":\"first\",\"delay_ms\":0},{\"text\":\"second\",\"delay_ms\":0}]',
-               2, 0, 'pending', TRUE, 0, 0, 0, 0
-        FROM generate_series(1, $((rounds * batch))) g" -c "VACUUM ANALYZE runs"
+               2, 0, 'pending', 0, 0, 0, 0
+        FROM generate_series(1, $((rounds * batch))) g" \
+        -c "INSERT INTO heads (tenant, recipient, seq, run_at_ms, status, epoch)
+            SELECT tenant, recipient, seq, run_at_ms, 'pending', 0 FROM runs
+            WHERE finished_at_ms IS NULL" \
+        -c "VACUUM ANALYZE runs" -c "VACUUM ANALYZE heads"
     tps=$(pgbench "$DB" -n -M prepared -c 1 -t "$rounds" -D batch="$batch" -D owner=pgbench -f "$script" \
           | awk '/^tps/ {print $3}')
     left=$(psql "$DB" -qXAt -c "SELECT count(*) FROM runs WHERE status <> 'completed'")
