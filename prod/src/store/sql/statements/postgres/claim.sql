@@ -1,12 +1,13 @@
 -- One statement, on `heads` alone. The first CTE walks heads_due in due
 -- order and locks at most $2 heads, skipping rows another claimer holds;
--- the UPDATE re-checks each row as it is now, so a row that changed since
--- the CTE read it is left alone. A leased head taken here had a lapsed
+-- the UPDATE finds each by its physical address (a row this transaction
+-- holds locked cannot move; a join on the key would hash all of `heads`)
+-- and re-checks it as it is now. A leased head taken here had a lapsed
 -- lease: its holder and lease end are handed back for the rescue's event.
 -- The runs' rows are only read (by primary key) for what the holder needs.
 -- $1 now_ms, $2 most runs, $3 lease owner, $4 lease until (ms).
 WITH picked AS (
-    SELECT tenant, recipient, status AS was, wait AS waited, lease_owner AS was_owner,
+    SELECT ctid AS row, status AS was, wait AS waited, lease_owner AS was_owner,
         lease_until_ms AS was_until_ms FROM heads
     WHERE run_at_ms <= $1
       AND (status IN ('pending', 'waiting') OR lease_until_ms <= $1)
@@ -20,7 +21,7 @@ leased AS (
     UPDATE heads SET status = 'leased', epoch = heads.epoch + 1,
         lease_owner = $3, lease_until_ms = $4, wait = NULL
     FROM picked
-    WHERE heads.tenant = picked.tenant AND heads.recipient = picked.recipient
+    WHERE heads.ctid = picked.row
       AND ((heads.status IN ('pending', 'waiting') AND heads.run_at_ms <= $1)
         OR (heads.status = 'leased' AND heads.lease_until_ms <= $1))
     RETURNING heads.seq, heads.epoch, heads.run_at_ms, picked.was, picked.waited,
