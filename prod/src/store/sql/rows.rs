@@ -307,6 +307,18 @@ impl Batch<'_> {
             // written only for what that row does not hold, or when the
             // run finishes and its row takes the whole state back.
             let keep = !n.status.is_terminal();
+            let claim_changed = o.status != n.status
+                || o.epoch != n.epoch
+                || o.lease != n.lease
+                || o.run_at_ms != n.run_at_ms
+                || o.wait != n.wait;
+            // The row was read under lock, so its epoch cannot have moved
+            // since; a head whose claim state is unchanged (a step
+            // recorded, the lease kept) needs no new version.
+            if keep && !claim_changed {
+                rows.push(run_write(o, n, true));
+                continue;
+            }
             heads.push(HeadWrite {
                 tenant: n.tenant.as_str(),
                 recipient: n.to.as_str(),
