@@ -24,4 +24,5 @@ mod sql_conformance;
 mod sql_enqueue_race;
 mod sql_notify;
 mod sql_schema;
+mod sql_upgrade;
 mod tls;
