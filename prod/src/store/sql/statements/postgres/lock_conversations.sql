@@ -2,7 +2,7 @@
 -- transaction-scoped advisory lock per conversation, taken in one order so
 -- two enqueues wait for each other at worst, never in a cycle. Without it
 -- two enqueues that both find a conversation without a head both make
--- their run its head; one fails on runs_one_head and its whole batch is
+-- their run its head; one fails on the heads key and its whole batch is
 -- tried again, and under load (slow transactions, hundreds of runs each)
 -- it kept colliding until it gave up. Write-backs take no such lock.
 -- $1 [{"tenant","recipient"}].
