@@ -26,6 +26,9 @@ pub struct Sample {
     pub deliveries_bytes: i64,
     /// `deliveries`' indexes, in bytes (PostgreSQL only).
     pub deliveries_index_bytes: Option<i64>,
+    /// `heads`, with its indexes, in bytes (PostgreSQL only: SQLite keeps
+    /// the heads in `runs`).
+    pub heads_bytes: Option<i64>,
     /// Dead row versions in `runs` not yet vacuumed (PostgreSQL only).
     pub runs_dead: Option<i64>,
     /// Autovacuum passes over `runs` and `deliveries` so far (PostgreSQL).
@@ -56,6 +59,9 @@ impl Sample {
         if let Some(i) = self.deliveries_index_bytes {
             line += &format!(" deliveries_idx_mb={:.1}", mb(i));
         }
+        if let Some(h) = self.heads_bytes {
+            line += &format!(" heads_mb={:.1}", mb(h));
+        }
         if let Some(d) = self.runs_dead {
             line += &format!(" runs_dead={d}");
         }
@@ -80,6 +86,8 @@ pub struct Largest {
     pub deliveries_bytes: i64,
     /// Bytes of `deliveries`' indexes, when reported apart.
     pub deliveries_index_bytes: Option<i64>,
+    /// Bytes of `heads` with its indexes, where it is a table.
+    pub heads_bytes: Option<i64>,
 }
 
 impl Largest {
@@ -92,6 +100,9 @@ impl Largest {
         f += &format!(" deliveries_mb_max={:.1}", mb(self.deliveries_bytes));
         if let Some(i) = self.deliveries_index_bytes {
             f += &format!(" deliveries_idx_mb_max={:.1}", mb(i));
+        }
+        if let Some(h) = self.heads_bytes {
+            f += &format!(" heads_mb_max={:.1}", mb(h));
         }
         f
     }
@@ -110,6 +121,7 @@ pub fn largest(samples: &[Sample]) -> Option<Largest> {
             runs_index_bytes: max(l.runs_index_bytes, s.runs_index_bytes),
             deliveries_bytes: l.deliveries_bytes.max(s.deliveries_bytes),
             deliveries_index_bytes: max(l.deliveries_index_bytes, s.deliveries_index_bytes),
+            heads_bytes: max(l.heads_bytes, s.heads_bytes),
         })
     })
 }
@@ -119,6 +131,7 @@ SELECT pg_table_size('runs') AS runs_bytes,
        pg_indexes_size('runs') AS runs_index_bytes,
        pg_table_size('deliveries') AS deliveries_bytes,
        pg_indexes_size('deliveries') AS deliveries_index_bytes,
+       pg_total_relation_size('heads') AS heads_bytes,
        (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'runs'::regclass) AS runs_dead,
        (SELECT sum(autovacuum_count)::bigint FROM pg_stat_user_tables
          WHERE relid IN ('runs'::regclass, 'deliveries'::regclass)) AS autovacuums,
@@ -142,6 +155,7 @@ async fn read(conn: &mut sqlx::AnyConnection, postgres: bool, t_s: u64) -> sqlx:
             runs_index_bytes: Some(row.try_get("runs_index_bytes")?),
             deliveries_bytes: row.try_get("deliveries_bytes")?,
             deliveries_index_bytes: Some(row.try_get("deliveries_index_bytes")?),
+            heads_bytes: Some(row.try_get("heads_bytes")?),
             runs_dead: row.try_get("runs_dead")?,
             autovacuums: row.try_get("autovacuums")?,
             open_runs: row.try_get("open_runs")?,
@@ -155,6 +169,7 @@ async fn read(conn: &mut sqlx::AnyConnection, postgres: bool, t_s: u64) -> sqlx:
             runs_index_bytes: None,
             deliveries_bytes: row.try_get("deliveries_bytes")?,
             deliveries_index_bytes: None,
+            heads_bytes: None,
             runs_dead: None,
             autovacuums: None,
             open_runs: row.try_get("open_runs")?,
@@ -223,10 +238,14 @@ mod tests {
     fn the_largest_takes_each_figure_at_its_own_peak() {
         let l = largest(&[
             sample(10, Some(5), 1),
-            sample(4, Some(9), 7),
+            Sample {
+                heads_bytes: Some(3),
+                ..sample(4, Some(9), 7)
+            },
             sample(6, None, 2),
         ])
         .expect("samples");
+        assert_eq!(l.heads_bytes, Some(3));
         assert_eq!(l.runs_bytes, 10);
         assert_eq!(l.runs_index_bytes, Some(9));
         assert_eq!(l.deliveries_bytes, 7);
@@ -238,11 +257,13 @@ mod tests {
     fn a_sample_prints_only_what_its_database_reports() {
         let pg = Sample {
             runs_index_bytes: Some(2 * 1024 * 1024),
+            heads_bytes: Some(512 * 1024),
             runs_dead: Some(3),
             autovacuums: Some(1),
             ..sample(1024 * 1024, None, 0)
         };
         let line = pg.line();
+        assert!(line.contains(" heads_mb=0.5 "), "{line}");
         assert!(line.contains("runs_mb=1.0 runs_idx_mb=2.0"), "{line}");
         assert!(line.contains("runs_dead=3 autovacuums=1"), "{line}");
         assert!(!line.contains("free_pages"), "{line}");
