@@ -23,6 +23,7 @@ mod sql_concurrency;
 mod sql_conformance;
 mod sql_enqueue_race;
 mod sql_notify;
+mod sql_promotion_race;
 mod sql_schema;
 mod sql_upgrade;
 mod tls;

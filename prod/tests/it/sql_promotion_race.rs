@@ -1,0 +1,101 @@
+//! On PostgreSQL a finished head's promotion picks its conversation's next
+//! unfinished run under read committed. If another transaction is just
+//! cancelling that run, the promotion must wait for it and, once it has
+//! committed, take the run after instead: otherwise the conversation's
+//! head would be a cancelled run, and the runs behind it would never be
+//! claimed. The two transactions are interleaved by hand here: the cancel
+//! holds its row until the promotion is seen waiting for it.
+
+use crate::support;
+
+use oncesend::store::sql::SqlClock;
+use oncesend::store::Store;
+use oncesend_core::{RunId, RunStatus, StoreOp, StoreReply, WorkerId};
+use std::time::Duration;
+
+const TO: &str = "+5511933330000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_racing_a_cancel_of_the_next_run_takes_the_one_after() {
+    let Some(url) = support::pg_url() else {
+        return;
+    };
+    let store = support::pg_store(&url, "promotion_race", SqlClock::Caller, 3).await;
+    let [a, b, c] = [RunId::new(1, 1), RunId::new(2, 2), RunId::new(3, 3)];
+    let runs: Vec<StoreOp> = [a, b, c]
+        .into_iter()
+        .map(|id| StoreOp::Enqueue {
+            run: support::one_step_run(id, TO),
+            now_ms: 1,
+        })
+        .collect();
+    store.apply_batch(runs).await.unwrap();
+    let claim = |now_ms| StoreOp::Claim {
+        owner: WorkerId::new("w").unwrap(),
+        max: 10,
+        lease_ms: 30_000,
+        now_ms,
+    };
+    let StoreReply::Claimed(held) = store.apply(claim(2)).await.unwrap() else {
+        panic!("a claim answered otherwise");
+    };
+    assert_eq!(held.iter().map(|r| r.id).collect::<Vec<_>>(), [a]);
+
+    // Another transaction cancels B, the run behind A, and holds its row.
+    let mut cancel = store.pool().begin().await.unwrap();
+    sqlx::query(
+        "UPDATE runs SET status = 'cancelled', finished_at_ms = 3, reason = 'cancelled by test' \
+         WHERE id = $1",
+    )
+    .bind(b.0.as_bytes().to_vec())
+    .execute(&mut *cancel)
+    .await
+    .unwrap();
+
+    // A's holder completes it; the promotion reaches B and waits.
+    let finishing = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .apply(StoreOp::Complete {
+                    run: a,
+                    epoch: 1,
+                    step: 0,
+                    now_ms: 4,
+                })
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+               AND query LIKE '%oldest unfinished%'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(!finishing.is_finished(), "the promotion did not wait for B");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the promotion never reached B's lock"
+        );
+        tokio::task::yield_now().await;
+    }
+    cancel.commit().await.unwrap();
+    assert_eq!(finishing.await.unwrap().unwrap(), StoreReply::Completed);
+
+    // C heads the conversation, and is what the next claim takes.
+    let StoreReply::Claimed(next) = store.apply(claim(5)).await.unwrap() else {
+        panic!("a claim answered otherwise");
+    };
+    assert_eq!(next.iter().map(|r| r.id).collect::<Vec<_>>(), [c]);
+    let StoreReply::Run(view) = store.apply(StoreOp::GetRun { run: b }).await.unwrap() else {
+        panic!("GetRun answered otherwise");
+    };
+    assert_eq!(view.status, RunStatus::Cancelled);
+}
