@@ -10,7 +10,7 @@ use crate::support;
 
 use oncesend::store::sql::SqlClock;
 use oncesend::store::Store;
-use oncesend_core::{RunId, RunStatus, StoreOp, StoreReply, WorkerId};
+use oncesend_core::{RunId, RunStatus, StoreOp, StoreReply};
 use std::time::Duration;
 
 const TO: &str = "+5511933330000";
@@ -30,15 +30,7 @@ async fn a_promotion_racing_a_cancel_of_the_next_run_takes_the_one_after() {
         })
         .collect();
     store.apply_batch(runs).await.unwrap();
-    let claim = |now_ms| StoreOp::Claim {
-        owner: WorkerId::new("w").unwrap(),
-        max: 10,
-        lease_ms: 30_000,
-        now_ms,
-    };
-    let StoreReply::Claimed(held) = store.apply(claim(2)).await.unwrap() else {
-        panic!("a claim answered otherwise");
-    };
+    let held = support::claim(&store, "w", 2).await;
     assert_eq!(held.iter().map(|r| r.id).collect::<Vec<_>>(), [a]);
 
     // Another transaction cancels B, the run behind A, and holds its row.
@@ -55,16 +47,7 @@ async fn a_promotion_racing_a_cancel_of_the_next_run_takes_the_one_after() {
     // A's holder completes it; the promotion reaches B and waits.
     let finishing = {
         let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .apply(StoreOp::Complete {
-                    run: a,
-                    epoch: 1,
-                    step: 0,
-                    now_ms: 4,
-                })
-                .await
-        })
+        tokio::spawn(async move { support::complete_one_step(&store, a, 1, 4).await })
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -87,15 +70,11 @@ async fn a_promotion_racing_a_cancel_of_the_next_run_takes_the_one_after() {
         tokio::task::yield_now().await;
     }
     cancel.commit().await.unwrap();
-    assert_eq!(finishing.await.unwrap().unwrap(), StoreReply::Completed);
+    assert_eq!(finishing.await.unwrap(), StoreReply::Completed);
 
     // C heads the conversation, and is what the next claim takes.
-    let StoreReply::Claimed(next) = store.apply(claim(5)).await.unwrap() else {
-        panic!("a claim answered otherwise");
-    };
+    let next = support::claim(&store, "w", 5).await;
     assert_eq!(next.iter().map(|r| r.id).collect::<Vec<_>>(), [c]);
-    let StoreReply::Run(view) = store.apply(StoreOp::GetRun { run: b }).await.unwrap() else {
-        panic!("GetRun answered otherwise");
-    };
+    let view = support::run_view(&store, b).await;
     assert_eq!(view.status, RunStatus::Cancelled);
 }

@@ -7,30 +7,9 @@
 use crate::support;
 
 use oncesend::store::sql::SqlClock;
-use oncesend::store::Store;
 use oncesend_core::store::RunWait;
-use oncesend_core::{RunId, RunStatus, StoreOp, StoreReply, WorkerId};
+use oncesend_core::{RunId, RunStatus, StoreReply};
 use sqlx::Row;
-
-async fn view(store: &impl Store, run: RunId) -> oncesend_core::store::RunView {
-    match store.apply(StoreOp::GetRun { run }).await.unwrap() {
-        StoreReply::Run(view) => view,
-        other => panic!("GetRun answered {other:?}"),
-    }
-}
-
-async fn claim(store: &impl Store, now_ms: u64) -> Vec<oncesend_core::ClaimedRun> {
-    let op = StoreOp::Claim {
-        owner: WorkerId::new("new-worker").unwrap(),
-        max: 10,
-        lease_ms: 30_000,
-        now_ms,
-    };
-    match store.apply(op).await.unwrap() {
-        StoreReply::Claimed(runs) => runs,
-        other => panic!("a claim answered {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn a_database_from_before_heads_upgrades_with_its_leases_waits_and_queue() {
@@ -143,14 +122,17 @@ async fn a_database_from_before_heads_upgrades_with_its_leases_waits_and_queue()
     );
     assert_eq!(heads[1].get::<i64, _>("run_at_ms"), 3_000);
 
-    let a = view(&store, a1).await;
+    let a = support::run_view(&store, a1).await;
     assert_eq!((a.status, a.epoch), (RunStatus::Leased, 1));
     assert_eq!(
         a.lease.as_ref().map(|l| l.owner.as_str()),
         Some("old-worker")
     );
-    assert_eq!(view(&store, a2).await.status, RunStatus::Pending);
-    let b = view(&store, b1).await;
+    assert_eq!(
+        support::run_view(&store, a2).await.status,
+        RunStatus::Pending
+    );
+    let b = support::run_view(&store, b1).await;
     assert_eq!(
         (b.status, b.wait),
         (RunStatus::Waiting, Some(RunWait::Outcome))
@@ -158,7 +140,7 @@ async fn a_database_from_before_heads_upgrades_with_its_leases_waits_and_queue()
 
     // At 4000 B's wait is over and A's lease is not: only B is claimed,
     // with the next epoch and what it waited for.
-    let claimed = claim(&store, 4_000).await;
+    let claimed = support::claim(&store, "new-worker", 4_000).await;
     assert_eq!(claimed.len(), 1, "{claimed:?}");
     assert_eq!(
         (claimed[0].id, claimed[0].epoch, claimed[0].waited),
@@ -166,18 +148,13 @@ async fn a_database_from_before_heads_upgrades_with_its_leases_waits_and_queue()
     );
     // The old holder's write under its epoch still lands, and hands the
     // conversation on to the run queued behind it.
-    let done = store
-        .apply(StoreOp::Complete {
-            run: a1,
-            epoch: 1,
-            step: 0,
-            now_ms: 4_500,
-        })
-        .await
-        .unwrap();
+    let done = support::complete_one_step(&store, a1, 1, 4_500).await;
     assert_eq!(done, StoreReply::Completed);
-    assert_eq!(view(&store, a1).await.status, RunStatus::Completed);
-    let claimed = claim(&store, 4_600).await;
+    assert_eq!(
+        support::run_view(&store, a1).await.status,
+        RunStatus::Completed
+    );
+    let claimed = support::claim(&store, "new-worker", 4_600).await;
     assert_eq!(
         claimed.iter().map(|c| (c.id, c.epoch)).collect::<Vec<_>>(),
         [(a2, 1)]

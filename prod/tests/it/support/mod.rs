@@ -105,3 +105,52 @@ pub fn one_step_run(id: oncesend_core::RunId, to: &str) -> oncesend_core::NewRun
         trigger_key: None,
     }
 }
+
+/// Claims up to 10 runs as `owner` at `now_ms`, with a 30 s lease.
+pub async fn claim(
+    store: &impl oncesend::store::Store,
+    owner: &str,
+    now_ms: u64,
+) -> Vec<oncesend_core::ClaimedRun> {
+    let op = oncesend_core::StoreOp::Claim {
+        owner: oncesend_core::WorkerId::new(owner).unwrap(),
+        max: 10,
+        lease_ms: 30_000,
+        now_ms,
+    };
+    match store.apply(op).await.unwrap() {
+        oncesend_core::StoreReply::Claimed(runs) => runs,
+        other => panic!("a claim answered {other:?}"),
+    }
+}
+
+/// Records a one-step run's only step sent under `epoch`: the store's answer.
+pub async fn complete_one_step(
+    store: &impl oncesend::store::Store,
+    run: oncesend_core::RunId,
+    epoch: u64,
+    now_ms: u64,
+) -> oncesend_core::StoreReply {
+    let op = oncesend_core::StoreOp::Complete {
+        run,
+        epoch,
+        step: 0,
+        now_ms,
+    };
+    store.apply(op).await.unwrap()
+}
+
+/// A run as the store shows it.
+pub async fn run_view(
+    store: &impl oncesend::store::Store,
+    run: oncesend_core::RunId,
+) -> oncesend_core::store::RunView {
+    match store
+        .apply(oncesend_core::StoreOp::GetRun { run })
+        .await
+        .unwrap()
+    {
+        oncesend_core::StoreReply::Run(view) => view,
+        other => panic!("GetRun answered {other:?}"),
+    }
+}
