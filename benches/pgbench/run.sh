@@ -55,7 +55,8 @@ trap 'rm -f "$script"' EXIT
     echo ')'
     cat <<'SQL'
 SELECT json_agg(encode(id, 'hex'))::text AS ids,
-       json_agg(json_build_object('tenant', tenant, 'recipient', recipient))::text AS conversations,
+       json_agg(json_build_object('tenant', tenant, 'recipient', recipient, 'after', seq))::text
+           AS conversations,
        json_agg(json_build_object(
            'tenant', tenant, 'recipient', recipient, 'seq', seq, 'read_epoch', epoch,
            'keep', FALSE, 'status', 'completed', 'epoch', epoch, 'lease_owner', NULL,
@@ -64,7 +65,8 @@ SELECT json_agg(encode(id, 'hex'))::text AS ids,
            'id', encode(id, 'hex'), 'read_epoch', epoch, 'head', TRUE, 'status', 'completed',
            'next_step', 2, 'run_at_ms', run_at_ms, 'attempts', 0, 'epoch', epoch,
            'lease_owner', NULL, 'lease_until_ms', NULL, 'reason', NULL,
-           'finished_at_ms', CAST(:now_ms AS BIGINT), 'wait', NULL, 'note', NULL))::text AS writes
+           'finished_at_ms', CAST(:now_ms AS BIGINT), 'wait', NULL, 'note', NULL,
+           'read_finished_at_ms', NULL))::text AS writes
 FROM claimed
 SQL
     echo '\gset'

@@ -945,6 +945,28 @@ async fn check_case(store: &SqlStore, ops: Vec<(Op, bool)>) -> Result<(), TestCa
             .map_err(|e| TestCaseError::fail(format!("store unavailable: {e}")))?;
         prop_assert_eq!(&got, &want, "final {:?}", op);
     }
+    // PostgreSQL's side tables agree with `runs` itself: the finished-runs
+    // list holds exactly the finished runs, with their finish times.
+    if store.tables().contains(&"finished_runs") {
+        let (listed, missing, stray): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM finished_runs), \
+                    (SELECT count(*) FROM runs r WHERE r.finished_at_ms IS NOT NULL \
+                       AND NOT EXISTS (SELECT 1 FROM finished_runs f \
+                         WHERE f.seq = r.seq AND f.finished_at_ms = r.finished_at_ms)), \
+                    (SELECT count(*) FROM finished_runs f WHERE NOT EXISTS \
+                       (SELECT 1 FROM runs r WHERE r.seq = f.seq \
+                          AND r.finished_at_ms = f.finished_at_ms))",
+        )
+        .fetch_one(store.pool())
+        .await
+        .map_err(|e| TestCaseError::fail(format!("finished_runs: {e}")))?;
+        prop_assert_eq!(
+            (missing, stray),
+            (0, 0),
+            "finished runs missing from / stray in finished_runs ({} listed)",
+            listed
+        );
+    }
     Ok(())
 }
 

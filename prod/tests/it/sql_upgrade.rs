@@ -1,14 +1,16 @@
 //! A PostgreSQL database written under the schema before `heads`
-//! (migrations 0001–0007: a head was a flag on its run) upgrades in place
-//! on the next start: its leased head keeps its holder, epoch and lease,
-//! a waiting head its wait, a queued run its place, and the store goes on
-//! from there.
+//! (migrations 0001–0007: a head was a flag on its run, and the finished
+//! runs an index of `runs`) upgrades in place on the next start: its
+//! leased head keeps its holder, epoch and lease, a waiting head its wait,
+//! a queued run its place, a finished run its place in the counts and in
+//! pruning, and the store goes on from there.
 
 use crate::support;
 
 use oncesend::store::sql::SqlClock;
-use oncesend_core::store::RunWait;
-use oncesend_core::{RunId, RunStatus, StoreReply};
+use oncesend::store::Store;
+use oncesend_core::store::{FinishedCounts, RunWait};
+use oncesend_core::{RunId, RunStatus, StoreOp, StoreReply};
 use sqlx::Row;
 
 #[tokio::test]
@@ -95,8 +97,35 @@ async fn a_database_from_before_heads_upgrades_with_its_leases_waits_and_queue()
         .unwrap();
     }
 
+    // Conversation C: a run cancelled at 100.
+    let c1 = RunId::new(4, 4);
+    sqlx::query(
+        "INSERT INTO runs (id, tenant, flow, recipient, steps, step_count, next_step, \
+         status, is_head, run_at_ms, attempts, epoch, reason, created_at_ms, finished_at_ms) \
+         VALUES ($1, 'default', 'f', '+5511933330000', $2, 1, 0, 'cancelled', FALSE, 0, 0, \
+         0, 'cancelled by an operator', 0, 100)",
+    )
+    .bind(c1.0.as_bytes().to_vec())
+    .bind(&steps)
+    .execute(store.pool())
+    .await
+    .unwrap();
+
     // The next start migrates.
     store.migrate().await.unwrap();
+    let counts = |completed, cancelled| {
+        StoreReply::FinishedCounts(FinishedCounts {
+            completed,
+            failed: 0,
+            cancelled,
+            limit: 10,
+        })
+    };
+    let count_finished = StoreOp::CountFinished { limit: 10 };
+    assert_eq!(
+        store.apply(count_finished.clone()).await.unwrap(),
+        counts(0, 1)
+    );
     let heads = sqlx::query(
         "SELECT recipient, status, epoch, lease_owner, lease_until_ms, wait, run_at_ms \
          FROM heads ORDER BY recipient",
@@ -159,4 +188,24 @@ async fn a_database_from_before_heads_upgrades_with_its_leases_waits_and_queue()
         claimed.iter().map(|c| (c.id, c.epoch)).collect::<Vec<_>>(),
         [(a2, 1)]
     );
+    assert_eq!(
+        store.apply(count_finished.clone()).await.unwrap(),
+        counts(1, 1)
+    );
+    // Pruning at 5000 with a second's retention takes the run that
+    // finished before the upgrade, and only it.
+    let pruned = store
+        .apply(StoreOp::Prune {
+            retention_ms: 1_000,
+            max: 10,
+            now_ms: 5_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned, StoreReply::Pruned { runs: 1 });
+    assert_eq!(
+        store.apply(StoreOp::GetRun { run: c1 }).await.unwrap(),
+        StoreReply::NotFound
+    );
+    assert_eq!(store.apply(count_finished).await.unwrap(), counts(1, 0));
 }

@@ -257,6 +257,9 @@ pub(super) struct RunWrite {
     pub finished_at_ms: Option<i64>,
     pub wait: Option<&'static str>,
     pub note: Option<String>,
+    /// When the run had finished as it was read (PostgreSQL keeps its
+    /// list of finished runs in step with a change of this).
+    pub read_finished_at_ms: Option<i64>,
 }
 
 /// One head's claim state written back (PostgreSQL's `heads`): kept, or

@@ -23,6 +23,12 @@
 //!   unique index, and a leased run must be the head (a CHECK). Either way
 //!   two leased runs in one conversation cannot be stored at all. The
 //!   transaction that finishes a head promotes the next run.
+//! - **Finishes in place.** On PostgreSQL no index of `runs` names a column
+//!   a claim, a step or a finish writes, so each is a heap-only update. The
+//!   finished runs are listed by finish time in `finished_runs` (for
+//!   pruning and the finished counts), written by the same statement as
+//!   the finish; promotion walks a conversation's runs by recipient from
+//!   the head that finished.
 //! - **Fencing.** Holder writes load their run `FOR UPDATE` (on PostgreSQL
 //!   with its `heads` row), and the write back is conditional on the epoch
 //!   that was read (a head's in `heads`): a row count other than the number
@@ -92,8 +98,9 @@ pub const TABLES: [&str; 8] = [
 ];
 
 /// Tables only PostgreSQL keeps: its conversations' heads, which SQLite
-/// keeps as a flag on `runs`.
-pub const POSTGRES_TABLES: [&str; 1] = ["heads"];
+/// keeps as a flag on `runs`, and its list of finished runs by finish
+/// time, which SQLite reads off an index of `runs`.
+pub const POSTGRES_TABLES: [&str; 2] = ["heads", "finished_runs"];
 
 /// SQL stores never run without their guards.
 const GUARDS: Guards = Guards {

@@ -3,8 +3,9 @@
 
 use super::batch::Batch;
 use super::codec::db;
-use super::statements::{self, common};
+use super::statements::{self, common, postgres};
 use super::tx::Tx;
+use super::Backend;
 use oncesend_core::StoreReply;
 use sqlx::Row;
 
@@ -19,15 +20,17 @@ impl Batch<'_> {
         now_ms: u64,
     ) -> Tx<StoreReply> {
         let cutoff = now_ms.saturating_sub(retention_ms);
-        let rows = sqlx::query(common::PRUNABLE_RUNS)
+        let rows = sqlx::query(statements::of(self.backend).prunable_runs)
             .bind(db(cutoff))
             .bind(max as i64)
             .fetch_all(&mut *self.conn)
             .await?;
         let mut ids = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
         let mut keys = Vec::new();
         for row in &rows {
             ids.push(row.try_get::<Vec<u8>, _>(0)?);
+            seqs.push(row.try_get::<i64, _>(3)?);
             if let Some(key) = row.try_get::<Option<String>, _>(2)? {
                 keys.push((row.try_get::<String, _>(1)?, key));
             }
@@ -43,6 +46,18 @@ impl Batch<'_> {
                 let mut q = sqlx::query(&sql);
                 for id in chunk {
                     q = q.bind(id.clone());
+                }
+                q.execute(&mut *self.conn).await?;
+            }
+        }
+        if self.backend == Backend::Postgres {
+            // Their entries in the list of finished runs go with them.
+            for chunk in seqs.chunks(CHUNK) {
+                let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let sql = statements::fill(postgres::PRUNE_FINISHED, "seqs", &marks.join(", "));
+                let mut q = sqlx::query(&sql);
+                for seq in chunk {
+                    q = q.bind(*seq);
                 }
                 q.execute(&mut *self.conn).await?;
             }

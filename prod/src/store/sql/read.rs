@@ -99,7 +99,7 @@ impl Batch<'_> {
     }
 
     pub(super) async fn count_finished(&mut self, limit: u32) -> Tx<StoreReply> {
-        let rows = sqlx::query(common::COUNT_FINISHED)
+        let rows = sqlx::query(statements::of(self.backend).count_finished)
             .bind(limit as i64)
             .fetch_all(&mut *self.conn)
             .await?;

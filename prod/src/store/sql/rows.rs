@@ -180,14 +180,24 @@ impl Batch<'_> {
 
         let mut old = Vec::new();
         let mut new = Vec::new();
-        let mut finished = BTreeSet::new();
+        // Conversations that may need a new head, each with the seq the
+        // search for it starts after.
+        let mut finished: BTreeMap<(TenantId, Recipient), u64> = BTreeMap::new();
         for (id, after) in &runs {
             let before = &before_runs[id];
             if before != after {
                 if before.status.is_terminal() != after.status.is_terminal() {
-                    // A head that finished hands its place on; a run sent
-                    // on again takes the empty place.
-                    finished.insert((after.tenant.clone(), after.to.clone()));
+                    // A head that finished hands its place on to a run
+                    // after it; a run sent on again takes the empty place.
+                    let from = if after.status.is_terminal() {
+                        after.seq
+                    } else {
+                        after.seq.saturating_sub(1)
+                    };
+                    finished
+                        .entry((after.tenant.clone(), after.to.clone()))
+                        .and_modify(|s| *s = (*s).min(from))
+                        .or_insert(from);
                 }
                 if after.status == RunStatus::Pending && before.status != RunStatus::Pending {
                     // Released for a delay or a retry: due again later.
@@ -294,6 +304,7 @@ impl Batch<'_> {
             finished_at_ms: n.finished_at_ms.map(db),
             wait: n.wait.map(RunWait::as_str),
             note: n.note.clone(),
+            read_finished_at_ms: o.finished_at_ms.map(db),
         };
         let mut rows: Vec<RunWrite> = Vec::with_capacity(after.len());
         let mut heads: Vec<HeadWrite> = Vec::new();
@@ -357,9 +368,22 @@ impl Batch<'_> {
         if rows.is_empty() {
             return Ok(());
         }
-        let written = self
-            .execute_json(statements::of(self.backend).write_runs, &rows)
-            .await?;
+        let written = match self.backend {
+            // A statement with parts: it answers how many runs it wrote.
+            Backend::Postgres => {
+                let json = serde_json::to_string(&rows).expect("runs serialize to JSON");
+                let n: i64 = sqlx::query(statements::postgres::WRITE_RUNS)
+                    .bind(json)
+                    .fetch_one(&mut *self.conn)
+                    .await?
+                    .try_get(0)?;
+                n as u64
+            }
+            Backend::Sqlite => {
+                self.execute_json(statements::sqlite::WRITE_RUNS, &rows)
+                    .await?
+            }
+        };
         if written != rows.len() as u64 {
             return Err(TxError::Retry(format!(
                 "{written} of {} runs matched the epoch they were read with",
@@ -404,22 +428,26 @@ impl Batch<'_> {
     }
 
     /// Makes the oldest waiting run of each conversation its head, where
-    /// the conversation has none.
+    /// the conversation has none. Each conversation comes with a seq its
+    /// next head must be past (the head that finished, or just before a
+    /// run sent on again): nothing unfinished is older.
     pub(super) async fn promote(
         &mut self,
-        conversations: &BTreeSet<(TenantId, Recipient)>,
+        conversations: &BTreeMap<(TenantId, Recipient), u64>,
     ) -> Tx<()> {
         #[derive(serde::Serialize)]
         struct Conversation<'a> {
             tenant: &'a str,
             recipient: &'a str,
+            after: i64,
         }
         let json = serde_json::to_string(
             &conversations
                 .iter()
-                .map(|(tenant, to)| Conversation {
+                .map(|((tenant, to), after)| Conversation {
                     tenant: tenant.as_str(),
                     recipient: to.as_str(),
+                    after: db(*after),
                 })
                 .collect::<Vec<_>>(),
         )

@@ -40,9 +40,7 @@ pub(super) mod common {
     pub const OTHER_OPEN_RUNS: &str = sql!("common/other_open_runs.sql");
     /// `{where}` and `{limit}`: see the file.
     pub const LIST_RUNS: &str = sql!("common/list_runs.sql");
-    pub const COUNT_FINISHED: &str = sql!("common/count_finished.sql");
     pub const COUNT_UNKNOWN: &str = sql!("common/count_unknown.sql");
-    pub const PRUNABLE_RUNS: &str = sql!("common/prunable_runs.sql");
     /// `{ids}`: one placeholder per run id.
     pub const PRUNE_DELIVERIES: &str = sql!("common/prune_deliveries.sql");
     /// `{ids}`: one placeholder per run id.
@@ -80,6 +78,10 @@ pub(super) mod postgres {
     pub const STATS: &str = sql!("postgres/stats.sql");
     pub const WRITE_DELIVERIES: &str = sql!("postgres/write_deliveries.sql");
     pub const PROMOTE: &str = sql!("postgres/promote.sql");
+    pub const COUNT_FINISHED: &str = sql!("postgres/count_finished.sql");
+    pub const PRUNABLE_RUNS: &str = sql!("postgres/prunable_runs.sql");
+    /// `{seqs}`: one placeholder per run seq.
+    pub const PRUNE_FINISHED: &str = sql!("postgres/prune_finished.sql");
     pub const FIND_TRIGGER_KEYS: &str = sql!("postgres/find_trigger_keys.sql");
     pub const FIND_RUNS: &str = sql!("postgres/find_runs.sql");
     pub const LOCK_HEADS: &str = sql!("postgres/lock_heads.sql");
@@ -108,6 +110,8 @@ pub(super) mod sqlite {
     pub const STATS: &str = sql!("sqlite/stats.sql");
     pub const WRITE_DELIVERIES: &str = sql!("sqlite/write_deliveries.sql");
     pub const PROMOTE: &str = sql!("sqlite/promote.sql");
+    pub const COUNT_FINISHED: &str = sql!("sqlite/count_finished.sql");
+    pub const PRUNABLE_RUNS: &str = sql!("sqlite/prunable_runs.sql");
     pub const FIND_TRIGGER_KEYS: &str = sql!("sqlite/find_trigger_keys.sql");
     pub const FIND_RUNS: &str = sql!("sqlite/find_runs.sql");
     pub const LOCK_HEADS: &str = sql!("sqlite/lock_heads.sql");
@@ -127,7 +131,6 @@ pub(super) struct Statements {
     pub load_runs_locked: &'static str,
     pub load_deliveries: &'static str,
     pub load_deliveries_locked: &'static str,
-    pub write_runs: &'static str,
     pub write_deliveries: &'static str,
     pub promote: &'static str,
     pub find_trigger_keys: &'static str,
@@ -141,6 +144,8 @@ pub(super) struct Statements {
     pub load_pauses: &'static str,
     pub record_inbound: &'static str,
     pub stats: &'static str,
+    pub count_finished: &'static str,
+    pub prunable_runs: &'static str,
 }
 
 static POSTGRES: Statements = Statements {
@@ -152,7 +157,6 @@ static POSTGRES: Statements = Statements {
     load_runs_locked: postgres::LOAD_RUNS_LOCKED,
     load_deliveries: postgres::LOAD_DELIVERIES,
     load_deliveries_locked: postgres::LOAD_DELIVERIES_LOCKED,
-    write_runs: postgres::WRITE_RUNS,
     write_deliveries: postgres::WRITE_DELIVERIES,
     promote: postgres::PROMOTE,
     find_trigger_keys: postgres::FIND_TRIGGER_KEYS,
@@ -164,6 +168,8 @@ static POSTGRES: Statements = Statements {
     load_pauses: postgres::LOAD_PAUSES,
     record_inbound: postgres::RECORD_INBOUND,
     stats: postgres::STATS,
+    count_finished: postgres::COUNT_FINISHED,
+    prunable_runs: postgres::PRUNABLE_RUNS,
 };
 
 static SQLITE: Statements = Statements {
@@ -176,7 +182,6 @@ static SQLITE: Statements = Statements {
     load_runs_locked: sqlite::LOAD_RUNS,
     load_deliveries: sqlite::LOAD_DELIVERIES,
     load_deliveries_locked: sqlite::LOAD_DELIVERIES,
-    write_runs: sqlite::WRITE_RUNS,
     write_deliveries: sqlite::WRITE_DELIVERIES,
     promote: sqlite::PROMOTE,
     find_trigger_keys: sqlite::FIND_TRIGGER_KEYS,
@@ -188,6 +193,8 @@ static SQLITE: Statements = Statements {
     load_pauses: sqlite::LOAD_PAUSES,
     record_inbound: sqlite::RECORD_INBOUND,
     stats: sqlite::STATS,
+    count_finished: sqlite::COUNT_FINISHED,
+    prunable_runs: sqlite::PRUNABLE_RUNS,
 };
 
 /// `backend`'s texts.

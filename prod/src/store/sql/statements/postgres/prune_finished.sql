@@ -1,0 +1,2 @@
+-- Built per chunk: the seqs marker becomes one placeholder per run seq.
+DELETE FROM finished_runs WHERE seq IN ({seqs})
