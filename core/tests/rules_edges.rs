@@ -545,7 +545,7 @@ fn a_run_row_read_back_is_checked_before_it_is_used() {
     });
     assert!(e.contains("waiting for nothing"), "{e}");
     let e = refused(RunRow {
-        steps: vec![],
+        steps: Vec::new().into(),
         cursor: 0,
         ..row
     });

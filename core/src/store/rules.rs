@@ -22,6 +22,7 @@ use crate::recipient::Recipient;
 use crate::send::DeliveryOutcome;
 use crate::tenant::SenderPause;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A run row as a backend reads it back, before it is checked: the fields
 /// of a [`RunRecord`], each as stored.
@@ -37,8 +38,9 @@ pub struct RunRow {
     pub flow: FlowId,
     /// The recipient; with `tenant`, the conversation.
     pub to: Recipient,
-    /// Its messages.
-    pub steps: Vec<PlannedStep>,
+    /// Its messages, shared: a run's row is copied for every op that reads
+    /// it (the batch's before and after), and its messages never change.
+    pub steps: Arc<[PlannedStep]>,
     /// The next step to send.
     pub cursor: u32,
     /// Where it stands.
@@ -115,7 +117,7 @@ impl RunRecord {
             flow: run.flow,
             to: run.to,
             run_at_ms: now_ms.saturating_add(run.steps[0].delay_ms),
-            steps: run.steps,
+            steps: run.steps.into(),
             cursor: 0,
             status: RunStatus::Pending,
             attempts: 0,
@@ -236,7 +238,7 @@ impl RunRecord {
             tenant: self.tenant.clone(),
             flow: self.flow.clone(),
             to: self.to.clone(),
-            steps: self.steps.clone(),
+            steps: self.steps.to_vec(),
             cursor: self.cursor,
             epoch: self.epoch,
             lease_until_ms: until_ms,
@@ -255,7 +257,7 @@ impl RunRecord {
             to: self.to.clone(),
             status: self.status,
             cursor: self.cursor,
-            steps: self.steps.clone(),
+            steps: self.steps.to_vec(),
             attempts: self.attempts,
             epoch: self.epoch,
             run_at_ms: self.run_at_ms,

@@ -1,6 +1,7 @@
 //! One transaction's ops: consecutive row writes and consecutive enqueues
 //! are applied set-wise, everything else one op at a time.
 
+use super::codec::StepsCache;
 use super::tx::Tx;
 use super::Backend;
 use crate::store::group::is_row_write;
@@ -17,6 +18,8 @@ pub(super) struct Batch<'c> {
     /// PostgreSQL: the runs loaded for writing that head their
     /// conversation, whose claim state is their `heads` row.
     pub heads: BTreeSet<RunId>,
+    /// The store's decoded messages, by run.
+    pub steps: &'c StepsCache,
 }
 
 fn is_enqueue(op: &StoreOp) -> bool {

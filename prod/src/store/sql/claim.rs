@@ -1,7 +1,7 @@
 //! Claims: the due heads of conversations, leased in due order.
 
 use super::batch::Batch;
-use super::codec::{db, decode_err, run_from_row, run_id, un};
+use super::codec::{db, decode_err, run_from_row_with, run_id, un};
 use super::statements::{postgres, sqlite};
 use super::tx::Tx;
 use super::Backend;
@@ -120,7 +120,7 @@ impl Batch<'_> {
                 let mut after = Vec::with_capacity(rows.len());
                 let mut out = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let record = run_from_row(row)?;
+                    let record = run_from_row_with(row, Some(self.steps))?;
                     let mut leased = record.clone();
                     let claimed = leased.claim(&owner, lease_ms, now_ms, &mut events);
                     claimed.assert_sound(un(row.try_get("step_count")?) as usize);

@@ -12,7 +12,8 @@ use oncesend_core::{
 };
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 /// Store times and counters are `u64`; the databases keep `BIGINT`.
 pub(super) fn db(v: u64) -> i64 {
@@ -59,9 +60,51 @@ pub(super) const RUN_COLUMNS: [&str; 19] = [
 ];
 
 pub(super) fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
-    let steps: String = row.try_get("steps")?;
-    let steps: Vec<PlannedStep> =
-        serde_json::from_str(&steps).map_err(|e| decode_err("steps", e))?;
+    run_from_row_with(row, None)
+}
+
+/// A run's messages decoded from their stored text, kept per run while the
+/// text read back is the same: a run's messages never change once it is
+/// enqueued, and every op that writes a run reads its row first, so
+/// without this each step of a run decoded all of its messages again
+/// (three times per send on the full path). Bounded: emptied when full.
+#[derive(Default)]
+pub(super) struct StepsCache(Mutex<HashMap<RunId, (String, Arc<[PlannedStep]>)>>);
+
+impl StepsCache {
+    /// Runs whose messages are kept at most.
+    const CAPACITY: usize = 16_384;
+
+    fn decode(&self, id: RunId, text: String) -> Tx<Arc<[PlannedStep]>> {
+        let mut kept = self.0.lock().expect("steps cache poisoned");
+        if let Some((seen, steps)) = kept.get(&id) {
+            if *seen == text {
+                return Ok(steps.clone());
+            }
+        }
+        let steps: Vec<PlannedStep> =
+            serde_json::from_str(&text).map_err(|e| decode_err("steps", e))?;
+        let steps: Arc<[PlannedStep]> = steps.into();
+        if kept.len() >= Self::CAPACITY {
+            kept.clear();
+        }
+        kept.insert(id, (text, steps.clone()));
+        Ok(steps)
+    }
+}
+
+/// [`run_from_row`], with the messages taken from `cache` when the row's
+/// text is the one decoded before.
+pub(super) fn run_from_row_with(row: &AnyRow, cache: Option<&StepsCache>) -> Tx<RunRecord> {
+    let text: String = row.try_get("steps")?;
+    let id: Vec<u8> = row.try_get("id")?;
+    let id = run_id(&id)?;
+    let steps: Arc<[PlannedStep]> = match cache {
+        Some(cache) => cache.decode(id, text)?,
+        None => serde_json::from_str::<Vec<PlannedStep>>(&text)
+            .map_err(|e| decode_err("steps", e))?
+            .into(),
+    };
     let status: String = row.try_get("status")?;
     let status = RunStatus::parse(&status).ok_or_else(|| decode_err("status", &status))?;
     let owner: Option<String> = row.try_get("lease_owner")?;
@@ -75,9 +118,8 @@ pub(super) fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
         }),
         _ => None,
     };
-    let id: Vec<u8> = row.try_get("id")?;
     RunRecord::from_row(RunRow {
-        id: run_id(&id)?,
+        id,
         seq: un(row.try_get("seq")?),
         tenant: TenantId::new(row.try_get::<String, _>("tenant")?)
             .map_err(|e| decode_err("tenant", e))?,
@@ -350,5 +392,34 @@ mod tests {
         ] {
             assert_eq!(selected(sql), PAUSE_COLUMNS.join(", "), "{sql}");
         }
+    }
+
+    #[test]
+    fn the_steps_cache_reuses_a_runs_messages_only_for_the_same_text() {
+        let cache = StepsCache::default();
+        let a = RunId::new(1, 1);
+        let text = r#"[{"text":"hello","delay_ms":0},{"text":"again","delay_ms":5}]"#;
+        let first = cache.decode(a, text.to_string()).ok().expect("decodes");
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[1].delay_ms, 5);
+        let again = cache.decode(a, text.to_string()).ok().expect("decodes");
+        assert!(Arc::ptr_eq(&first, &again), "the same text decoded twice");
+        // The same id with other text (a database recreated under it) is
+        // decoded afresh, never answered from what was kept.
+        let other = cache
+            .decode(a, r#"[{"text":"other","delay_ms":0}]"#.to_string())
+            .ok()
+            .expect("decodes");
+        assert_eq!(other.len(), 1);
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert!(cache.decode(a, "[{".to_string()).is_err());
+        // Bounded: full, it starts over.
+        for i in 0..StepsCache::CAPACITY as u64 {
+            cache
+                .decode(RunId::new(10 + i, i), text.to_string())
+                .ok()
+                .expect("decodes");
+        }
+        assert!(cache.0.lock().unwrap().len() <= StepsCache::CAPACITY);
     }
 }

@@ -76,6 +76,7 @@ impl SqlStore {
                 wake,
                 transactions: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
+                steps: Default::default(),
             }),
         })
     }

@@ -193,6 +193,7 @@ struct Inner {
     transactions: AtomicU64,
     /// Transactions that lost a race and were tried again.
     retries: AtomicU64,
+    steps: codec::StepsCache,
 }
 
 impl SqlStore {
@@ -246,6 +247,7 @@ impl SqlStore {
             backend: self.inner.backend,
             notify: false,
             heads: Default::default(),
+            steps: &self.inner.steps,
         };
         let replies = run.apply_all(ops).await?;
         if run.notify && self.inner.backend == Backend::Postgres {

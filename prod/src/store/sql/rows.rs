@@ -5,7 +5,7 @@
 
 use super::batch::Batch;
 use super::codec::{
-    db, decode_err, delivery_from_row, hex_ids, json_conversations, run_from_row, run_id,
+    db, decode_err, delivery_from_row, hex_ids, json_conversations, run_from_row_with, run_id,
     DeliveryWrite, HeadWrite, RunWrite,
 };
 use super::statements::{self, common};
@@ -42,7 +42,7 @@ impl Batch<'_> {
         .fetch_all(&mut *self.conn)
         .await?;
         for row in rows {
-            let record = run_from_row(&row)?;
+            let record = run_from_row_with(&row, Some(self.steps))?;
             if self.backend == Backend::Postgres {
                 if row.try_get::<bool, _>("is_head")? {
                     self.heads.insert(record.id);
