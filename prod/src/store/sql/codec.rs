@@ -12,7 +12,7 @@ use oncesend_core::{
 };
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 /// Store times and counters are `u64`; the databases keep `BIGINT`.
@@ -69,7 +69,10 @@ pub(super) fn run_from_row(row: &AnyRow) -> Tx<RunRecord> {
 /// without this each step of a run decoded all of its messages again
 /// (three times per send on the full path). Bounded: emptied when full.
 #[derive(Default)]
-pub(super) struct StepsCache(Mutex<HashMap<RunId, (String, Arc<[PlannedStep]>)>>);
+pub(super) struct StepsCache(Mutex<BTreeMap<RunId, KeptSteps>>);
+
+/// The text a run's messages were decoded from, and what it decoded to.
+type KeptSteps = (String, Arc<[PlannedStep]>);
 
 impl StepsCache {
     /// Runs whose messages are kept at most.
