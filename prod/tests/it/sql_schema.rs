@@ -69,6 +69,24 @@ async fn indexes(store: &oncesend::store::sql::SqlStore, table: &str) -> Vec<(St
     .unwrap()
 }
 
+/// This transaction's row counts so far: for each (kind, table), PostgreSQL's
+/// `pg_stat_get_xact_tuples_{kind}` of that table.
+async fn xact_counts<const N: usize>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    of: [(&str, &str); N],
+) -> [i64; N] {
+    let mut out = [0; N];
+    for (count, (kind, table)) in out.iter_mut().zip(of) {
+        *count = sqlx::query_scalar(&format!(
+            "SELECT pg_stat_get_xact_tuples_{kind}('{table}'::regclass)"
+        ))
+        .fetch_one(&mut **tx)
+        .await
+        .unwrap();
+    }
+    out
+}
+
 #[tokio::test]
 async fn no_index_names_a_column_the_hot_path_writes_and_claims_stay_on_their_page() {
     let Some(url) = support::pg_url() else {
@@ -123,14 +141,15 @@ async fn no_index_names_a_column_the_hot_path_writes_and_claims_stay_on_their_pa
         .await
         .unwrap();
     assert_eq!(claimed.len(), 10);
-    let (updated, hot, runs_updated): (i64, i64, i64) = sqlx::query_as(
-        "SELECT pg_stat_get_xact_tuples_updated('heads'::regclass), \
-                pg_stat_get_xact_tuples_hot_updated('heads'::regclass), \
-                pg_stat_get_xact_tuples_updated('runs'::regclass)",
+    let [updated, hot, runs_updated] = xact_counts(
+        &mut tx,
+        [
+            ("updated", "heads"),
+            ("hot_updated", "heads"),
+            ("updated", "runs"),
+        ],
     )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    .await;
     assert_eq!((updated, hot), (10, 10), "claims that were not HOT updates");
     assert_eq!(runs_updated, 0, "a claim wrote runs");
 
@@ -158,14 +177,15 @@ async fn no_index_names_a_column_the_hot_path_writes_and_claims_stay_on_their_pa
         .await
         .unwrap();
     assert_eq!(written, 10);
-    let (updated, hot, listed): (i64, i64, i64) = sqlx::query_as(
-        "SELECT pg_stat_get_xact_tuples_updated('runs'::regclass), \
-                pg_stat_get_xact_tuples_hot_updated('runs'::regclass), \
-                pg_stat_get_xact_tuples_inserted('finished_runs'::regclass)",
+    let [updated, hot, listed] = xact_counts(
+        &mut tx,
+        [
+            ("updated", "runs"),
+            ("hot_updated", "runs"),
+            ("inserted", "finished_runs"),
+        ],
     )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    .await;
     tx.rollback().await.unwrap();
     assert_eq!(
         (updated, hot),

@@ -279,6 +279,23 @@ impl Batch<'_> {
         Ok(done.rows_affected())
     }
 
+    /// Runs a statement that takes its rows as one JSON parameter and
+    /// answers with one count (a statement of several parts, whose own row
+    /// count would be that of its final SELECT).
+    pub(super) async fn count_json<T: serde::Serialize>(
+        &mut self,
+        sql: &str,
+        rows: &[T],
+    ) -> Tx<u64> {
+        let json = serde_json::to_string(rows).expect("rows serialize to JSON");
+        let n: i64 = sqlx::query(sql)
+            .bind(json)
+            .fetch_one(&mut *self.conn)
+            .await?
+            .try_get(0)?;
+        Ok(n as u64)
+    }
+
     /// Writes changed runs back, each conditional on the epoch it was read
     /// with. A run that became terminal stops being its conversation's head.
     pub(super) async fn write_runs(
@@ -352,13 +369,10 @@ impl Batch<'_> {
             }
         }
         if !heads.is_empty() {
-            let json = serde_json::to_string(&heads).expect("heads serialize to JSON");
-            let matched: i64 = sqlx::query(statements::postgres::WRITE_HEADS)
-                .bind(json)
-                .fetch_one(&mut *self.conn)
-                .await?
-                .try_get(0)?;
-            if matched != heads.len() as i64 {
+            let matched = self
+                .count_json(statements::postgres::WRITE_HEADS, &heads)
+                .await?;
+            if matched != heads.len() as u64 {
                 return Err(TxError::Retry(format!(
                     "{matched} of {} heads matched the epoch they were read with",
                     heads.len()
@@ -371,13 +385,8 @@ impl Batch<'_> {
         let written = match self.backend {
             // A statement with parts: it answers how many runs it wrote.
             Backend::Postgres => {
-                let json = serde_json::to_string(&rows).expect("runs serialize to JSON");
-                let n: i64 = sqlx::query(statements::postgres::WRITE_RUNS)
-                    .bind(json)
-                    .fetch_one(&mut *self.conn)
+                self.count_json(statements::postgres::WRITE_RUNS, &rows)
                     .await?
-                    .try_get(0)?;
-                n as u64
             }
             Backend::Sqlite => {
                 self.execute_json(statements::sqlite::WRITE_RUNS, &rows)
