@@ -12,6 +12,7 @@ use oncesend::store::sql::SqlClock;
 use oncesend::store::Store;
 use oncesend_core::{FlowId, NewRun, PlannedStep, Recipient, RunId, StoreOp, StoreReply, TenantId};
 use sqlx::Row;
+use std::time::Duration;
 
 const TASKS: u64 = 8;
 const ROUNDS: u64 = 12;
@@ -88,4 +89,101 @@ async fn enqueues_racing_into_new_conversations_never_collide_on_the_head() {
             "{recipient}: a later run is the head"
         );
     }
+}
+
+const LOAD_RUNS_LOCKED: &str =
+    include_str!("../../src/store/sql/statements/postgres/load_runs_locked.sql");
+
+/// A holder's write-back locks runs, each with its `heads` row, in run id
+/// order; an enqueue locks the heads of its conversations `FOR SHARE`. If
+/// the enqueue took them in any other order, the two could each hold a
+/// head the other waits for. Here conversation A sorts first by recipient
+/// and B's head has the smaller run id: the write-back holds B's head, the
+/// enqueue into A and B is seen waiting, then the write-back goes on to
+/// A's. Taking the heads by recipient, the enqueue held A by then, and one
+/// of the two was killed as a deadlock (under load a soak's enqueue lost
+/// twelve times in a row and gave up). By run id, it holds nothing yet and
+/// both finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_locks_heads_in_the_order_write_backs_do() {
+    let Some(url) = support::pg_url() else {
+        return;
+    };
+    let store = support::pg_store(&url, "enqueue_lock_order", SqlClock::Caller, 3).await;
+    let (a_to, b_to) = ("+5511933331001", "+5511933331002");
+    let (a_head, b_head) = (RunId::new(2, 2), RunId::new(1, 1));
+    let first = vec![
+        StoreOp::Enqueue {
+            run: support::one_step_run(a_head, a_to),
+            now_ms: 1,
+        },
+        StoreOp::Enqueue {
+            run: support::one_step_run(b_head, b_to),
+            now_ms: 1,
+        },
+    ];
+    store.apply_batch(first).await.unwrap();
+
+    let hex = |id: RunId| format!("[\"{}\"]", hex::encode(id.0.as_bytes()));
+    let mut write_back = store.pool().begin().await.unwrap();
+    let held = sqlx::query(LOAD_RUNS_LOCKED)
+        .bind(hex(b_head))
+        .fetch_all(&mut *write_back)
+        .await
+        .unwrap();
+    assert!(held[0].get::<bool, _>("is_head"), "B's run heads B");
+
+    let enqueue = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let ops = vec![
+                StoreOp::Enqueue {
+                    run: support::one_step_run(RunId::new(3, 3), a_to),
+                    now_ms: 2,
+                },
+                StoreOp::Enqueue {
+                    run: support::one_step_run(RunId::new(4, 4), b_to),
+                    now_ms: 2,
+                },
+            ];
+            store.apply_batch(ops).await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+               AND query LIKE '%heads of the conversations an enqueue%'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !enqueue.is_finished(),
+            "the enqueue did not wait for B's head"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the enqueue never reached the heads' locks"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    let second = sqlx::query(LOAD_RUNS_LOCKED)
+        .bind(hex(a_head))
+        .fetch_all(&mut *write_back)
+        .await
+        .expect("the write-back locks A's run and head after B's");
+    assert!(second[0].get::<bool, _>("is_head"), "A's run heads A");
+    write_back.commit().await.unwrap();
+
+    let replies = enqueue.await.unwrap().expect("the enqueue commits");
+    assert!(replies
+        .iter()
+        .all(|r| matches!(r, StoreReply::Enqueued { created: true, .. })));
+    assert_eq!(store.retries(), 0, "the enqueue was killed and tried again");
 }

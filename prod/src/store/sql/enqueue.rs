@@ -19,8 +19,10 @@ impl Batch<'_> {
     /// heads, then each op decided in order (a later op sees the runs and
     /// keys of the earlier ones), one insert of the runs and one of the keys.
     ///
-    /// Every transaction here locks runs in id order (the holders' writes
-    /// too), so two of them wait for each other at worst, never in a cycle.
+    /// Every transaction here locks runs and heads in the order of the
+    /// runs' ids, as the holders' writes do (a head by its run's id, never
+    /// by its conversation), so two of them wait for each other at worst,
+    /// never in a cycle.
     ///
     /// Enqueues into the same conversation wait for each other (PostgreSQL's
     /// advisory locks, one per conversation, in one order): otherwise two of
