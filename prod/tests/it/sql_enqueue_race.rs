@@ -12,7 +12,6 @@ use oncesend::store::sql::SqlClock;
 use oncesend::store::Store;
 use oncesend_core::{FlowId, NewRun, PlannedStep, Recipient, RunId, StoreOp, StoreReply, TenantId};
 use sqlx::Row;
-use std::time::Duration;
 
 const TASKS: u64 = 8;
 const ROUNDS: u64 = 12;
@@ -149,29 +148,7 @@ async fn an_enqueue_locks_heads_in_the_order_write_backs_do() {
             store.apply_batch(ops).await
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock' \
-               AND query LIKE '%heads of the conversations an enqueue%'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            !enqueue.is_finished(),
-            "the enqueue did not wait for B's head"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the enqueue never reached the heads' locks"
-        );
-        tokio::task::yield_now().await;
-    }
+    support::wait_for_lock(&store, "heads of the conversations an enqueue", &enqueue).await;
 
     let second = sqlx::query(LOAD_RUNS_LOCKED)
         .bind(hex(a_head))
@@ -186,4 +163,74 @@ async fn an_enqueue_locks_heads_in_the_order_write_backs_do() {
         .iter()
         .all(|r| matches!(r, StoreReply::Enqueued { created: true, .. })));
     assert_eq!(store.retries(), 0, "the enqueue was killed and tried again");
+}
+
+/// An enqueue waiting for a conversation's head that a write-back is
+/// finishing: once the write-back commits, the head it locked is gone
+/// (the statement skips it) and the conversation's next run heads it in a
+/// new row the enqueue's statement does not see. The enqueue must not
+/// make its own run the head then, nor fail on the conversation's key:
+/// before, it did, its whole batch was tried again, and in an overloaded
+/// minute (2,000 runs/s) one enqueue met this twelve times and gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_that_finds_its_head_just_finished_joins_the_next_one() {
+    let Some(url) = support::pg_url() else {
+        return;
+    };
+    let store = support::pg_store(&url, "enqueue_head_finished", SqlClock::Caller, 4).await;
+    let to = "+5511933332001";
+    let [head, next, new] = [RunId::new(1, 1), RunId::new(2, 2), RunId::new(3, 3)];
+    let runs = [head, next]
+        .into_iter()
+        .map(|id| StoreOp::Enqueue {
+            run: support::one_step_run(id, to),
+            now_ms: 1,
+        })
+        .collect();
+    store.apply_batch(runs).await.unwrap();
+    let held = support::claim(&store, "w", 2).await;
+    assert_eq!(held.iter().map(|r| r.id).collect::<Vec<_>>(), [head]);
+
+    // The head's row is held, so the write-back that finishes it queues
+    // first and the enqueue behind it.
+    let mut hold = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM heads WHERE recipient = $1 FOR UPDATE")
+        .bind(to)
+        .fetch_all(&mut *hold)
+        .await
+        .unwrap();
+    let finishing = {
+        let store = store.clone();
+        tokio::spawn(async move { support::complete_one_step(&store, head, 1, 3).await })
+    };
+    support::wait_for_lock(&store, "Runs by id, locked in id order", &finishing).await;
+    let enqueue = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let op = StoreOp::Enqueue {
+                run: support::one_step_run(new, to),
+                now_ms: 4,
+            };
+            store.apply_batch(vec![op]).await
+        })
+    };
+    support::wait_for_lock(&store, "heads of the conversations an enqueue", &enqueue).await;
+    hold.commit().await.unwrap();
+
+    assert_eq!(finishing.await.unwrap(), StoreReply::Completed);
+    let replies = enqueue.await.unwrap().expect("the enqueue commits");
+    assert!(matches!(
+        replies[..],
+        [StoreReply::Enqueued { created: true, .. }]
+    ));
+    assert_eq!(store.retries(), 0, "the enqueue was tried again");
+    // The run behind the finished head is next, then the new one.
+    let claimed = support::claim(&store, "w", 5).await;
+    assert_eq!(claimed.iter().map(|r| r.id).collect::<Vec<_>>(), [next]);
+    assert_eq!(
+        support::complete_one_step(&store, next, 1, 6).await,
+        StoreReply::Completed
+    );
+    let claimed = support::claim(&store, "w", 7).await;
+    assert_eq!(claimed.iter().map(|r| r.id).collect::<Vec<_>>(), [new]);
 }

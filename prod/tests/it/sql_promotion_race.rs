@@ -11,7 +11,6 @@ use crate::support;
 use oncesend::store::sql::SqlClock;
 use oncesend::store::Store;
 use oncesend_core::{RunId, RunStatus, StoreOp, StoreReply};
-use std::time::Duration;
 
 const TO: &str = "+5511933330000";
 
@@ -49,26 +48,7 @@ async fn a_promotion_racing_a_cancel_of_the_next_run_takes_the_one_after() {
         let store = store.clone();
         tokio::spawn(async move { support::complete_one_step(&store, a, 1, 4).await })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock' \
-               AND query LIKE '%oldest unfinished%'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(!finishing.is_finished(), "the promotion did not wait for B");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the promotion never reached B's lock"
-        );
-        tokio::task::yield_now().await;
-    }
+    support::wait_for_lock(&store, "oldest unfinished", &finishing).await;
     cancel.commit().await.unwrap();
     assert_eq!(finishing.await.unwrap(), StoreReply::Completed);
 

@@ -154,3 +154,33 @@ pub async fn run_view(
         other => panic!("GetRun answered {other:?}"),
     }
 }
+
+/// Sees `marker` in a statement of this database waiting on a lock, or
+/// fails once `task` is done or 30 s have passed.
+pub async fn wait_for_lock<T>(
+    store: &oncesend::store::sql::SqlStore,
+    marker: &str,
+    task: &tokio::task::JoinHandle<T>,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+               AND strpos(query, $1) > 0",
+        )
+        .bind(marker)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(!task.is_finished(), "'{marker}' did not wait");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "'{marker}' never reached its lock"
+        );
+        tokio::task::yield_now().await;
+    }
+}
