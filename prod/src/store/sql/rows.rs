@@ -183,6 +183,9 @@ impl Batch<'_> {
         // Conversations that may need a new head, each with the seq the
         // search for it starts after.
         let mut finished: BTreeMap<(TenantId, Recipient), u64> = BTreeMap::new();
+        // Runs sent on again, each of which must come out as its
+        // conversation's head.
+        let mut reopened: Vec<&RunRecord> = Vec::new();
         for (id, after) in &runs {
             let before = &before_runs[id];
             if before != after {
@@ -192,6 +195,7 @@ impl Batch<'_> {
                     let from = if after.status.is_terminal() {
                         after.seq
                     } else {
+                        reopened.push(after);
                         after.seq.saturating_sub(1)
                     };
                     finished
@@ -222,6 +226,7 @@ impl Batch<'_> {
         if !finished.is_empty() {
             self.promote(&finished).await?;
         }
+        self.check_reopened(&reopened).await?;
         self.write_events(&events).await?;
         Ok(replies)
     }
@@ -434,6 +439,39 @@ impl Batch<'_> {
         self.execute_json(statements::of(self.backend).write_deliveries, &rows)
             .await?;
         Ok(())
+    }
+
+    /// Fails the transaction, to be tried again, if a run sent on again
+    /// here is not its conversation's head: a concurrent enqueue took the
+    /// place (see `reopened_not_heads.sql`). The next attempt sees that
+    /// enqueue's run, and the rules refuse to let the older run overtake it.
+    async fn check_reopened(&mut self, reopened: &[&RunRecord]) -> Tx<()> {
+        let Some(sql) = statements::of(self.backend).reopened_not_heads else {
+            return Ok(());
+        };
+        if reopened.is_empty() {
+            return Ok(());
+        }
+        #[derive(serde::Serialize)]
+        struct Reopened<'a> {
+            tenant: &'a str,
+            recipient: &'a str,
+            seq: i64,
+        }
+        let rows: Vec<Reopened> = reopened
+            .iter()
+            .map(|r| Reopened {
+                tenant: r.tenant.as_str(),
+                recipient: r.to.as_str(),
+                seq: db(r.seq),
+            })
+            .collect();
+        match self.count_json(sql, &rows).await? {
+            0 => Ok(()),
+            n => Err(TxError::Retry(format!(
+                "{n} run(s) sent on again lost their conversation's place to a concurrent enqueue"
+            ))),
+        }
     }
 
     /// Makes the oldest waiting run of each conversation its head, where

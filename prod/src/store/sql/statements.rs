@@ -78,6 +78,7 @@ pub(super) mod postgres {
     pub const STATS: &str = sql!("postgres/stats.sql");
     pub const WRITE_DELIVERIES: &str = sql!("postgres/write_deliveries.sql");
     pub const PROMOTE: &str = sql!("postgres/promote.sql");
+    pub const REOPENED_NOT_HEADS: &str = sql!("postgres/reopened_not_heads.sql");
     pub const COUNT_FINISHED: &str = sql!("postgres/count_finished.sql");
     pub const PRUNABLE_RUNS: &str = sql!("postgres/prunable_runs.sql");
     /// `{seqs}`: one placeholder per run seq.
@@ -133,6 +134,10 @@ pub(super) struct Statements {
     pub load_deliveries_locked: &'static str,
     pub write_deliveries: &'static str,
     pub promote: &'static str,
+    /// Counts the runs sent on again that did not become their
+    /// conversation's head (none where one writer already excludes the
+    /// enqueue that could take the place).
+    pub reopened_not_heads: Option<&'static str>,
     pub find_trigger_keys: &'static str,
     pub find_runs: &'static str,
     /// Taken before an enqueue reads anything (none where one writer
@@ -159,6 +164,7 @@ static POSTGRES: Statements = Statements {
     load_deliveries_locked: postgres::LOAD_DELIVERIES_LOCKED,
     write_deliveries: postgres::WRITE_DELIVERIES,
     promote: postgres::PROMOTE,
+    reopened_not_heads: Some(postgres::REOPENED_NOT_HEADS),
     find_trigger_keys: postgres::FIND_TRIGGER_KEYS,
     find_runs: postgres::FIND_RUNS,
     lock_conversations: Some(postgres::LOCK_CONVERSATIONS),
@@ -184,6 +190,7 @@ static SQLITE: Statements = Statements {
     load_deliveries_locked: sqlite::LOAD_DELIVERIES,
     write_deliveries: sqlite::WRITE_DELIVERIES,
     promote: sqlite::PROMOTE,
+    reopened_not_heads: None,
     find_trigger_keys: sqlite::FIND_TRIGGER_KEYS,
     find_runs: sqlite::FIND_RUNS,
     lock_conversations: None,
