@@ -967,6 +967,28 @@ async fn check_case(store: &SqlStore, ops: Vec<(Op, bool)>) -> Result<(), TestCa
             listed
         );
     }
+    // And the list of unknown outcomes holds exactly the ledger rows whose
+    // outcome is unknown.
+    if store.tables().contains(&"unknown_deliveries") {
+        let (listed, missing, stray): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM unknown_deliveries), \
+                    (SELECT count(*) FROM deliveries d WHERE d.state = 'unknown' \
+                       AND NOT EXISTS (SELECT 1 FROM unknown_deliveries u \
+                         WHERE u.run_id = d.run_id AND u.step = d.step)), \
+                    (SELECT count(*) FROM unknown_deliveries u WHERE NOT EXISTS \
+                       (SELECT 1 FROM deliveries d WHERE d.run_id = u.run_id \
+                          AND d.step = u.step AND d.state = 'unknown'))",
+        )
+        .fetch_one(store.pool())
+        .await
+        .map_err(|e| TestCaseError::fail(format!("unknown_deliveries: {e}")))?;
+        prop_assert_eq!(
+            (missing, stray),
+            (0, 0),
+            "unknown outcomes missing from / stray in unknown_deliveries ({} listed)",
+            listed
+        );
+    }
     Ok(())
 }
 

@@ -3,8 +3,10 @@
 //! PostgreSQL keeps each new row version on its page without touching an
 //! index. A claim writes a conversation's narrow `heads` row and nothing of
 //! `runs`; a holder's write of a run, its finish included, changes no
-//! indexed column of `runs` either. Only a promotion (a new `heads` row)
-//! and a finish's entry in the narrow `finished_runs` add index entries.
+//! indexed column of `runs` either, nor a send's outcome one of
+//! `deliveries`. Only a promotion (a new `heads` row), a finish's entry in
+//! the narrow `finished_runs` and an unknown outcome's in
+//! `unknown_deliveries` add index entries.
 
 use crate::support;
 
@@ -14,14 +16,21 @@ use oncesend_core::{RunId, StoreOp};
 
 const CLAIM: &str = include_str!("../../src/store/sql/statements/postgres/claim.sql");
 const WRITE_RUNS: &str = include_str!("../../src/store/sql/statements/postgres/write_runs.sql");
+const WRITE_DELIVERIES: &str =
+    include_str!("../../src/store/sql/statements/postgres/write_deliveries.sql");
 
 /// The columns an `UPDATE {table} SET … {until}` in `sql` writes.
 fn set_columns(sql: &str, table: &str, until: &str) -> Vec<String> {
+    columns_between(sql, &format!("UPDATE {table} SET"), until)
+}
+
+/// The columns a `{from} a = …, b = … {until}` in `sql` assigns.
+fn columns_between(sql: &str, from: &str, until: &str) -> Vec<String> {
     let set = sql
-        .split_once(&format!("UPDATE {table} SET"))
+        .split_once(from)
         .and_then(|(_, rest)| rest.split_once(until))
         .map(|(set, _)| set)
-        .unwrap_or_else(|| panic!("no UPDATE {table} SET … {until} in {sql}"));
+        .unwrap_or_else(|| panic!("no {from} … {until} in {sql}"));
     set.split(',')
         .filter_map(|a| a.split_once('=').map(|(col, _)| col.trim().to_string()))
         .collect()
@@ -54,6 +63,21 @@ fn the_written_columns_are_read_off_the_statements() {
             "finished_at_ms",
             "wait",
             "note"
+        ]
+    );
+    assert_eq!(
+        columns_between(WRITE_DELIVERIES, "DO UPDATE SET", "RETURNING"),
+        [
+            "state",
+            "deadline_ms",
+            "retryable",
+            "epoch",
+            "attempts",
+            "provider_message_id",
+            "last_error",
+            "resolved_by",
+            "resolved_at_ms",
+            "owner"
         ]
     );
 }
@@ -92,7 +116,7 @@ async fn no_index_names_a_column_the_hot_path_writes_and_claims_stay_on_their_pa
     let Some(url) = support::pg_url() else {
         return;
     };
-    let store = support::pg_store(&url, "schema_hot", SqlClock::Caller, 1).await;
+    let store = support::pg_store(&url, "schema_hot", SqlClock::Caller, 2).await;
     let heads = indexes(&store, "heads").await;
     assert!(
         heads.iter().any(|(name, _)| name == "heads_due"),
@@ -118,6 +142,18 @@ async fn no_index_names_a_column_the_hot_path_writes_and_claims_stay_on_their_pa
                 !identifiers(def).contains(&column.as_str()),
                 "index {name} names `{column}`, which a holder's write changes: steps \
                  and finishes could no longer be HOT updates ({def})"
+            );
+        }
+    }
+
+    let deliveries = indexes(&store, "deliveries").await;
+    assert!(!deliveries.is_empty());
+    for (name, def) in &deliveries {
+        for column in columns_between(WRITE_DELIVERIES, "DO UPDATE SET", "RETURNING") {
+            assert!(
+                !identifiers(def).contains(&column.as_str()),
+                "index {name} names `{column}`, which a send's outcome writes: outcomes \
+                 could no longer be HOT updates ({def})"
             );
         }
     }
@@ -186,7 +222,52 @@ async fn no_index_names_a_column_the_hot_path_writes_and_claims_stay_on_their_pa
         ],
     )
     .await;
+    // Their sends: begun (ten ledger rows, committed), then nine outcomes
+    // known and one unknown, each row updated in place; the unknown one
+    // is listed apart.
+    let ledger = |sent: &str, last: &str| {
+        let rows: Vec<serde_json::Value> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                use sqlx::Row;
+                serde_json::json!({
+                    "run_id": hex::encode(row.try_get::<Vec<u8>, _>("id").unwrap()),
+                    "step": 0, "state": if i == 9 { last } else { sent },
+                    "deadline_ms": 40, "retryable": null, "epoch": 1, "attempts": 1,
+                    "provider_message_id": null, "last_error": null,
+                    "resolved_by": null, "resolved_at_ms": null, "owner": "hot-check",
+                })
+            })
+            .collect();
+        serde_json::to_string(&rows).unwrap()
+    };
+    sqlx::query(WRITE_DELIVERIES)
+        .bind(ledger("sending", "sending"))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query(WRITE_DELIVERIES)
+        .bind(ledger("sent", "unknown"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let [ledger_updated, ledger_hot, unknown] = xact_counts(
+        &mut tx,
+        [
+            ("updated", "deliveries"),
+            ("hot_updated", "deliveries"),
+            ("inserted", "unknown_deliveries"),
+        ],
+    )
+    .await;
     tx.rollback().await.unwrap();
+    assert_eq!(
+        (ledger_updated, ledger_hot),
+        (10, 10),
+        "outcomes that were not HOT updates"
+    );
+    assert_eq!(unknown, 1, "the unknown outcome is not listed");
     assert_eq!(
         (updated, hot),
         (10, 10),

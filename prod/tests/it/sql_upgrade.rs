@@ -111,8 +111,22 @@ async fn a_database_from_before_heads_upgrades_with_its_leases_waits_and_queue()
     .await
     .unwrap();
 
+    // B's step went out with no answer: its outcome is unknown.
+    sqlx::query(
+        "INSERT INTO deliveries (run_id, step, state, deadline_ms, epoch, attempts, owner) \
+         VALUES ($1, 0, 'unknown', 2000, 2, 1, 'old-worker')",
+    )
+    .bind(b1.0.as_bytes().to_vec())
+    .execute(store.pool())
+    .await
+    .unwrap();
+
     // The next start migrates.
     store.migrate().await.unwrap();
+    match store.apply(StoreOp::Stats { now_ms: 4_000 }).await.unwrap() {
+        StoreReply::Stats(stats) => assert_eq!(stats.unknown_deliveries, 1),
+        other => panic!("Stats answered {other:?}"),
+    }
     let counts = |completed, cancelled| {
         StoreReply::FinishedCounts(FinishedCounts {
             completed,

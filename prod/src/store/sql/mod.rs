@@ -98,9 +98,11 @@ pub const TABLES: [&str; 8] = [
 ];
 
 /// Tables only PostgreSQL keeps: its conversations' heads, which SQLite
-/// keeps as a flag on `runs`, and its list of finished runs by finish
-/// time, which SQLite reads off an index of `runs`.
-pub const POSTGRES_TABLES: [&str; 2] = ["heads", "finished_runs"];
+/// keeps as a flag on `runs`, its list of finished runs by finish time,
+/// which SQLite reads off an index of `runs`, and its list of ledger rows
+/// whose outcome is unknown, which SQLite reads off an index of
+/// `deliveries`.
+pub const POSTGRES_TABLES: [&str; 3] = ["heads", "finished_runs", "unknown_deliveries"];
 
 /// SQL stores never run without their guards.
 const GUARDS: Guards = Guards {

@@ -37,11 +37,14 @@ impl Batch<'_> {
         }
         for chunk in ids.chunks(CHUNK) {
             let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            for delete in [
+            // PostgreSQL lists the unknown ledger rows apart.
+            let unknown = (self.backend == Backend::Postgres).then_some(postgres::PRUNE_UNKNOWN);
+            let deletes = [
                 common::PRUNE_DELIVERIES,
                 common::PRUNE_RUN_EVENTS,
                 common::PRUNE_RUNS,
-            ] {
+            ];
+            for delete in unknown.into_iter().chain(deletes) {
                 let sql = statements::fill(delete, "ids", &marks.join(", "));
                 let mut q = sqlx::query(&sql);
                 for id in chunk {

@@ -125,7 +125,7 @@ impl Batch<'_> {
             .fetch_one(&mut *self.conn)
             .await?;
         let oldest: Option<i64> = row.try_get(3)?;
-        let unknown: i64 = sqlx::query(common::COUNT_UNKNOWN)
+        let unknown: i64 = sqlx::query(statements::of(self.backend).count_unknown)
             .fetch_one(&mut *self.conn)
             .await?
             .try_get(0)?;

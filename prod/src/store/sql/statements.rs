@@ -40,7 +40,6 @@ pub(super) mod common {
     pub const OTHER_OPEN_RUNS: &str = sql!("common/other_open_runs.sql");
     /// `{where}` and `{limit}`: see the file.
     pub const LIST_RUNS: &str = sql!("common/list_runs.sql");
-    pub const COUNT_UNKNOWN: &str = sql!("common/count_unknown.sql");
     /// `{ids}`: one placeholder per run id.
     pub const PRUNE_DELIVERIES: &str = sql!("common/prune_deliveries.sql");
     /// `{ids}`: one placeholder per run id.
@@ -83,6 +82,9 @@ pub(super) mod postgres {
     pub const PRUNABLE_RUNS: &str = sql!("postgres/prunable_runs.sql");
     /// `{seqs}`: one placeholder per run seq.
     pub const PRUNE_FINISHED: &str = sql!("postgres/prune_finished.sql");
+    /// `{ids}`: one placeholder per run id.
+    pub const PRUNE_UNKNOWN: &str = sql!("postgres/prune_unknown.sql");
+    pub const COUNT_UNKNOWN: &str = sql!("postgres/count_unknown.sql");
     pub const FIND_TRIGGER_KEYS: &str = sql!("postgres/find_trigger_keys.sql");
     pub const FIND_RUNS: &str = sql!("postgres/find_runs.sql");
     pub const LOCK_HEADS: &str = sql!("postgres/lock_heads.sql");
@@ -112,6 +114,7 @@ pub(super) mod sqlite {
     pub const WRITE_DELIVERIES: &str = sql!("sqlite/write_deliveries.sql");
     pub const PROMOTE: &str = sql!("sqlite/promote.sql");
     pub const COUNT_FINISHED: &str = sql!("sqlite/count_finished.sql");
+    pub const COUNT_UNKNOWN: &str = sql!("sqlite/count_unknown.sql");
     pub const PRUNABLE_RUNS: &str = sql!("sqlite/prunable_runs.sql");
     pub const FIND_TRIGGER_KEYS: &str = sql!("sqlite/find_trigger_keys.sql");
     pub const FIND_RUNS: &str = sql!("sqlite/find_runs.sql");
@@ -150,6 +153,7 @@ pub(super) struct Statements {
     pub record_inbound: &'static str,
     pub stats: &'static str,
     pub count_finished: &'static str,
+    pub count_unknown: &'static str,
     pub prunable_runs: &'static str,
 }
 
@@ -175,6 +179,7 @@ static POSTGRES: Statements = Statements {
     record_inbound: postgres::RECORD_INBOUND,
     stats: postgres::STATS,
     count_finished: postgres::COUNT_FINISHED,
+    count_unknown: postgres::COUNT_UNKNOWN,
     prunable_runs: postgres::PRUNABLE_RUNS,
 };
 
@@ -201,6 +206,7 @@ static SQLITE: Statements = Statements {
     record_inbound: sqlite::RECORD_INBOUND,
     stats: sqlite::STATS,
     count_finished: sqlite::COUNT_FINISHED,
+    count_unknown: sqlite::COUNT_UNKNOWN,
     prunable_runs: sqlite::PRUNABLE_RUNS,
 };
 

@@ -1,0 +1,1 @@
+DELETE FROM unknown_deliveries WHERE run_id IN ({ids})
