@@ -217,7 +217,7 @@ impl Batch<'_> {
             .filter(|(key, rec)| before_ledger.get(key) != Some(rec))
             .map(|(_, rec)| rec)
             .collect();
-        self.write_deliveries(&changed).await?;
+        self.write_deliveries(&before_ledger, &changed).await?;
         for (tenant, p) in &pauses {
             if before_pauses.get(tenant) != Some(p) {
                 self.write_pause(tenant, p).await?;
@@ -407,12 +407,45 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Inserts or updates ledger rows.
-    pub(super) async fn write_deliveries(&mut self, rows: &[&DeliveryRecord]) -> Tx<()> {
+    /// Inserts or updates ledger rows (`before`: as they were read), and
+    /// keeps PostgreSQL's list of unknown outcomes in step with them.
+    pub(super) async fn write_deliveries(
+        &mut self,
+        before: &BTreeMap<DeliveryKey, DeliveryRecord>,
+        rows: &[&DeliveryRecord],
+    ) -> Tx<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<DeliveryWrite> = rows
+        let sql = statements::of(self.backend);
+        #[derive(serde::Serialize)]
+        struct Key {
+            run_id: String,
+            step: i64,
+        }
+        let key = |rec: &DeliveryRecord| Key {
+            run_id: hex::encode(rec.key.run.0.as_bytes()),
+            step: rec.key.step as i64,
+        };
+        let was_unknown = |rec: &DeliveryRecord| {
+            before
+                .get(&rec.key)
+                .is_some_and(|b| b.state == DeliveryState::Unknown)
+        };
+        let (unknown, known): (Vec<&DeliveryRecord>, Vec<&DeliveryRecord>) = rows
+            .iter()
+            .partition(|rec| rec.state == DeliveryState::Unknown);
+        let listed: Vec<Key> = unknown
+            .into_iter()
+            .filter(|r| !was_unknown(r))
+            .map(key)
+            .collect();
+        let unlisted: Vec<Key> = known
+            .into_iter()
+            .filter(|r| was_unknown(r))
+            .map(key)
+            .collect();
+        let writes: Vec<DeliveryWrite> = rows
             .iter()
             .map(|rec| {
                 let (deadline_ms, retryable) = match rec.state {
@@ -436,8 +469,13 @@ impl Batch<'_> {
                 }
             })
             .collect();
-        self.execute_json(statements::of(self.backend).write_deliveries, &rows)
-            .await?;
+        self.execute_json(sql.write_deliveries, &writes).await?;
+        if let (Some(list), false) = (sql.list_unknown, listed.is_empty()) {
+            self.execute_json(list, &listed).await?;
+        }
+        if let (Some(unlist), false) = (sql.unlist_unknown, unlisted.is_empty()) {
+            self.execute_json(unlist, &unlisted).await?;
+        }
         Ok(())
     }
 

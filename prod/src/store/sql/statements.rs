@@ -76,6 +76,8 @@ pub(super) mod postgres {
     pub const WRITE_HEADS: &str = sql!("postgres/write_heads.sql");
     pub const STATS: &str = sql!("postgres/stats.sql");
     pub const WRITE_DELIVERIES: &str = sql!("postgres/write_deliveries.sql");
+    pub const LIST_UNKNOWN: &str = sql!("postgres/list_unknown.sql");
+    pub const UNLIST_UNKNOWN: &str = sql!("postgres/unlist_unknown.sql");
     pub const PROMOTE: &str = sql!("postgres/promote.sql");
     pub const REOPENED_NOT_HEADS: &str = sql!("postgres/reopened_not_heads.sql");
     pub const COUNT_FINISHED: &str = sql!("postgres/count_finished.sql");
@@ -136,6 +138,10 @@ pub(super) struct Statements {
     pub load_deliveries: &'static str,
     pub load_deliveries_locked: &'static str,
     pub write_deliveries: &'static str,
+    /// List and unlist ledger rows whose outcome is unknown (none where a
+    /// partial index of `deliveries` lists them).
+    pub list_unknown: Option<&'static str>,
+    pub unlist_unknown: Option<&'static str>,
     pub promote: &'static str,
     /// Counts the runs sent on again that did not become their
     /// conversation's head (none where one writer already excludes the
@@ -167,6 +173,8 @@ static POSTGRES: Statements = Statements {
     load_deliveries: postgres::LOAD_DELIVERIES,
     load_deliveries_locked: postgres::LOAD_DELIVERIES_LOCKED,
     write_deliveries: postgres::WRITE_DELIVERIES,
+    list_unknown: Some(postgres::LIST_UNKNOWN),
+    unlist_unknown: Some(postgres::UNLIST_UNKNOWN),
     promote: postgres::PROMOTE,
     reopened_not_heads: Some(postgres::REOPENED_NOT_HEADS),
     find_trigger_keys: postgres::FIND_TRIGGER_KEYS,
@@ -194,6 +202,8 @@ static SQLITE: Statements = Statements {
     load_deliveries: sqlite::LOAD_DELIVERIES,
     load_deliveries_locked: sqlite::LOAD_DELIVERIES,
     write_deliveries: sqlite::WRITE_DELIVERIES,
+    list_unknown: None,
+    unlist_unknown: None,
     promote: sqlite::PROMOTE,
     reopened_not_heads: None,
     find_trigger_keys: sqlite::FIND_TRIGGER_KEYS,
