@@ -6,9 +6,9 @@
 -- could not be a heap-only update: it added an entry to the primary key.
 --
 -- Now `unknown_deliveries` lists those rows, one narrow row each, written
--- by the same statement as the ledger (and removed when the outcome is
--- resolved, or when pruning deletes the run). No index of `deliveries`
--- names a column an outcome writes.
+-- in the same transaction as the ledger when an outcome becomes unknown
+-- (and removed when it becomes known, or when pruning deletes the run).
+-- No index of `deliveries` names a column an outcome writes.
 CREATE TABLE unknown_deliveries (
     run_id BYTEA   NOT NULL,
     step   INTEGER NOT NULL,
