@@ -180,14 +180,7 @@ async fn an_enqueue_that_finds_its_head_just_finished_joins_the_next_one() {
     let store = support::pg_store(&url, "enqueue_head_finished", SqlClock::Caller, 4).await;
     let to = "+5511933332001";
     let [head, next, new] = [RunId::new(1, 1), RunId::new(2, 2), RunId::new(3, 3)];
-    let runs = [head, next]
-        .into_iter()
-        .map(|id| StoreOp::Enqueue {
-            run: support::one_step_run(id, to),
-            now_ms: 1,
-        })
-        .collect();
-    store.apply_batch(runs).await.unwrap();
+    support::enqueue_one_step_runs(&store, &[head, next], to, 1).await;
     let held = support::claim(&store, "w", 2).await;
     assert_eq!(held.iter().map(|r| r.id).collect::<Vec<_>>(), [head]);
 

@@ -21,14 +21,7 @@ async fn a_promotion_racing_a_cancel_of_the_next_run_takes_the_one_after() {
     };
     let store = support::pg_store(&url, "promotion_race", SqlClock::Caller, 3).await;
     let [a, b, c] = [RunId::new(1, 1), RunId::new(2, 2), RunId::new(3, 3)];
-    let runs: Vec<StoreOp> = [a, b, c]
-        .into_iter()
-        .map(|id| StoreOp::Enqueue {
-            run: support::one_step_run(id, TO),
-            now_ms: 1,
-        })
-        .collect();
-    store.apply_batch(runs).await.unwrap();
+    support::enqueue_one_step_runs(&store, &[a, b, c], TO, 1).await;
     let held = support::claim(&store, "w", 2).await;
     assert_eq!(held.iter().map(|r| r.id).collect::<Vec<_>>(), [a]);
 
@@ -76,11 +69,7 @@ async fn a_run_sent_on_again_while_an_enqueue_takes_the_empty_conversation_is_re
     };
     let store = support::pg_store(&url, "reopen_race", SqlClock::Caller, 4).await;
     let (failed, new) = (RunId::new(1, 1), RunId::new(2, 2));
-    let op = StoreOp::Enqueue {
-        run: support::one_step_run(failed, TO),
-        now_ms: 1,
-    };
-    store.apply(op).await.unwrap();
+    support::enqueue_one_step_runs(&store, &[failed], TO, 1).await;
     let held = support::claim(&store, "w", 2).await;
     assert_eq!(held.iter().map(|r| r.id).collect::<Vec<_>>(), [failed]);
     let fail = StoreOp::Fail {

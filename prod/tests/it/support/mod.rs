@@ -184,3 +184,21 @@ pub async fn wait_for_lock<T>(
         tokio::task::yield_now().await;
     }
 }
+
+/// Enqueues one-step runs (`one_step_run`) to `to`, in this order, in one
+/// batch.
+pub async fn enqueue_one_step_runs(
+    store: &impl oncesend::store::Store,
+    ids: &[oncesend_core::RunId],
+    to: &str,
+    now_ms: u64,
+) {
+    let ops = ids
+        .iter()
+        .map(|id| oncesend_core::StoreOp::Enqueue {
+            run: one_step_run(*id, to),
+            now_ms,
+        })
+        .collect();
+    store.apply_batch(ops).await.expect("enqueue");
+}
